@@ -1,0 +1,25 @@
+"""The `sd3pose` command line."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+app = typer.Typer(
+    help="sd3pose: pose-guided image generation with SD3 Medium and the InstantX pose ControlNet.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# Commands are registered below, one line per area; each lives in its own module.
+# --- commands ---
