@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint clean
+.PHONY: install system-deps serve test lint clean
 
 install: $(VENV)/.installed
 
@@ -21,9 +21,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 serve: install
-	$(BIN)/sd3pose demo --host $(HOST) --port $(PORT)
+	$(BIN)/sd3pose serve --host $(HOST) --port $(PORT)
 
-test: install
+# Browser tests drive Debian's Chromium; scale-out tests need a Redis server.
+system-deps:
+	@if command -v chromium >/dev/null && command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and redis-server from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server >/dev/null; \
+	else echo "note: chromium or redis-server missing and not root: their tests will be skipped"; fi
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 lint: install

@@ -23,3 +23,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 # Commands are registered below, one line per area; each lives in its own module.
 # --- commands ---
+from sd3pose.cli_generate import generate_command, sample_photo_command  # noqa: E402
+
+app.command("generate")(generate_command)
+app.command("sample-photo")(sample_photo_command)

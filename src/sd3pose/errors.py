@@ -47,3 +47,9 @@ class GenerationCancelledError(Sd3PoseError):
     """The job was cancelled (its client went away, or it timed out)."""
 
     status_code = 504
+
+
+class UpstreamError(Sd3PoseError):
+    """A server we depend on failed: the image host of an input URL (DNS error, refused, 5xx) (HTTP 502)."""
+
+    status_code = 502

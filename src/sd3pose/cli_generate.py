@@ -1,0 +1,124 @@
+"""`sd3pose generate` and `sd3pose sample-photo`: one request from the command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from tqdm import tqdm
+
+from sd3pose.errors import Sd3PoseError
+from sd3pose.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_SEED, OutputFormat, parse_request
+
+log = logging.getLogger("sd3pose.cli")
+
+_FORMATS = {".jpg": OutputFormat.jpeg, ".jpeg": OutputFormat.jpeg, ".png": OutputFormat.png, ".webp": OutputFormat.webp}
+
+
+def fail(message: str) -> None:
+    """Print one clear sentence and exit, never a traceback."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def output_paths(output: Path, count: int) -> list[Path]:
+    """out.png for one image; out-0.png, out-1.png, ... for several."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def generate_command(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What to draw."),
+    image: str = typer.Option(None, "--image", "-i", help="Photo or pose map: a path, an http(s) URL or base64."),
+    keypoints: Path = typer.Option(None, "--keypoints", help="OpenPose JSON file instead of --image."),
+    output: Path = typer.Option(Path("out.png"), "--output", "-o", help="Output file (.png, .jpg or .webp)."),
+    negative_prompt: str = typer.Option(DEFAULT_NEGATIVE_PROMPT, "--negative-prompt", "-n"),
+    steps: int = typer.Option(20, "--steps", help="Denoising steps (1-100)."),
+    guidance_scale: float = typer.Option(7.0, "--guidance-scale", "--cfg", help="CFG scale (1-20)."),
+    strength: float = typer.Option(0.8, "--strength", help="ControlNet strength (0-1)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the first image; -1 = random."),
+    samples: int = typer.Option(1, "--samples", help="Number of images (1-4)."),
+    sampler: str = typer.Option("dpmpp_2m", "--sampler"),
+    scheduler: str = typer.Option("sgm_uniform", "--scheduler"),
+    width: int = typer.Option(None, "--width", help="Output width (multiple of 16)."),
+    height: int = typer.Option(None, "--height", help="Output height (multiple of 16)."),
+    pose_mode: str = typer.Option("auto", "--pose-mode", help="auto, detect or none."),
+    parts: str = typer.Option("body,hands,face", "--parts", help="Pose parts to draw."),
+    control_start: float = typer.Option(0.0, "--control-start"),
+    control_end: float = typer.Option(1.0, "--control-end"),
+    resize_mode: str = typer.Option("crop", "--resize-mode", help="crop, fill or stretch."),
+    save_pose: Path = typer.Option(None, "--save-pose", help="Also write the control image (pose map) here."),
+    model: str = typer.Option(None, "--model", help="Base model folder or hub id (default: the demo model)."),
+    controlnet: str = typer.Option(None, "--controlnet", help="ControlNet folder or hub id."),
+    device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu... (default: best available)."),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
+    no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
+    data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Where the demo model is built."),
+) -> None:
+    """Generate images in the pose of a photo (or pose map) from the command line."""
+    # Imported here so `sd3pose --help` stays fast.
+    import json
+
+    from sd3pose.images import InputLimits
+    from sd3pose.pipeline import EngineSettings, Generator
+
+    fmt = _FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        fail(f"output file {output} has an unknown extension; use .png, .jpg or .webp")
+    body: dict = {
+        "image": image, "prompt": prompt, "negative_prompt": negative_prompt,
+        "num_inference_steps": steps, "guidance_scale": guidance_scale, "seed": seed, "samples": samples,
+        "strength": strength, "sampler": sampler, "scheduler": scheduler, "width": width, "height": height,
+        "pose_mode": pose_mode, "pose_parts": [p.strip() for p in parts.split(",") if p.strip()],
+        "control_start": control_start, "control_end": control_end, "resize_mode": resize_mode,
+        "output_format": fmt.value, "return_pose": save_pose is not None,
+    }  # fmt: skip
+    try:
+        if keypoints is not None:
+            body["pose_keypoints"] = json.loads(keypoints.read_text())
+        if image is None and keypoints is None:
+            fail("give --image PATH|URL (a photo or pose map) or --keypoints FILE.json")
+        request = parse_request(body).with_seed_resolved()
+        settings = EngineSettings(
+            model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=not no_t5,
+            data_dir=data_dir, input_limits=InputLimits(allow_local_paths=True, allow_private_urls=True),
+        )  # fmt: skip
+        log.info("loading models")
+        generator = Generator.create(settings)
+        with tqdm(total=request.num_inference_steps, desc="sampling", unit="step") as bar:
+
+            def on_step(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            result = generator.run(request, on_step=on_step)
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"could not read {keypoints}: {exc}")
+    except (Sd3PoseError, ValueError) as exc:
+        fail(getattr(exc, "message", str(exc)))
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = output_paths(output, len(result.images))
+    for path, data, used_seed in zip(paths, result.images, result.seeds, strict=True):
+        path.write_bytes(data)
+        typer.echo(f"wrote {path} ({result.width}x{result.height}, seed {used_seed})")
+    if save_pose is not None and result.pose_png is not None:
+        save_pose.write_bytes(result.pose_png)
+        typer.echo(f"wrote pose map {save_pose}")
+    if generator.engine.is_demo:
+        typer.echo("note: this is the random-weight demo model, so the images are noise; "
+                   "use --model/--controlnet with real weights (sd3pose download DIR)")  # fmt: skip
+
+
+def sample_photo_command(
+    output: Path = typer.Argument(Path("photo.jpg"), help="Where to write the photo."),
+) -> None:
+    """Write a sample photo of a person (scikit-image's astronaut) to try the service with."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(output, quality=95)
+    typer.echo(f"wrote {output} (512x512 photo of a person, from scikit-image)")

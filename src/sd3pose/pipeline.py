@@ -1,0 +1,204 @@
+"""One request end to end: input image -> control image (pose) -> engine -> encoded images.
+
+This is the only place that knows every stage; HTTP, CLI and workers all call `Generator.run`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sd3pose.engine.engine import Engine, EngineJob
+from sd3pose.engine.tiny import ensure_demo_model
+from sd3pose.images import InputLimits, encode_image, load_image, media_type
+from sd3pose.pose.control import ControlResult, build_control_image
+from sd3pose.pose.detect import PoseDetector, get_detector
+from sd3pose.pose.openpose_json import pose_from_openpose_json, pose_to_openpose_json
+from sd3pose.request import GenerationRequest, PoseMode, default_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+@dataclass
+class EngineSettings:
+    """Which weights to load, and where. `model=None` means the built-in random-weight demo model."""
+
+    model: str | Path | None = None
+    controlnet: str | Path | None = None
+    device: str | None = None
+    dtype: str | None = None
+    use_t5: bool = True
+    data_dir: Path = DEFAULT_DATA_DIR
+    input_limits: InputLimits = field(default_factory=InputLimits)
+
+    def resolved_model_paths(self) -> tuple[str | Path, str | Path]:
+        if self.model is None:
+            if self.controlnet is not None:
+                log.warning("--controlnet given without --model: using the demo model for both")
+            return ensure_demo_model(Path(self.data_dir) / "demo-model")
+        if self.controlnet is None:
+            raise ValueError(
+                "--model needs --controlnet too: a ControlNet folder or hub id (e.g. InstantX/SD3-Controlnet-Pose)"
+            )
+        return self.model, self.controlnet
+
+
+@dataclass
+class GenerationResult:
+    images: list[bytes]
+    media_type: str
+    seeds: list[int]
+    width: int
+    height: int
+    pose_png: bytes | None
+    keypoints: dict | None
+    timings: dict[str, float]
+
+
+@dataclass
+class PosePreview:
+    pose_png: bytes
+    keypoints: dict | None
+    width: int
+    height: int
+    detected: bool
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Generator:
+    """Owns one Engine (one device) and the process-wide pose detector."""
+
+    def __init__(
+        self, engine: Engine, detector: PoseDetector | None = None, input_limits: InputLimits | None = None
+    ) -> None:
+        self.engine = engine
+        self._detector = detector
+        self.input_limits = input_limits or InputLimits()
+
+    @classmethod
+    def create(cls, settings: EngineSettings) -> Generator:
+        model, controlnet = settings.resolved_model_paths()
+        engine = Engine.load(
+            model, controlnet, device=settings.device, dtype=settings.dtype, use_t5=settings.use_t5
+        )
+        return cls(engine, input_limits=settings.input_limits)
+
+    @property
+    def detector(self) -> PoseDetector:
+        # Lazily: a worker that only receives ready pose maps never pays for the mediapipe graphs.
+        if self._detector is None:
+            self._detector = get_detector()
+        return self._detector
+
+    def _control(self, request: GenerationRequest, timings: dict[str, float]) -> ControlResult:
+        start = time.perf_counter()
+        image = load_image(request.image, self.input_limits) if request.image is not None else None
+        timings["load_image"] = time.perf_counter() - start
+
+        width, height = self._output_size(request, image)
+        start = time.perf_counter()
+        needs_detector = image is not None and request.pose_mode is not PoseMode.none
+        control = build_control_image(
+            image,
+            request.pose_keypoints,
+            mode=request.pose_mode,
+            parts=request.pose_parts,
+            width=width,
+            height=height,
+            resize_mode=request.resize_mode,
+            detector=self.detector if needs_detector else None,
+        )
+        timings["pose"] = time.perf_counter() - start
+        return control
+
+    def _output_size(self, request: GenerationRequest, image: Image.Image | None) -> tuple[int, int]:
+        native = self.engine.native_resolution
+        if image is not None:
+            source = image.size
+        elif request.pose_keypoints is not None:
+            canvas = pose_from_openpose_json(request.pose_keypoints)
+            source = (canvas.width, canvas.height)
+        else:
+            source = (native, native)
+        width, height = default_size(*source, native=native)
+        # One side given: keep the input's aspect ratio for the other (rounded to 16).
+        if request.width and request.height:
+            return request.width, request.height
+        if request.width:
+            return request.width, max(64, round(request.width * height / width / 16) * 16)
+        if request.height:
+            return max(64, round(request.height * width / height / 16) * 16), request.height
+        return width, height
+
+    def preview_pose(self, request: GenerationRequest) -> PosePreview:
+        """The control image and keypoints a generation with this request would use."""
+        control = self._control(request, {})
+        keypoints = pose_to_openpose_json(control.pose) if control.pose is not None else None
+        return PosePreview(
+            _png(control.image), keypoints, control.image.width, control.image.height, control.detected
+        )
+
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        total_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        control = self._control(request, timings)
+        width, height = control.image.size
+
+        job = EngineJob(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            seeds=request.seeds,
+            strength=request.strength,
+            sampler=request.sampler,
+            scheduler=request.scheduler,
+            width=width,
+            height=height,
+            control_image=control.image,
+            control_start=request.control_start,
+            control_end=request.control_end,
+        )
+        start = time.perf_counter()
+        images = self.engine.generate(job, on_step=on_step, cancelled=cancelled)
+        timings["generate"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        encoded = [encode_image(image, request.output_format) for image in images]
+        pose_png: bytes | None = None
+        keypoints: dict[str, Any] | None = None
+        if request.return_pose:
+            pose_png = _png(control.image)
+            keypoints = pose_to_openpose_json(control.pose) if control.pose is not None else None
+        timings["encode"] = time.perf_counter() - start
+        timings["total"] = time.perf_counter() - total_start
+        return GenerationResult(
+            images=encoded,
+            media_type=media_type(request.output_format),
+            seeds=request.seeds,
+            width=width,
+            height=height,
+            pose_png=pose_png,
+            keypoints=keypoints,
+            timings=timings,
+        )

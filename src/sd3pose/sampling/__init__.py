@@ -1,0 +1,40 @@
+"""sd3pose.sampling: the hosted API's 27 samplers and 6 schedulers for rectified flow, in pure torch.
+
+    sigmas = get_sigmas("sgm_uniform", 20)            # 21 descending values, last 0 (SD3 shift 3)
+    x = sigmas[0] * torch.randn(...)                   # the state at sigmas[0]
+    x0 = sample("dpmpp_2m", denoiser, x, sigmas, seed=698845, callback=progress)
+
+``denoiser(x, sigma) -> x0`` follows the ``Denoiser`` protocol (see ``core``); ``SAMPLERS[name]`` says
+whether a sampler is stochastic, needs the unconditional prediction (CFG++), and how many model
+evaluations it makes per step.
+"""
+
+from sd3pose.sampling.core import Denoiser, NoiseSource, row_seeds
+from sd3pose.sampling.names import (
+    SAMPLER_ALIASES,
+    SAMPLER_NAMES,
+    SCHEDULER_NAMES,
+    resolve_sampler_name,
+    resolve_scheduler_name,
+)
+from sd3pose.sampling.samplers import SAMPLERS, SamplerInfo, sample, sampler_info
+from sd3pose.sampling.schedules import DEFAULT_SHIFT, flow_sigma, get_sigmas, sigma_table
+
+__all__ = [
+    "DEFAULT_SHIFT",
+    "SAMPLERS",
+    "SAMPLER_ALIASES",
+    "SAMPLER_NAMES",
+    "SCHEDULER_NAMES",
+    "Denoiser",
+    "NoiseSource",
+    "SamplerInfo",
+    "flow_sigma",
+    "get_sigmas",
+    "resolve_sampler_name",
+    "resolve_scheduler_name",
+    "row_seeds",
+    "sample",
+    "sampler_info",
+    "sigma_table",
+]

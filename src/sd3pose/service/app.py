@@ -1,0 +1,143 @@
+"""The FastAPI app factory: wires settings, the key store, the job queue and the routes together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from sd3pose import __version__
+from sd3pose.request import GenerationRequest
+from sd3pose.service.access import AccessMiddleware
+from sd3pose.service.auth import Principal
+from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
+from sd3pose.service.jobs import EmbeddedJobQueue, GeneratorLike, JobInfo, JobQueue, JobResult, JobStatus, QueueFullError
+from sd3pose.service.keys import KeyStore
+from sd3pose.service.metrics import Metrics
+from sd3pose.service.ratelimit import RateLimiter
+from sd3pose.service.settings import ServiceSettings
+from sd3pose.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    """Everything the routes share; one per app."""
+
+    def __init__(self, settings: ServiceSettings, db: Database, queue: JobQueue | None,
+                 generator_factory: Callable[[str | None], GeneratorLike] | None) -> None:
+        self.settings = settings
+        self.db = db
+        self.keys = KeyStore(db)
+        self.limiter = RateLimiter()
+        self.metrics = Metrics(lambda: self.queue.depth())
+        if queue is None:
+            if generator_factory is None:
+                raise ValueError("create_app needs a generator_factory or a queue")
+            queue = EmbeddedJobQueue(
+                db, generator_factory, results_dir=settings.results_dir, devices=settings.devices,
+                max_queue=settings.max_queue, result_ttl_s=settings.result_ttl_s,
+                cleanup_interval_s=settings.cleanup_interval_s, on_finished=self.job_finished,
+                on_generated=self.job_generated,
+            )
+        self.queue = queue
+
+    def open_access(self) -> bool:
+        """No keys configured: auth is off, but only where the operator allowed it (loopback by default)."""
+        allowed = self.settings.loopback_only or self.settings.insecure_no_auth
+        return allowed and self.keys.active_count() == 0
+
+    def price(self, samples: int) -> float:
+        return round(self.settings.price_per_image * samples, 6)
+
+    def submit(self, request: GenerationRequest, principal: Principal, kind: str) -> JobInfo:
+        """Reserve the credits, then queue the job (credits come back if it is not delivered)."""
+        key = principal.key
+        cost = self.price(request.samples) if key is not None and not key.unlimited else 0.0
+        if key is not None and not self.keys.reserve(key.id, cost):
+            balance = self.keys.balance(key.id) or 0
+            raise InsufficientCreditsError(
+                f"not enough credits: this request costs {cost:g} ({request.samples} image(s) at "
+                f"{self.settings.price_per_image:g}) and the key has {balance:g}; ask the operator to add "
+                "credits (`sd3pose keys add-credits`) or request fewer samples"
+            )
+        try:
+            return self.queue.submit(request, kind=kind, key_id=key.id if key else None, reserved=cost)
+        except QueueFullError as exc:
+            if key is not None:
+                self.keys.refund(key.id, cost)
+            raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
+
+    def job_finished(self, info: JobInfo) -> None:
+        # Charged only for delivered images: a job that did not complete gives its credits back.
+        if info.status is JobStatus.FAILED and info.key_id and info.reserved > 0:
+            self.keys.refund(info.key_id, info.reserved)
+        self.metrics.jobs.labels(info.status.value).inc()
+
+    def job_generated(self, result: JobResult) -> None:
+        self.metrics.observe_generation(result.timings, len(result.images))
+
+
+def _openapi(app: FastAPI, settings: ServiceSettings) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        # The routes parse the body themselves (to answer {"error": ...} with 400, not FastAPI's 422),
+        # so the real request model is added here and referenced from their openapi_extra.
+        request_schema = GenerationRequest.model_json_schema(
+            by_alias=True, ref_template="#/components/schemas/{model}"
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request_schema.pop("$defs", {}))
+        request_schema["properties"]["samples"]["maximum"] = settings.max_samples
+        components["GenerationRequest"] = request_schema
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    *,
+    generator_factory: Callable[[str | None], GeneratorLike] | None = None,
+    queue: JobQueue | None = None,
+) -> FastAPI:
+    """The service app. Give `generator_factory(device) -> Generator` (the embedded queue), or a queue."""
+    from sd3pose.service import routes_generate, routes_pose, routes_system
+
+    settings = settings or ServiceSettings()
+    db = Database(settings.db_path)
+    services = Services(settings, db, queue, generator_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.queue.start()
+        log.info("sd3pose service started (auth %s)", "off: no keys" if services.open_access() else "on")
+        try:
+            yield
+        finally:
+            services.queue.stop()
+            db.close()
+
+    app = FastAPI(
+        title="sd3pose",
+        version=__version__,
+        description="Pose-guided image generation (SD3 Medium + InstantX pose ControlNet), with the API of "
+        "the hosted SD3 Medium Pose ControlNet endpoint. Errors are JSON `{\"error\": \"...\"}`; "
+        "authenticated responses carry `x-remaining-credits`.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(AccessMiddleware, services=services)
+    app.include_router(routes_generate.router)
+    app.include_router(routes_pose.router)
+    app.include_router(routes_system.router)
+    app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,396 @@
+"""The job queue behind the routes: an interface, and the embedded SQLite + thread implementation.
+
+Routes only see `JobQueue`; a distributed implementation (Celery/Redis) can replace
+`EmbeddedJobQueue` without touching them. Every job ends exactly once in COMPLETED or FAILED, and
+`on_finished` is then called once (the app settles credits there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.request import GenerationRequest
+from sd3pose.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class JobStatus(str, Enum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+class QueueFullError(Sd3PoseError):
+    status_code = 429
+
+
+@dataclass
+class JobInfo:
+    id: str
+    kind: str  # "sync" | "async"
+    status: JobStatus
+    key_id: str | None
+    reserved: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    error_code: int | None = None
+    progress: tuple[int, int] | None = None
+    result_meta: dict[str, Any] = field(default_factory=dict)
+    samples: int = 1
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass
+class JobResult:
+    images: list[bytes]
+    media_type: str
+    seeds: list[int]
+    width: int
+    height: int
+    pose_png: bytes | None
+    keypoints: dict | None
+    timings: dict[str, float]
+
+
+@dataclass
+class PoseResult:
+    pose_png: bytes
+    keypoints: dict | None
+    width: int
+    height: int
+    detected: bool
+
+
+class GeneratorLike(Protocol):
+    def run(self, request: GenerationRequest, *, on_step: Callable[[int, int], None] | None = None,
+            cancelled: Callable[[], bool] | None = None) -> Any: ...
+
+    def preview_pose(self, request: GenerationRequest) -> Any: ...
+
+
+class JobQueue(Protocol):
+    """What the routes need from a job backend."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def readiness(self) -> tuple[bool, str]: ...
+    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo: ...
+    def get(self, job_id: str) -> JobInfo | None: ...
+    def wait(self, job_id: str, timeout_s: float) -> JobInfo | None: ...
+    def result(self, job_id: str) -> JobResult | None: ...
+    def cancel(self, job_id: str, reason: str) -> None: ...
+    def depth(self) -> int: ...
+    def preview_pose(self, request: GenerationRequest) -> PoseResult: ...
+
+
+INFO_COLUMNS = ("id, kind, status, key_id, reserved, samples, created_at, started_at, finished_at, error, "
+                "error_code, result_json")
+MEDIA_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+
+
+class EmbeddedJobQueue:
+    """Jobs recorded in SQLite, run by one in-process worker thread per device."""
+
+    def __init__(
+        self,
+        db: Database,
+        generator_factory: Callable[[str | None], GeneratorLike],
+        *,
+        results_dir: Path,
+        devices: list[str | None] | None = None,
+        max_queue: int = 32,
+        result_ttl_s: float = 3600.0,
+        cleanup_interval_s: float = 60.0,
+        on_finished: Callable[[JobInfo], None] | None = None,
+        on_generated: Callable[[JobResult], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.results_dir = Path(results_dir)
+        self.max_queue = max_queue
+        self.result_ttl_s = result_ttl_s
+        self.cleanup_interval_s = cleanup_interval_s
+        self.on_finished = on_finished
+        self.on_generated = on_generated
+        self._factory = generator_factory
+        self._devices = devices or [None]
+        self._cond = threading.Condition()
+        self._pending: deque[str] = deque()
+        self._requests: dict[str, GenerationRequest] = {}
+        self._progress: dict[str, tuple[int, int]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._events: dict[str, threading.Event] = {}
+        self._sync_results: dict[str, JobResult] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._workers: list[Any] = []
+        self._preview_lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from sd3pose.service.worker import Worker  # the worker imports this module
+
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        for device in self._devices:
+            worker = Worker(self, self._factory, device)
+            self._workers.append(worker)
+            thread = threading.Thread(target=worker.loop, name=f"sd3pose-worker-{device or 'default'}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        janitor = threading.Thread(target=self._janitor, name="sd3pose-janitor", daemon=True)
+        self._threads.append(janitor)
+        janitor.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        with self._cond:
+            for job_id in list(self._progress):
+                self._cancel_reasons.setdefault(job_id, "the server is shutting down")
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._workers:
+            return False, "not started"
+        errors = [w.load_error for w in self._workers if w.load_error]
+        if errors:
+            return False, f"model loading failed: {errors[0]}"
+        loading = sum(1 for w in self._workers if w.generator is None)
+        if loading:
+            return False, f"loading models on {loading} of {len(self._workers)} workers"
+        return True, f"{len(self._workers)} worker(s) ready"
+
+    def _recover(self) -> None:
+        """After a restart: re-queue waiting async jobs, fail the ones that were cut off."""
+        for row in self.db.query("SELECT kind, status, id, request_json FROM jobs WHERE status IN ('QUEUED', 'PROCESSING') ORDER BY created_at"):
+            job_id = row["id"]
+            if row["status"] == "PROCESSING":
+                self._finish(job_id, JobStatus.FAILED, error="the server restarted while this job was running; "
+                             "submit it again", error_code=500)
+            elif row["kind"] == "sync":
+                self._finish(job_id, JobStatus.FAILED, error="the server restarted before this request ran and "
+                             "its client is gone; submit it again", error_code=500)
+            else:
+                request = GenerationRequest.model_validate_json(row["request_json"], context={"max_samples": 1 << 30})
+                with self._cond:
+                    self._requests[job_id] = request
+                    self._events[job_id] = threading.Event()
+                    self._pending.append(job_id)
+        if self._pending:
+            log.info("resuming %d queued job(s) from before the restart", len(self._pending))
+
+    # --- submit / inspect ----------------------------------------------------------------------------
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
+        if request.seed < 0:
+            raise InvalidRequestError("internal: resolve the seed before submitting")
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        with self._cond:
+            if len(self._pending) >= self.max_queue:
+                raise QueueFullError(
+                    f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
+                )
+            self.db.execute(
+                "INSERT INTO jobs (id, kind, status, key_id, reserved, samples, request_json, created_at) "
+                "VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
+                (job_id, kind, key_id, reserved, request.samples, request.model_dump_json(by_alias=True), now),
+            )
+            self._requests[job_id] = request
+            self._events[job_id] = threading.Event()
+            self._pending.append(job_id)
+            self._cond.notify()
+        return JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
+                       created_at=now, samples=request.samples)
+
+    def get(self, job_id: str) -> JobInfo | None:
+        rows = self.db.query(f"SELECT {INFO_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return None
+        info = self._row_to_info(rows[0])
+        if info.done and info.finished_at is not None and time.time() > info.finished_at + self.result_ttl_s:
+            return None  # expired; the janitor deletes it soon
+        info.progress = self._progress.get(job_id)
+        return info
+
+    def wait(self, job_id: str, timeout_s: float) -> JobInfo | None:
+        event = self._events.get(job_id)
+        if event is not None:
+            event.wait(timeout_s)
+        return self.get(job_id)
+
+    def result(self, job_id: str) -> JobResult | None:
+        info = self.get(job_id)
+        if info is None or info.status is not JobStatus.COMPLETED:
+            return None
+        if info.kind == "sync":
+            return self._sync_results.pop(job_id, None)
+        folder = self.results_dir / job_id
+        meta = info.result_meta
+        try:
+            images = [(folder / name).read_bytes() for name in meta["files"]]
+            pose_png = (folder / "pose.png").read_bytes() if meta.get("pose") else None
+        except FileNotFoundError:
+            return None
+        return JobResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
+                         height=meta["height"], pose_png=pose_png, keypoints=meta.get("keypoints"),
+                         timings=meta.get("timings", {}))
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Drop a queued job now; ask a running one to stop at its next step."""
+        with self._cond:
+            if job_id in self._pending:
+                self._pending.remove(job_id)
+                queued = True
+            else:
+                queued = False
+                if job_id in self._progress:
+                    self._cancel_reasons[job_id] = reason
+        if queued:
+            self._finish(job_id, JobStatus.FAILED, error=reason, error_code=504)
+
+    def preview_pose(self, request: GenerationRequest) -> PoseResult:
+        generator = next((w.generator for w in self._workers if w.generator is not None), None)
+        if generator is None:
+            raise QueueFullError("the models are still loading; retry in a few seconds (see GET /ready)")
+        with self._preview_lock:
+            preview = generator.preview_pose(request)
+        return PoseResult(pose_png=preview.pose_png, keypoints=preview.keypoints, width=preview.width,
+                          height=preview.height, detected=preview.detected)
+
+    # --- used by the workers -------------------------------------------------------------------------
+
+    def take(self, max_jobs: int = 1, timeout_s: float = 0.5) -> list[tuple[str, GenerationRequest]]:
+        """Up to `max_jobs` queued jobs, now marked PROCESSING (waits up to timeout_s for the first)."""
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(timeout_s)
+            taken = []
+            while self._pending and len(taken) < max_jobs and not self._stopping.is_set():
+                job_id = self._pending.popleft()
+                self._progress[job_id] = (0, self._requests[job_id].num_inference_steps)
+                taken.append((job_id, self._requests[job_id]))
+        for job_id, _ in taken:
+            self.db.execute("UPDATE jobs SET status = 'PROCESSING', started_at = ? WHERE id = ?",
+                            (time.time(), job_id))
+        return taken
+
+    def report_step(self, job_id: str, step: int, total: int) -> None:
+        self._progress[job_id] = (step, total)
+
+    def cancel_reason(self, job_id: str) -> str | None:
+        return self._cancel_reasons.get(job_id)
+
+    def complete(self, job_id: str, result: JobResult) -> None:
+        kind = self.db.query("SELECT kind FROM jobs WHERE id = ?", (job_id,))[0]["kind"]
+        meta: dict[str, Any] = {
+            "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,
+            "height": result.height, "timings": result.timings, "count": len(result.images),
+        }
+        if kind == "sync":
+            self._sync_results[job_id] = result
+        else:
+            folder = self.results_dir / job_id
+            folder.mkdir(parents=True, exist_ok=True)
+            extension = MEDIA_EXTENSIONS.get(result.media_type, "bin")
+            meta["files"] = []
+            for index, data in enumerate(result.images):
+                name = f"image_{index}.{extension}"
+                (folder / name).write_bytes(data)
+                meta["files"].append(name)
+            if result.pose_png is not None:
+                (folder / "pose.png").write_bytes(result.pose_png)
+                meta["pose"] = True
+            meta["keypoints"] = result.keypoints
+        if self.on_generated is not None:
+            self.on_generated(result)
+        self._finish(job_id, JobStatus.COMPLETED, result_meta=meta)
+
+    def fail(self, job_id: str, error: str, error_code: int) -> None:
+        self._finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
+
+    # --- internals -------------------------------------------------------------------------------------
+
+    def _finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
+                result_meta: dict[str, Any] | None = None) -> None:
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, error_code = ?, result_json = ? "
+                "WHERE id = ? AND status IN ('QUEUED', 'PROCESSING')",
+                (status.value, time.time(), error, error_code, json.dumps(result_meta or {}), job_id),
+            )
+            changed = cursor.rowcount == 1
+        with self._cond:
+            self._progress.pop(job_id, None)
+            self._cancel_reasons.pop(job_id, None)
+            self._requests.pop(job_id, None)
+            event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
+        if changed and self.on_finished is not None:
+            info = self.get(job_id)
+            if info is not None:
+                try:
+                    self.on_finished(info)
+                except Exception:  # a settlement bug must not kill the worker
+                    log.exception("on_finished failed for job %s", job_id)
+
+    def _row_to_info(self, row: Any) -> JobInfo:
+        return JobInfo(
+            id=row["id"], kind=row["kind"], status=JobStatus(row["status"]), key_id=row["key_id"],
+            reserved=row["reserved"], created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], error=row["error"], error_code=row["error_code"],
+            result_meta=json.loads(row["result_json"]) if row["result_json"] else {},
+            samples=row["samples"],
+        )
+
+    def _janitor(self) -> None:
+        while not self._stopping.wait(self.cleanup_interval_s):
+            try:
+                self.delete_expired()
+            except Exception:
+                log.exception("cleaning expired results failed")
+
+    def delete_expired(self) -> int:
+        cutoff = time.time() - self.result_ttl_s
+        rows = self.db.query("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,))
+        for row in rows:
+            shutil.rmtree(self.results_dir / row["id"], ignore_errors=True)
+            self._sync_results.pop(row["id"], None)
+            self.db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+        if rows:
+            log.info("deleted %d expired job result(s)", len(rows))
+        return len(rows)

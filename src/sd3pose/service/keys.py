@@ -1,0 +1,155 @@
+"""API keys and their credits, stored in SQLite.
+
+A key reads `sd3p_<id>_<secret>`; only the SHA-256 of the whole key is stored (keys are 190 random
+bits, so a fast hash is enough), found by its public id and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from sd3pose.errors import InvalidRequestError
+from sd3pose.store import Database
+
+KEY_PREFIX = "sd3p"
+# What a key may do: `generate` = sync v1, `async` = the v2 job API, `pose` = the pose preview.
+SCOPES: tuple[str, ...] = ("generate", "async", "pose")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    credits: float | None  # None: unlimited
+    scopes: tuple[str, ...]
+    rate_limit: int | None
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.credits is None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _row_to_key(row) -> ApiKey:  # noqa: ANN001 - sqlite3.Row
+    return ApiKey(
+        id=row["id"], name=row["name"], credits=row["credits"],
+        scopes=tuple(s for s in row["scopes"].split(",") if s), rate_limit=row["rate_limit"],
+        created_at=row["created_at"], revoked_at=row["revoked_at"],
+    )
+
+
+def parse_scopes(scopes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if not scopes:
+        return SCOPES
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise InvalidRequestError(f"unknown scope {unknown[0]!r}; use any of: {', '.join(SCOPES)}")
+    return tuple(dict.fromkeys(scopes))
+
+
+class KeyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self, name: str, *, credits: float | None, scopes: list[str] | tuple[str, ...] | None = None,
+        rate_limit: int | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns it and the secret key string (shown once, never stored)."""
+        if not name.strip():
+            raise InvalidRequestError("a key needs a non-empty --name")
+        if credits is not None and credits < 0:
+            raise InvalidRequestError(f"--credits must be 0 or more (got {credits})")
+        if rate_limit is not None and rate_limit < 0:
+            raise InvalidRequestError(f"--rate-limit must be 0 (none) or more requests/minute (got {rate_limit})")
+        scope_tuple = parse_scopes(scopes)
+        key_id = secrets.token_hex(6)
+        secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO api_keys (id, name, key_hash, credits, scopes, rate_limit, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key_id, name.strip(), _hash(secret), credits, ",".join(scope_tuple), rate_limit, now),
+        )
+        return self.get(key_id), secret  # type: ignore[return-value]
+
+    def get(self, key_id: str) -> ApiKey | None:
+        rows = self.db.query("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        return _row_to_key(rows[0]) if rows else None
+
+    def find(self, id_or_name: str) -> ApiKey:
+        """A key by id or by (unique) name, for the CLI."""
+        rows = self.db.query("SELECT * FROM api_keys WHERE id = ?", (id_or_name,))
+        if not rows:
+            rows = self.db.query("SELECT * FROM api_keys WHERE name = ? ORDER BY created_at", (id_or_name,))
+        if not rows:
+            raise InvalidRequestError(f"no key with id or name {id_or_name!r}; see `sd3pose keys list`")
+        if len(rows) > 1:
+            ids = ", ".join(r["id"] for r in rows)
+            raise InvalidRequestError(f"several keys are named {id_or_name!r} ({ids}); give the id instead")
+        return _row_to_key(rows[0])
+
+    def list(self) -> list[ApiKey]:
+        return [_row_to_key(r) for r in self.db.query("SELECT * FROM api_keys ORDER BY created_at")]
+
+    def active_count(self) -> int:
+        return int(self.db.query("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")[0][0])
+
+    def verify(self, secret: str) -> ApiKey | None:
+        """The active key for this secret, or None. Constant-time in the secret's content."""
+        parts = secret.strip().split("_")
+        key_id = parts[1] if len(parts) >= 3 and parts[0] == KEY_PREFIX else ""
+        rows = self.db.query("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        stored = rows[0]["key_hash"] if rows else _hash("")  # compare anyway: same work on a miss
+        matches = hmac.compare_digest(stored, _hash(secret.strip()))
+        if not rows or not matches:
+            return None
+        key = _row_to_key(rows[0])
+        return key if key.active else None
+
+    def revoke(self, key_id: str) -> None:
+        self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                        (time.time(), key_id))
+
+    def add_credits(self, key_id: str, amount: float) -> ApiKey:
+        key = self.get(key_id)
+        if key is None:
+            raise InvalidRequestError(f"no key with id {key_id!r}")
+        if key.unlimited:
+            raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
+        self.db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (amount, key_id))
+        return self.get(key_id)  # type: ignore[return-value]
+
+    def balance(self, key_id: str) -> float | None:
+        rows = self.db.query("SELECT credits FROM api_keys WHERE id = ?", (key_id,))
+        return rows[0]["credits"] if rows else None
+
+    def reserve(self, key_id: str, amount: float) -> bool:
+        """Take `amount` credits now (refunded if the images are not delivered); False when short."""
+        if amount <= 0:
+            return True
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE api_keys SET credits = credits - ? "
+                "WHERE id = ? AND (credits IS NULL OR credits >= ?)",
+                (amount, key_id, amount - 1e-9),
+            )
+            return cursor.rowcount == 1
+
+    def refund(self, key_id: str, amount: float) -> None:
+        if amount > 0:
+            self.db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL",
+                            (amount, key_id))

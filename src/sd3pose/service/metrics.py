@@ -1,0 +1,45 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+TIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+
+
+class Metrics:
+    def __init__(self, queue_depth: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sd3pose_http_requests", "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "sd3pose_http_request_seconds", "Time to answer an HTTP request.", ["route"],
+            buckets=TIME_BUCKETS, registry=self.registry,
+        )
+        self.queue_depth = Gauge("sd3pose_queue_depth", "Jobs waiting for a worker.", registry=self.registry)
+        self.queue_depth.set_function(queue_depth)
+        self.generation_seconds = Histogram(
+            "sd3pose_generation_seconds", "Time spent sampling and decoding images, per job.",
+            buckets=TIME_BUCKETS, registry=self.registry,
+        )
+        self.pose_seconds = Histogram(
+            "sd3pose_pose_seconds", "Time spent detecting and drawing the pose, per job.",
+            buckets=TIME_BUCKETS, registry=self.registry,
+        )
+        self.images = Counter("sd3pose_images_generated", "Images generated.", registry=self.registry)
+        self.jobs = Counter("sd3pose_jobs_finished", "Jobs finished, by outcome.", ["status"],
+                            registry=self.registry)
+
+    def observe_generation(self, timings: dict[str, float], count: int) -> None:
+        if "generate" in timings:
+            self.generation_seconds.observe(timings["generate"])
+        if "pose" in timings:
+            self.pose_seconds.observe(timings["pose"])
+        self.images.inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,91 @@
+"""The in-process worker: loads one Generator on its device, then runs queued jobs until stopped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sd3pose.errors import GenerationCancelledError, Sd3PoseError
+from sd3pose.request import GenerationRequest
+from sd3pose.service.jobs import GeneratorLike, JobResult
+
+if TYPE_CHECKING:
+    from sd3pose.service.jobs import EmbeddedJobQueue
+
+log = logging.getLogger(__name__)
+
+# Jobs taken per loop turn. A dynamic-batching pass can raise this and merge compatible jobs
+# inside `run_jobs`; the queue and the routes need no change.
+MAX_JOBS_PER_TURN = 1
+
+
+class Worker:
+    def __init__(
+        self, queue: EmbeddedJobQueue, factory: Callable[[str | None], GeneratorLike], device: str | None
+    ) -> None:
+        self.queue = queue
+        self.factory = factory
+        self.device = device
+        self.generator: GeneratorLike | None = None
+        self.load_error: str | None = None
+
+    def loop(self) -> None:
+        name = self.device or "default device"
+        log.info("worker on %s: loading models", name)
+        start = time.perf_counter()
+        try:
+            self.generator = self.factory(self.device)
+        except Exception as exc:
+            self.load_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.exception("worker on %s: loading models failed; jobs stay queued", name)
+            return
+        log.info("worker on %s: ready after %.1f s", name, time.perf_counter() - start)
+        while not self.queue.stopping:
+            jobs = self.queue.take(MAX_JOBS_PER_TURN)
+            if jobs:
+                run_jobs(self.queue, self.generator, jobs)
+
+
+def run_jobs(queue: EmbeddedJobQueue, generator: GeneratorLike, jobs: list[tuple[str, GenerationRequest]]) -> None:
+    """Run these jobs and record each one's outcome; never raises."""
+    for job_id, request in jobs:
+        _run_one(queue, generator, job_id, request)
+
+
+def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, request: GenerationRequest) -> None:
+    start = time.perf_counter()
+    log.info("job %s: started (%d step(s), %d sample(s))", job_id, request.num_inference_steps, request.samples)
+    try:
+        output = generator.run(
+            request,
+            on_step=lambda step, total: queue.report_step(job_id, step, total),
+            cancelled=lambda: queue.cancel_reason(job_id) is not None,
+        )
+        result = JobResult(
+            images=list(output.images), media_type=output.media_type, seeds=list(output.seeds),
+            width=output.width, height=output.height, pose_png=output.pose_png, keypoints=output.keypoints,
+            timings=dict(output.timings),
+        )
+    except GenerationCancelledError as exc:
+        reason = queue.cancel_reason(job_id) or exc.message
+        log.info("job %s: cancelled (%s)", job_id, reason)
+        queue.fail(job_id, reason, exc.status_code)
+        return
+    except Sd3PoseError as exc:
+        log.info("job %s: failed with %d: %s", job_id, exc.status_code, exc.message)
+        queue.fail(job_id, exc.message, exc.status_code)
+        return
+    except Exception:
+        log.exception("job %s: unexpected error", job_id)
+        queue.fail(job_id, f"internal server error while generating (request id {job_id}); "
+                   "the server logged the details", 500)
+        return
+    reason = queue.cancel_reason(job_id)
+    if reason is not None:  # finished anyway, but nobody will receive it: do not charge for it
+        log.info("job %s: finished after it was cancelled (%s); result discarded", job_id, reason)
+        queue.fail(job_id, reason, GenerationCancelledError.status_code)
+        return
+    queue.complete(job_id, result)
+    log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
