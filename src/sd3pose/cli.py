@@ -27,3 +27,16 @@ from sd3pose.cli_generate import generate_command, sample_photo_command  # noqa:
 
 app.command("generate")(generate_command)
 app.command("sample-photo")(sample_photo_command)
+
+from sd3pose.service.cli import register as register_service_commands  # noqa: E402
+
+register_service_commands(app)  # serve, demo, keys
+
+from sd3pose.engine.cli import download_command, make_tiny_model_command  # noqa: E402
+
+app.command("make-tiny-model")(make_tiny_model_command)
+app.command("download")(download_command)
+
+from sd3pose.pose.cli import pose_command  # noqa: E402
+
+app.command("pose")(pose_command)

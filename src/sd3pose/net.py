@@ -37,7 +37,6 @@ PRIVATE_HINT = "only public addresses are allowed (start the server with --allow
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-_CHUNK = 64 * 1024
 # getaddrinfo has no timeout of its own; lookups run here so a slow DNS server cannot hang a request.
 _RESOLVER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sd3pose-dns")
 
@@ -185,6 +184,9 @@ def _parse_url(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, UnicodeError, TypeError) as exc:
+        if str(exc).startswith("Invalid IPv4 address"):  # httpx refuses dotted quads with leading zeros
+            host = urllib.parse.urlsplit(url).hostname
+            raise ImageInputError(f"image URL host '{host}' is not a valid IPv4 address; check the URL") from None
         raise ImageInputError(f"image URL is not a valid URL ({exc}); check it") from None
     scheme = parsed.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
@@ -255,7 +257,8 @@ def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, tota
         )
     body = bytearray()
     # Content-Length may lie or be absent: count what actually arrives (after content decoding).
-    for chunk in response.iter_bytes(_CHUNK):
+    # No chunk_size: httpx would buffer up to it, hiding a slow drip from the deadline check.
+    for chunk in response.iter_bytes():
         body += chunk
         if len(body) > max_bytes:
             raise ImageInputError(
@@ -267,6 +270,31 @@ def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, tota
                 "send a faster URL or the image as base64"
             )
     return bytes(body)
+
+
+def _get(
+    client: httpx.Client, hop: _Hop, max_bytes: int, deadline: float, total_timeout: float
+) -> FetchedBody | str:
+    """One hop: the body of a 2xx answer, or the absolute URL a redirect points to."""
+    response = _open(client, hop)
+    try:
+        if response.status_code in REDIRECT_STATUSES:
+            location = response.headers.get("location")
+            if not location:
+                raise ImageInputError(
+                    f"image URL answered HTTP {response.status_code} without a Location; "
+                    "send the final URL of the image"
+                )
+            return str(hop.url.join(location))
+        if not 200 <= response.status_code < 300:
+            raise ImageInputError(
+                f"image URL answered HTTP {response.status_code}; "
+                "check that the URL points at a publicly readable image"
+            )
+        body = _read_capped(response, max_bytes, deadline, total_timeout)
+        return FetchedBody(body, response.headers.get("content-type"), str(hop.url))
+    finally:
+        response.close()
 
 
 def fetch_url(
@@ -300,26 +328,7 @@ def fetch_url(
             hop = _check_hop(current, allow_private=allow_private, timeout=connect_timeout, resolver=resolver)
             log.info("fetching image from %s (%s)", hop.host, ", ".join(map(str, hop.addresses)))
             try:
-                response = _open(client, hop)
-                with response:
-                    if response.status_code in REDIRECT_STATUSES:
-                        location = response.headers.get("location")
-                        if not location:
-                            raise ImageInputError(
-                                f"image URL answered HTTP {response.status_code} without a Location; "
-                                "send the final URL of the image"
-                            )
-                        current = str(hop.url.join(location))
-                        log.debug("redirect %d to %s", hop_index + 1, current)
-                        continue
-                    if not 200 <= response.status_code < 300:
-                        raise ImageInputError(
-                            f"image URL answered HTTP {response.status_code}; "
-                            "check that the URL points at a publicly readable image"
-                        )
-                    body = _read_capped(response, max_bytes, deadline, total_timeout)
-                    log.info("fetched %d bytes from %s in %.2f s", len(body), hop.host, time.monotonic() - started)
-                    return FetchedBody(body, response.headers.get("content-type"), current)
+                result = _get(client, hop, max_bytes, deadline, total_timeout)
             except httpx.ConnectTimeout:
                 raise ImageInputError(
                     f"could not connect to the image URL host '{hop.host}' within {connect_timeout:g} s; "
@@ -334,6 +343,10 @@ def fetch_url(
                 raise ImageInputError(
                     f"downloading the image URL failed ({type(exc).__name__}: {exc}); check the URL"
                 ) from None
-    raise ImageInputError(
-        f"image URL redirected more than {max_redirects} times; send the final URL of the image"
-    )
+            if isinstance(result, str):
+                log.debug("redirect %d to %s", hop_index + 1, result)
+                current = result
+                continue
+            log.info("fetched %d bytes from %s in %.2f s", len(result.content), hop.host, time.monotonic() - started)
+            return result
+    raise ImageInputError(f"image URL redirected more than {max_redirects} times; send the final URL of the image")

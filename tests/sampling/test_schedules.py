@@ -26,7 +26,7 @@ def test_normal_follows_the_shift_like_diffusers() -> None:
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-@pytest.mark.parametrize("steps", [1, 2, 3, 7, 20, 100, 1000])
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 20, 100, 999, 1000])
 def test_every_schedule_has_steps_plus_one_descending_values_ending_in_zero(scheduler: str, steps: int) -> None:
     sig = get_sigmas(scheduler, steps)
     assert sig.dtype == torch.float32 and sig.shape == (steps + 1,)
@@ -80,6 +80,8 @@ def test_bad_arguments_are_rejected_with_clear_messages() -> None:
         get_sigmas("linear", 10)
     with pytest.raises(InvalidRequestError, match="steps must be"):
         get_sigmas("normal", 0)
+    with pytest.raises(InvalidRequestError, match="steps must be"):
+        get_sigmas("simple", 1001)
     with pytest.raises(InvalidRequestError, match="shift must be"):
         get_sigmas("normal", 10, shift=-1.0)
     assert torch.equal(get_sigmas(" Karras ", 5), get_sigmas("karras", 5))

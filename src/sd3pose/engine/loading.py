@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from sd3pose.errors import ModelLoadError
 from sd3pose.engine.tiny import DEMO_MARKER
+from sd3pose.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -180,11 +180,16 @@ def load_components(
         control_net = SD3ControlNetModel.from_pretrained(control, torch_dtype=dtype)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # the loading boundary: whatever diffusers/hub raise becomes one sentence
+        logger.debug("model loading failed", exc_info=True)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
-            f"could not load the model from {base!r} and {control!r} ({first_line}); {FIX}"
-        ) from exc
+        hub_names = [name for name in (base, control) if is_hub_id(name)]
+        where = (
+            f"{' and '.join(map(repr, hub_names))} is neither a local folder nor a reachable hub model id"
+            if hub_names
+            else f"could not load the model from {base!r} and {control!r}"
+        )
+        raise ModelLoadError(f"{where} ({first_line[:200]}); {FIX}") from exc
 
     if control_net.config.joint_attention_dim != transformer.config.joint_attention_dim or (
         control_net.config.pooled_projection_dim != transformer.config.pooled_projection_dim

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from sd3pose.errors import ModelLoadError
+
 logger = logging.getLogger(__name__)
 
 # Marker key in model_index.json; diffusers ignores keys starting with "_".
@@ -160,8 +162,13 @@ def _randomise(module: torch.nn.Module, std: float, generator: torch.Generator) 
             param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
-def build_tiny_components() -> dict:
-    """All pipeline components of the tiny model, deterministic for a fixed SEED."""
+def build_tiny_components(
+    *, layers: int = 2, heads: int = HEADS, head_dim: int = HEAD_DIM, controlnet_layers: int = 1
+) -> dict:
+    """All pipeline components of the tiny model, deterministic for a fixed SEED.
+
+    The keyword sizes let the benchmark build a larger random model with the same recipe.
+    """
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -175,14 +182,14 @@ def build_tiny_components() -> dict:
     tokenizer_3 = build_t5_tokenizer()
 
     torch.manual_seed(SEED)
-    inner = HEADS * HEAD_DIM
+    inner = heads * head_dim
     transformer = SD3Transformer2DModel(
         sample_size=SAMPLE_SIZE,
         patch_size=2,
         in_channels=16,
-        num_layers=2,
-        attention_head_dim=HEAD_DIM,
-        num_attention_heads=HEADS,
+        num_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
         joint_attention_dim=T5_DIM,
         caption_projection_dim=inner,
         pooled_projection_dim=2 * CLIP_DIM,
@@ -191,7 +198,7 @@ def build_tiny_components() -> dict:
     )
     # from_transformer edits the transformer's config in place: give it a copy.
     controlnet = SD3ControlNetModel.from_transformer(
-        copy.deepcopy(transformer), num_layers=1, num_extra_conditioning_channels=0
+        copy.deepcopy(transformer), num_layers=controlnet_layers, num_extra_conditioning_channels=0
     )
     generator = torch.Generator().manual_seed(SEED + 1)
     _randomise(controlnet.controlnet_blocks, 0.2, generator)
@@ -284,14 +291,17 @@ INSTANTX_CONFIG_KEYS = (
 INSTANTX_CLASS_NAME = "ControlNetSD3Model"
 
 
-def write_tiny_model(directory: str | Path) -> tuple[Path, Path]:
-    """Write the tiny model to DIR/base (SD3 pipeline layout) and DIR/controlnet (InstantX layout)."""
+def write_tiny_model(directory: str | Path, **sizes: int) -> tuple[Path, Path]:
+    """Write the tiny model to DIR/base (SD3 pipeline layout) and DIR/controlnet (InstantX layout).
+
+    `sizes` go to build_tiny_components (the benchmark's larger random model); the default is the demo.
+    """
     from diffusers import StableDiffusion3Pipeline
 
     directory = Path(directory)
     base_dir, controlnet_dir = directory / "base", directory / "controlnet"
     logger.info("building the tiny random-weight demo model in %s", directory)
-    parts = build_tiny_components()
+    parts = build_tiny_components(**sizes)
     controlnet = parts.pop("controlnet")
     pipe = StableDiffusion3Pipeline(**parts)
     pipe.save_pretrained(base_dir, safe_serialization=True)
@@ -309,3 +319,40 @@ def write_tiny_model(directory: str | Path) -> tuple[Path, Path]:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     logger.info("tiny demo model written: %s and %s", base_dir, controlnet_dir)
     return base_dir, controlnet_dir
+
+
+def is_complete(directory: str | Path) -> bool:
+    """True when DIR holds a written tiny (or any) model: base/model_index.json and controlnet/config.json."""
+    directory = Path(directory)
+    return (directory / "base" / "model_index.json").is_file() and (
+        directory / "controlnet" / "config.json"
+    ).is_file()
+
+
+def ensure_demo_model(directory: str | Path) -> tuple[Path, Path]:
+    """(base_dir, controlnet_dir) of the demo model in DIR, building it there first if missing.
+
+    Built in a temporary sibling folder and renamed into place, so a concurrent reader never sees
+    a half-written model.
+    """
+    import shutil
+    import tempfile
+
+    directory = Path(directory).expanduser()
+    if not is_complete(directory):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+        try:
+            write_tiny_model(staging)
+            directory.mkdir(parents=True, exist_ok=True)
+            for name in ("base", "controlnet"):
+                target = directory / name
+                if not target.exists():
+                    (staging / name).rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not is_complete(directory):
+            raise ModelLoadError(
+                f"{str(directory)!r} holds a partial model; delete it and run `sd3pose make-tiny-model DIR` again"
+            )
+    return directory / "base", directory / "controlnet"

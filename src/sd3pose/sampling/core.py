@@ -143,16 +143,28 @@ class Run:
             self._noise = NoiseSource(self._seed, like, on_device=self._noise_on_device)
         return self._noise()
 
-    def step_done(self, i: int, x: torch.Tensor, denoised: torch.Tensor, total: int | None = None) -> None:
-        """Report a completed step: x is the new state at sigmas[i+1]; denoised was predicted at sigmas[i]."""
+    def step_done(
+        self,
+        i: int,
+        x: torch.Tensor,
+        denoised: torch.Tensor,
+        *,
+        total: int | None = None,
+        sigma: float | None = None,
+        sigma_next: float | None = None,
+    ) -> None:
+        """Report a completed step: x is the new state at sigmas[i+1]; denoised was predicted at sigmas[i].
+
+        Samplers with their own step grid (dpm_fast, dpm_adaptive) pass total/sigma/sigma_next.
+        """
         if self.callback is not None:
             self.callback(
                 {
                     "i": i,
                     "total": self.total if total is None else total,
                     "x": x,
-                    "sigma": self.sigmas[i] if i < len(self.sigmas) else self.sigmas[-1],
-                    "sigma_next": self.sigmas[i + 1] if i + 1 < len(self.sigmas) else self.sigmas[-1],
+                    "sigma": self.sigmas[i] if sigma is None else sigma,
+                    "sigma_next": self.sigmas[i + 1] if sigma_next is None else sigma_next,
                     "denoised": denoised,
                 }
             )

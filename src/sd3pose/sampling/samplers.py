@@ -6,6 +6,11 @@ through the exact change of variables x_ve = x/(1-sigma), sigma_ve = sigma/(1-si
 first step from sigma = 1 (sigma_ve = inf) is taken exactly:
 
 * ``first_order``  -- euler, euler_pp, euler_ancestral, euler_ancestral_pp, ddim, ddpm
+* ``single_step``  -- heun, heunpp2, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, lcm
+* ``multistep``    -- lms, ipndm, ipndm_v, deis, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, uni_pc, uni_pc_bh2
+* ``dpm_solver``   -- dpm_fast, dpm_adaptive
+
+``*_gpu`` variants run the same maths with their noise drawn on x's device.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from sd3pose.errors import InvalidRequestError
-from sd3pose.sampling import first_order
+from sd3pose.sampling import dpm_solver, first_order, multistep, single_step
 from sd3pose.sampling.core import Callback, Denoiser, Run, Seed
 from sd3pose.sampling.names import SAMPLER_NAMES, resolve_sampler_name
 
@@ -39,27 +44,50 @@ class SamplerInfo:
     adaptive: bool = False  # chooses its own steps (dpm_adaptive): sigmas give only the range
 
 
-SAMPLERS: dict[str, SamplerInfo] = {
-    info.name: info
-    for info in (
-        SamplerInfo("euler", first_order.euler),
-        SamplerInfo("euler_pp", first_order.euler_pp, needs_uncond=True),
-        SamplerInfo("euler_ancestral", first_order.euler_ancestral, stochastic=True),
-        SamplerInfo(
-            "euler_ancestral_pp", first_order.euler_ancestral_pp, stochastic=True, needs_uncond=True
-        ),
-        SamplerInfo("ddim", first_order.ddim),
-        SamplerInfo("ddpm", first_order.ddpm, stochastic=True),
+def _gpu(info: SamplerInfo) -> SamplerInfo:
+    return SamplerInfo(
+        f"{info.name}_gpu", info.fn, info.stochastic, info.needs_uncond, info.evals_per_step, True
     )
+
+
+_BASE = (
+    SamplerInfo("euler", first_order.euler),
+    SamplerInfo("euler_pp", first_order.euler_pp, needs_uncond=True),
+    SamplerInfo("euler_ancestral", first_order.euler_ancestral, stochastic=True),
+    SamplerInfo("euler_ancestral_pp", first_order.euler_ancestral_pp, stochastic=True, needs_uncond=True),
+    SamplerInfo("heun", single_step.heun, evals_per_step=2),
+    SamplerInfo("heunpp2", single_step.heunpp2, evals_per_step=3),
+    SamplerInfo("dpm_2", single_step.dpm_2, evals_per_step=2),
+    SamplerInfo("dpm_2_ancestral", single_step.dpm_2_ancestral, stochastic=True, evals_per_step=2),
+    SamplerInfo("lms", multistep.lms),
+    SamplerInfo("dpm_fast", dpm_solver.dpm_fast),
+    SamplerInfo("dpm_adaptive", dpm_solver.dpm_adaptive, evals_per_step=3, adaptive=True),
+    SamplerInfo("dpmpp_2s_ancestral", single_step.dpmpp_2s_ancestral, stochastic=True, evals_per_step=2),
+    SamplerInfo("dpmpp_sde", single_step.dpmpp_sde, stochastic=True, evals_per_step=2),
+    SamplerInfo("dpmpp_2m", multistep.dpmpp_2m),
+    SamplerInfo("dpmpp_2m_sde", multistep.dpmpp_2m_sde, stochastic=True),
+    SamplerInfo("dpmpp_3m_sde", multistep.dpmpp_3m_sde, stochastic=True),
+    SamplerInfo("ddpm", first_order.ddpm, stochastic=True),
+    SamplerInfo("lcm", single_step.lcm, stochastic=True),
+    SamplerInfo("ipndm", multistep.ipndm),
+    SamplerInfo("ipndm_v", multistep.ipndm_v),
+    SamplerInfo("deis", multistep.deis),
+    SamplerInfo("ddim", first_order.ddim),
+    SamplerInfo("uni_pc", multistep.uni_pc),
+    SamplerInfo("uni_pc_bh2", multistep.uni_pc_bh2),
+)
+_BY_NAME = {info.name: info for info in _BASE}
+_GPU = tuple(_gpu(_BY_NAME[n]) for n in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"))
+
+# In the hosted API's order.
+SAMPLERS: dict[str, SamplerInfo] = {
+    name: {**_BY_NAME, **{g.name: g for g in _GPU}}[name] for name in SAMPLER_NAMES
 }
 
 
 def sampler_info(name: str) -> SamplerInfo:
     """Metadata of a sampler (aliases accepted); raises InvalidRequestError for unknown names."""
-    key = resolve_sampler_name(name)
-    if key not in SAMPLERS:
-        raise InvalidRequestError(f"sampler {key!r} is not available yet; use one of: {', '.join(SAMPLERS)}")
-    return SAMPLERS[key]
+    return SAMPLERS[resolve_sampler_name(name)]
 
 
 def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:

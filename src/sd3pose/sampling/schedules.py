@@ -17,7 +17,8 @@ Every schedule has ``steps + 1`` strictly descending float32 values ending in 0:
 * simple       -- ``steps`` evenly spaced picks from the 1000-entry table, from the top.
 * ddim_uniform -- every floor(1000/steps)-th table entry, starting at the second entry as DDIM does;
                   when that stride would give more than ``steps`` entries, the lowest ones are dropped
-                  so the schedule always has exactly ``steps`` steps.
+                  so the schedule always has exactly ``steps`` steps (ComfyUI keeps them and runs
+                  more steps than asked; the request's step count is the contract here).
 * karras       -- Karras et al. (2022) rho = 7 spacing between sigma_min and sigma_max.
 * exponential  -- log-linear spacing between sigma_min and sigma_max.
 """
@@ -74,6 +75,8 @@ def _simple(steps: int, table: torch.Tensor) -> torch.Tensor:
 def _ddim_uniform(steps: int, table: torch.Tensor) -> torch.Tensor:
     stride = max(len(table) // steps, 1)
     idx = list(range(1, len(table), stride))  # ascending, DDIM's "+1" offset
+    if len(idx) < steps:  # only at steps = 1000: every entry
+        idx = list(range(0, len(table), stride))
     idx = idx[-steps:]  # keep the top of the schedule if the stride gives too many
     return table[idx].flip(0)
 
@@ -94,8 +97,10 @@ def get_sigmas(scheduler: str, steps: int, shift: float = DEFAULT_SHIFT) -> torc
     ``scheduler`` is one of SCHEDULER_NAMES; ``shift`` is the flow shift (3.0 for SD3 Medium).
     """
     name = resolve_scheduler_name(scheduler)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidRequestError(f"steps must be a whole number of at least 1, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
+        raise InvalidRequestError(
+            f"steps must be a whole number from 1 to {NUM_TRAIN_TIMESTEPS} (the model's timesteps), got {steps!r}"
+        )
     if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
         raise InvalidRequestError(f"shift must be a positive number, got {shift!r}")
     table = sigma_table(shift)

@@ -15,10 +15,19 @@ from sd3pose.request import GenerationRequest
 from sd3pose.service.access import AccessMiddleware
 from sd3pose.service.auth import Principal
 from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
-from sd3pose.service.jobs import EmbeddedJobQueue, GeneratorLike, JobInfo, JobQueue, JobResult, JobStatus, QueueFullError
+from sd3pose.service.jobs import (
+    EmbeddedJobQueue,
+    GeneratorLike,
+    JobInfo,
+    JobQueue,
+    JobResult,
+    JobStatus,
+    QueueFullError,
+)
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.metrics import Metrics
 from sd3pose.service.ratelimit import RateLimiter
+from sd3pose.service.schemas import ImagesResponse, PoseRequest
 from sd3pose.service.settings import ServiceSettings
 from sd3pose.store import Database
 
@@ -96,6 +105,16 @@ def _openapi(app: FastAPI, settings: ServiceSettings) -> Callable[[], dict[str, 
         components.update(request_schema.pop("$defs", {}))
         request_schema["properties"]["samples"]["maximum"] = settings.max_samples
         components["GenerationRequest"] = request_schema
+        for model in (ImagesResponse, PoseRequest):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        # Bad parameters are 400 {"error": ...} here, never FastAPI's 422.
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
         app.openapi_schema = schema
         return schema
 

@@ -191,7 +191,9 @@ class EmbeddedJobQueue:
 
     def _recover(self) -> None:
         """After a restart: re-queue waiting async jobs, fail the ones that were cut off."""
-        for row in self.db.query("SELECT kind, status, id, request_json FROM jobs WHERE status IN ('QUEUED', 'PROCESSING') ORDER BY created_at"):
+        rows = self.db.query("SELECT kind, status, id, request_json FROM jobs "
+                             "WHERE status IN ('QUEUED', 'PROCESSING') ORDER BY created_at")
+        for row in rows:
             job_id = row["id"]
             if row["status"] == "PROCESSING":
                 self._finish(job_id, JobStatus.FAILED, error="the server restarted while this job was running; "

@@ -1,0 +1,395 @@
+"""The generation engine: prompts + pose map -> SD3 Medium + SD3 ControlNet -> images.
+
+Semantics follow diffusers' StableDiffusion3ControlNetPipeline (the parity tests hold us to it):
+classifier-free guidance on the flow velocity with [uncond, cond] rows, the ControlNet fed the
+prompt tokens and (for InstantX-style nets) zero pooled projections, the pose map VAE-encoded
+without the VAE shift for those nets, and control_start/control_end as fractions of the step
+count. Two deliberate differences: the pose map's latent is the VAE posterior *mean* (diffusers
+draws a sample from the global RNG, which makes runs irreproducible; a trained VAE's posterior is
+nearly a point, so the two agree closely), and the initial noise is drawn per sample from
+seed + i on the CPU, so sample i of a batch equals a single request with seed + i on any device.
+Sampling itself (the k-diffusion-style loop over sigmas) is `sd3pose.sampling`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import PIL.Image
+import torch
+
+from sd3pose.engine.loading import Components, choose_device, choose_dtype, load_components
+from sd3pose.engine.text import PromptEmbeds, PromptEncoder
+from sd3pose.errors import GenerationCancelledError, InvalidRequestError
+from sd3pose.sampling.names import resolve_sampler_name, resolve_scheduler_name
+
+logger = logging.getLogger(__name__)
+
+SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
+NUM_TRAIN_TIMESTEPS = 1000  # SD3 is conditioned on timestep = 1000 * sigma
+
+
+@dataclass
+class EngineJob:
+    """One request's generation parameters (already validated by the request layer)."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    seeds: list[int]  # one per sample; len == number of images
+    strength: float  # ControlNet conditioning scale
+    sampler: str  # canonical name from sd3pose.sampling
+    scheduler: str
+    width: int  # multiples of 16
+    height: int
+    control_image: PIL.Image.Image  # RGB, exactly width x height (the pose map)
+    control_start: float = 0.0
+    control_end: float = 1.0
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The starting noise: row i is randn(shape) from a CPU generator seeded with seeds[i], in float32."""
+    rows = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)) for seed in seeds]
+    return torch.stack(rows).to(device)
+
+
+def control_keep(step: int, steps: int, start: float, end: float) -> float:
+    """1.0 where the ControlNet acts at this step index, else 0.0 (diffusers' controlnet_keep rule)."""
+    return 1.0 - float(step / steps < start or (step + 1) / steps > end)
+
+
+class Sd3Denoiser:
+    """D(x, sigma) -> x0 for a batch: one batched ControlNet + transformer pass per call.
+
+    With guidance > 1 the unconditional and conditional rows go through the models together
+    ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        cond: PromptEmbeds,
+        uncond: PromptEmbeds | None,
+        control_latents: torch.Tensor,
+        batch: int,
+        guidance_scale: float,
+        strength: float,
+        sigmas: torch.Tensor,
+        control_start: float = 0.0,
+        control_end: float = 1.0,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.batch = batch
+        self.guidance_scale = guidance_scale
+        self.cfg = guidance_scale > 1.0
+        if self.cfg and uncond is None:
+            raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
+        parts = [uncond, cond] if self.cfg else [cond]
+        self.tokens = torch.cat([p.tokens.expand(batch, -1, -1) for p in parts])
+        self.pooled = torch.cat([p.pooled.expand(batch, -1) for p in parts])
+        self.rows = self.tokens.shape[0]
+        self.control = control_latents.expand(self.rows, -1, -1, -1)
+        controlnet = engine.controlnet
+        # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' rule).
+        if getattr(controlnet.config, "force_zeros_for_pooled_projection", True):
+            self.control_pooled = torch.zeros_like(self.pooled)
+        else:
+            self.control_pooled = self.pooled
+        self.control_tokens = self.tokens if controlnet.config.joint_attention_dim is not None else None
+        self.strength = strength
+        self.control_start, self.control_end = control_start, control_end
+        # Schedule points, to find which step a (possibly intermediate) sigma belongs to.
+        self.step_sigmas = [float(s) for s in sigmas[:-1]]
+        self.cancelled = cancelled
+
+    def step_index(self, sigma: float) -> int:
+        """The step whose interval [sigmas[i+1], sigmas[i]] holds sigma (multi-stage samplers included)."""
+        index = 0
+        for i, s in enumerate(self.step_sigmas):
+            if s >= sigma * (1 - 1e-6):
+                index = i
+        return index
+
+    def control_scale(self, sigma: float) -> float:
+        steps = len(self.step_sigmas)
+        keep = control_keep(self.step_index(sigma), steps, self.control_start, self.control_end)
+        return self.strength * keep
+
+    def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The model's flow velocity for every row (uncond rows first when guiding), in float32."""
+        if self.cancelled is not None and self.cancelled():
+            raise GenerationCancelledError("the generation was cancelled")
+        engine = self.engine
+        model_in = x.to(engine.dtype)
+        if self.cfg:
+            model_in = torch.cat([model_in, model_in])
+        timestep = torch.tensor(sigma, dtype=torch.float32).mul(NUM_TRAIN_TIMESTEPS)
+        timestep = timestep.to(engine.device).expand(self.rows)
+        scale = self.control_scale(sigma)
+        control_blocks = None
+        if scale > 0:  # at scale 0 the ControlNet adds exact zeros: skip it
+            control_blocks = engine.controlnet(
+                hidden_states=model_in,
+                timestep=timestep,
+                encoder_hidden_states=self.control_tokens,
+                pooled_projections=self.control_pooled,
+                controlnet_cond=self.control,
+                conditioning_scale=scale,
+                return_dict=False,
+            )[0]
+        velocity = engine.transformer(
+            hidden_states=model_in,
+            timestep=timestep,
+            encoder_hidden_states=self.tokens,
+            pooled_projections=self.pooled,
+            block_controlnet_hidden_states=control_blocks,
+            return_dict=False,
+        )[0]
+        return velocity.float()
+
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, *, return_uncond: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        # Keep the timestep in float32 like diffusers, whatever precision the sampler works in.
+        s = float(torch.as_tensor(sigma, dtype=torch.float32))
+        v = self.velocity(x, s)
+        if self.cfg:
+            v_uncond, v_cond = v.chunk(2)
+            v_guided = v_uncond + self.guidance_scale * (v_cond - v_uncond)
+        else:
+            v_uncond = v_guided = v
+        x0 = (x - s * v_guided.to(x.dtype))
+        if return_uncond:
+            return x0, (x - s * v_uncond.to(x.dtype))
+        return x0
+
+
+class Engine:
+    """SD3 Medium + an SD3 ControlNet, loaded once, generating images for EngineJobs."""
+
+    def __init__(self, parts: Components, device: torch.device, dtype: torch.dtype) -> None:
+        from diffusers.image_processor import VaeImageProcessor
+
+        self.device, self.dtype = device, dtype
+        self.transformer = parts.transformer
+        self.controlnet = parts.controlnet
+        self.vae = parts.vae
+        self.shift = parts.shift
+        self.is_demo = parts.is_demo
+        self.use_t5 = parts.text_encoder_3 is not None
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        config = self.transformer.config
+        self.native_resolution: int = int(config.sample_size) * self.vae_scale_factor
+        self.max_side: int = int(config.pos_embed_max_size) * int(config.patch_size) * self.vae_scale_factor
+        self.latent_channels: int = int(config.in_channels)
+        self.text = PromptEncoder(
+            parts.text_encoder,
+            parts.tokenizer,
+            parts.text_encoder_2,
+            parts.tokenizer_2,
+            parts.text_encoder_3,
+            parts.tokenizer_3,
+            joint_attention_dim=int(config.joint_attention_dim),
+            device=device,
+            dtype=dtype,
+        )
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        controlnet: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        use_t5: bool = True,
+    ) -> Engine:
+        """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly."""
+        started = time.perf_counter()
+        chosen_device = choose_device(device)
+        chosen_dtype = choose_dtype(dtype, chosen_device)
+        parts = load_components(model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5)
+        engine = cls(parts, chosen_device, chosen_dtype)
+        logger.info(
+            "model ready in %.1f s on %s (%s, T5 %s, native size %d px)",
+            time.perf_counter() - started,
+            chosen_device,
+            str(chosen_dtype).removeprefix("torch."),
+            "on" if use_t5 else "off",
+            engine.native_resolution,
+        )
+        if engine.is_demo:
+            logger.warning(
+                "this is the tiny random-weight demo model: its images are noise, not pictures; "
+                "run `sd3pose download DIR` and point the server at real weights for real images"
+            )
+        return engine
+
+    # ---- validation -------------------------------------------------------------------------
+
+    def check_job(self, job: EngineJob) -> EngineJob:
+        """Raise InvalidRequestError for what the models cannot run; return the job with canonical names."""
+        for name, value in (("width", job.width), ("height", job.height)):
+            if value <= 0 or value % SIZE_MULTIPLE:
+                lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+                raise InvalidRequestError(
+                    f"{name} {value} is not a positive multiple of {SIZE_MULTIPLE}; use e.g. {lower}"
+                )
+            if value > self.max_side:
+                raise InvalidRequestError(
+                    f"{name} {value} is larger than this model allows; use at most {self.max_side}"
+                )
+        if job.steps < 1:
+            raise InvalidRequestError(f"steps must be at least 1 (got {job.steps})")
+        if not job.seeds:
+            raise InvalidRequestError("at least one seed is needed (one per image)")
+        if job.guidance_scale < 1:
+            raise InvalidRequestError(f"guidance_scale must be at least 1 (got {job.guidance_scale})")
+        if job.strength < 0:
+            raise InvalidRequestError(f"strength must be 0 or more (got {job.strength})")
+        if not 0 <= job.control_start < job.control_end <= 1:
+            raise InvalidRequestError(
+                "control_start and control_end must satisfy 0 <= start < end <= 1 "
+                f"(got {job.control_start} and {job.control_end})"
+            )
+        if not isinstance(job.control_image, PIL.Image.Image):
+            raise InvalidRequestError("the control image must be a PIL image (the pose map)")
+        return replace(
+            job, sampler=resolve_sampler_name(job.sampler), scheduler=resolve_scheduler_name(job.scheduler)
+        )
+
+    # ---- the pieces -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_control(self, image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
+        """The pose map's VAE latent (1, C, h, w), scaled as the ControlNet expects."""
+        image = image.convert("RGB")
+        if image.size != (width, height):
+            logger.warning("control image is %dx%d; resizing it to %dx%d", *image.size, width, height)
+        pixels = self.image_processor.preprocess(image, height=height, width=width)
+        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        latent = self.vae.encode(pixels).latent_dist.mean
+        # InstantX's SD3 ControlNets were trained without the VAE shift (diffusers' rule).
+        if getattr(self.controlnet.config, "force_zeros_for_pooled_projection", True):
+            shift = 0.0
+        else:
+            shift = self.vae.config.shift_factor
+        return (latent - shift) * self.vae.config.scaling_factor
+
+    def make_denoiser(
+        self,
+        cond: PromptEmbeds,
+        uncond: PromptEmbeds | None,
+        control_latents: torch.Tensor,
+        *,
+        batch: int,
+        guidance_scale: float,
+        strength: float,
+        sigmas: torch.Tensor,
+        control_start: float = 0.0,
+        control_end: float = 1.0,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Sd3Denoiser:
+        """The denoiser for a batch of `batch` samples sharing one conditioning."""
+        return Sd3Denoiser(
+            self,
+            cond,
+            uncond,
+            control_latents,
+            batch,
+            guidance_scale,
+            strength,
+            sigmas,
+            control_start=control_start,
+            control_end=control_end,
+            cancelled=cancelled,
+        )
+
+    def sigmas(self, scheduler: str, steps: int) -> torch.Tensor:
+        from sd3pose.sampling import get_sigmas
+
+        return get_sigmas(scheduler, steps, shift=self.shift)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> list[PIL.Image.Image]:
+        """Final latents -> RGB images."""
+        config = self.vae.config
+        scaled = latents / config.scaling_factor + (config.shift_factor or 0.0)
+        pixels = self.vae.decode(scaled.to(self.dtype), return_dict=False)[0]
+        return self.image_processor.postprocess(pixels, output_type="pil")
+
+    # ---- generation -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate_latents(
+        self,
+        job: EngineJob,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """The final latents (samples, C, h, w) in float32, before VAE decoding."""
+        from sd3pose.sampling import sample
+
+        job = self.check_job(job)
+        started = time.perf_counter()
+        batch = len(job.seeds)
+        logger.info(
+            "generating %d image(s) of %dx%d: %d steps of %s/%s, guidance %g, strength %g",
+            batch, job.width, job.height, job.steps, job.sampler, job.scheduler, job.guidance_scale, job.strength,
+        )  # fmt: skip
+
+        def check_cancel() -> None:
+            if cancelled is not None and cancelled():
+                raise GenerationCancelledError("the generation was cancelled")
+
+        check_cancel()
+        cond = self.text.encode(job.prompt)
+        uncond = self.text.encode(job.negative_prompt) if job.guidance_scale > 1 else None
+        control = self.encode_control(job.control_image, job.width, job.height)
+        sigmas = self.sigmas(job.scheduler, job.steps)
+        denoiser = self.make_denoiser(
+            cond,
+            uncond,
+            control,
+            batch=batch,
+            guidance_scale=job.guidance_scale,
+            strength=job.strength,
+            sigmas=sigmas,
+            control_start=job.control_start,
+            control_end=job.control_end,
+            cancelled=cancelled,
+        )
+        shape = (self.latent_channels, job.height // self.vae_scale_factor, job.width // self.vae_scale_factor)
+        x = initial_noise(job.seeds, shape, self.device) * float(sigmas[0])
+
+        def callback(info: dict) -> None:
+            done, total = int(info["i"]) + 1, int(info["total"])
+            logger.debug("step %d/%d", done, total)
+            if on_step is not None:
+                on_step(done, total)
+            check_cancel()
+
+        latents = sample(job.sampler, denoiser, x, sigmas, seed=list(job.seeds), callback=callback)
+        logger.info("sampling done in %.2f s", time.perf_counter() - started)
+        return latents.float()
+
+    def generate(
+        self,
+        job: EngineJob,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[PIL.Image.Image]:
+        """One image per seed of the job."""
+        latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
+        if cancelled is not None and cancelled():
+            raise GenerationCancelledError("the generation was cancelled")
+        return self.decode(latents)

@@ -1,0 +1,291 @@
+"""Multistep samplers: lms, ipndm, ipndm_v, deis, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde (+ _gpu),
+uni_pc (B1) and uni_pc_bh2.
+
+Forms (flow notation of ``core``; lambda = log((1-sigma)/sigma), VE level s = sigma/(1-sigma)):
+* lms -- k-diffusion's order-4 linear multistep through the change of variables: Adams-Bashforth on
+  dx_ve/ds = eps_hat with exactly integrated Lagrange weights in s.
+* ipndm -- iPNDM (Zhang & Chen 2023): fixed Adams-Bashforth weights up to order 4 on the flow ODE
+  dx/dsigma = v, natively in flow sigma (exact only for evenly spaced sigmas; order drops otherwise).
+* ipndm_v -- the variable-step iPNDM: Adams-Bashforth weights for the actual (uneven) step sizes,
+  order 4, natively in flow sigma.
+* deis -- DEIS "logrho" multistep (order 3), as diffusers' DEISMultistepScheduler: eps interpolated
+  by a polynomial in log s and integrated exactly over s (int P(u) e^u du). Last step to 0 is a
+  first-order step when there are fewer than 15 steps, as in diffusers.
+* dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde -- DPM-Solver++ in data prediction for general (alpha, sigma)
+  (Lu et al. 2022), which is the exact image of k-diffusion's VE formulas:
+  x' = (sigma'/sigma) e^{-eta h} x + alpha' (1 - e^{-(1+eta) h}) D + ... + sigma' sqrt(1 - e^{-2 eta h}) z,
+  midpoint correction for 2M (as k-diffusion and diffusers), eta = 1 for the SDE variants.
+* uni_pc / uni_pc_bh2 -- UniPC (Zhao et al. 2023) order 3, data prediction, B(h) = h (bh1) or
+  e^h - 1 (bh2), predictor UniP + corrector UniC, lower order on the last steps -- the algorithm of
+  diffusers' UniPCMultistepScheduler.
+
+The first step from sigma = 1 (lambda = -inf, s = inf): every formula above is taken in its limit,
+which is the first-order DDIM step x' = (1-sigma')*D + sigma'*x (plus fresh noise for the SDE
+variants), and a history point at lambda = -inf contributes nothing to later steps (its weight
+tends to 0), so it is dropped and the next step runs at the order the finite history allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numpy.polynomial import polynomial as P
+
+from sd3pose.sampling.core import Run, eps_hat, half_log_snr, sigma_ve, velocity
+
+
+def _lagrange(nodes: list[float], j: int) -> np.ndarray:
+    """Coefficients (ascending) of the Lagrange basis polynomial that is 1 at nodes[j], 0 at the others."""
+    poly = np.array([1.0])
+    for k, node in enumerate(nodes):
+        if k != j:
+            poly = P.polymul(poly, np.array([-node, 1.0]) / (nodes[j] - node))
+    return poly
+
+
+def _ab_weights(nodes: list[float], a: float, b: float) -> list[float]:
+    """Adams-Bashforth weights: integral over [a, b] of each Lagrange basis polynomial of ``nodes``."""
+    weights = []
+    for j in range(len(nodes)):
+        integral = P.polyint(_lagrange(nodes, j))
+        weights.append(float(P.polyval(b, integral) - P.polyval(a, integral)))
+    return weights
+
+
+def _ddim(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    return (1.0 - sigma_next) * denoised + sigma_next * eps_hat(x, denoised, sigma)
+
+
+def lms(run: Run, x: torch.Tensor, order: int = 4) -> torch.Tensor:
+    s = run.sigmas
+    hist: list[tuple[float, torch.Tensor]] = []  # (s_ve, eps_hat), newest first
+    for i in range(run.total):
+        denoised = run.denoise(x, s[i])
+        if s[i] >= 1.0 or s[i + 1] == 0.0:
+            x = _ddim(x, denoised, s[i], s[i + 1])  # limit from s = inf / exact landing on 0
+        else:
+            hist.insert(0, (sigma_ve(s[i]), eps_hat(x, denoised, s[i])))
+            del hist[order:]
+            nodes = [n for n, _ in hist]
+            w = _ab_weights(nodes, nodes[0], sigma_ve(s[i + 1]))
+            x_ve = x / (1.0 - s[i]) + sum(wj * e for wj, (_, e) in zip(w, hist, strict=True))
+            x = (1.0 - s[i + 1]) * x_ve
+        run.step_done(i, x, denoised)
+    return x
+
+
+_IPNDM = ([1.0], [3 / 2, -1 / 2], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
+
+
+def ipndm(run: Run, x: torch.Tensor, order: int = 4) -> torch.Tensor:
+    s = run.sigmas
+    hist: list[torch.Tensor] = []
+    for i in range(run.total):
+        denoised = run.denoise(x, s[i])
+        hist.insert(0, velocity(x, denoised, s[i]))
+        del hist[order:]
+        w = _IPNDM[len(hist) - 1]
+        x = x + (s[i + 1] - s[i]) * sum(wj * d for wj, d in zip(w, hist, strict=True))
+        run.step_done(i, x, denoised)
+    return x
+
+
+def ipndm_v(run: Run, x: torch.Tensor, order: int = 4) -> torch.Tensor:
+    s = run.sigmas
+    hist: list[tuple[float, torch.Tensor]] = []
+    for i in range(run.total):
+        denoised = run.denoise(x, s[i])
+        hist.insert(0, (s[i], velocity(x, denoised, s[i])))
+        del hist[order:]
+        w = _ab_weights([n for n, _ in hist], s[i], s[i + 1])
+        x = x + sum(wj * d for wj, (_, d) in zip(w, hist, strict=True))
+        run.step_done(i, x, denoised)
+    return x
+
+
+def _exp_poly_integral(poly: np.ndarray, u: float) -> float:
+    """Antiderivative of poly(u)*e^u at u: e^u * sum_m (-1)^m poly^(m)(u); 0 at u = -inf."""
+    if u == -math.inf:
+        return 0.0
+    total, deriv, sign = 0.0, poly, 1.0
+    while deriv.size and np.any(deriv):
+        total += sign * float(P.polyval(u, deriv))
+        deriv, sign = P.polyder(deriv), -sign
+    return math.exp(u) * total
+
+
+def deis(run: Run, x: torch.Tensor, order: int = 3) -> torch.Tensor:
+    s = run.sigmas
+    n = run.total
+    hist: list[tuple[float, torch.Tensor]] = []  # (log s_ve, eps_hat), newest first
+    for i in range(n):
+        denoised = run.denoise(x, s[i])
+        if s[i] >= 1.0:
+            x = _ddim(x, denoised, s[i], s[i + 1])
+        else:
+            hist.insert(0, (math.log(sigma_ve(s[i])), eps_hat(x, denoised, s[i])))
+            del hist[order:]
+            k = len(hist)
+            if n < 15:  # diffusers' lower_order_final: order 1 on the last step, <= 2 on the one before
+                k = min(k, n - i)
+            nodes = [u for u, _ in hist[:k]]
+            u_t = -math.inf if s[i + 1] == 0.0 else math.log(sigma_ve(s[i + 1]))
+            x_ve = x / (1.0 - s[i])
+            for j in range(k):
+                poly = _lagrange(nodes, j)
+                w = _exp_poly_integral(poly, u_t) - _exp_poly_integral(poly, nodes[0])
+                x_ve = x_ve + w * hist[j][1]
+            x = (1.0 - s[i + 1]) * x_ve
+        run.step_done(i, x, denoised)
+    return x
+
+
+def _dpmpp_multistep(run: Run, x: torch.Tensor, order: int, eta: float) -> torch.Tensor:
+    """DPM-Solver++(2M) / SDE-DPM-Solver++(2M, 3M) in flow form, midpoint 2M correction."""
+    s = run.sigmas
+    hist: list[tuple[float, torch.Tensor]] = []  # (h of the step that ended here, D), newest first
+    h_prev: list[float] = []
+    for i in range(run.total):
+        denoised = run.denoise(x, s[i])
+        if s[i + 1] == 0.0:
+            x = denoised
+        else:
+            lam, lam_next = half_log_snr(s[i]), half_log_snr(s[i + 1])
+            h = lam_next - lam
+            if math.isinf(h):  # from sigma = 1: the first-order limit
+                x = (1.0 - s[i + 1]) * denoised + (s[i + 1] * (0.0 if eta else 1.0)) * x
+                if eta:
+                    x = x + s[i + 1] * run.noise()
+            else:
+                h_eta = h * (1.0 + eta)
+                alpha_next = 1.0 - s[i + 1]
+                phi_1 = -math.expm1(-h_eta)
+                x = (s[i + 1] / s[i]) * math.exp(-eta * h) * x + alpha_next * phi_1 * denoised
+                usable = [hp for hp in h_prev if math.isfinite(hp)]
+                if order == 2 and usable:
+                    r = usable[0] / h
+                    if eta:
+                        x = x + alpha_next * 0.5 * phi_1 / r * (denoised - hist[0][1])
+                    else:  # DPM-Solver++(2M): D_d = (1 + 1/2r) D - 1/2r D_old
+                        x = x + alpha_next * phi_1 * (0.5 / r) * (denoised - hist[0][1])
+                elif order == 3 and usable:
+                    phi_2 = math.expm1(-h_eta) / h_eta + 1.0
+                    phi_3 = phi_2 / h_eta - 0.5
+                    r0 = usable[0] / h
+                    d1_0 = (denoised - hist[0][1]) / r0
+                    if len(usable) >= 2:
+                        r1 = usable[1] / h
+                        d1_1 = (hist[0][1] - hist[1][1]) / r1
+                        d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+                        d2 = (d1_0 - d1_1) / (r0 + r1)
+                        x = x + alpha_next * (phi_2 * d1 - phi_3 * d2)
+                    else:
+                        x = x + alpha_next * phi_2 * d1_0
+                if eta:
+                    x = x + s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) * run.noise()
+            hist.insert(0, (h, denoised))
+            h_prev.insert(0, h)
+            del hist[2:], h_prev[2:]
+        run.step_done(i, x, denoised)
+    return x
+
+
+def dpmpp_2m(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _dpmpp_multistep(run, x, order=2, eta=0.0)
+
+
+def dpmpp_2m_sde(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _dpmpp_multistep(run, x, order=2, eta=1.0)
+
+
+def dpmpp_3m_sde(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _dpmpp_multistep(run, x, order=3, eta=1.0)
+
+
+def _unipc_coeffs(
+    rks: list[float], hh: float, b_h: float, order: int, corrector: bool
+) -> tuple[np.ndarray, bool]:
+    """UniPC weights multiplied by B(h) (so B(h) = -inf for bh1 at h = inf cancels exactly).
+
+    Returns (B(h) * rhos, ok). For the predictor of order 2 and the corrector of order 1, UniPC
+    uses the fixed rho = 1/2 whenever h is finite (as diffusers does).
+    """
+    if math.isfinite(hh):
+        if not corrector and order == 2:
+            return np.array([0.5 * b_h]), True
+        if corrector and order == 1:
+            return np.array([0.5 * b_h]), True
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    factorial = 1.0
+    g = []
+    for k in range(1, order + 1):
+        g.append(h_phi_k * factorial)  # = b_k * B(h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    nodes = np.array([*rks, 1.0])
+    R = np.stack([nodes**k for k in range(order)])
+    g = np.array(g)
+    if corrector:
+        return np.linalg.solve(R, g), True
+    return np.linalg.solve(R[:-1, :-1], g[:-1]), True
+
+
+def _unipc(run: Run, x: torch.Tensor, bh2: bool, order: int = 3) -> torch.Tensor:
+    s = run.sigmas
+    n = run.total
+    lams = [half_log_snr(v) for v in s]
+    outs: list[torch.Tensor] = []  # data predictions, oldest first; outs[k] belongs to step idx[k]
+    idx: list[int] = []
+    last_x: torch.Tensor | None = None
+    last_order = 0
+
+    def update(x_s: torch.Tensor, i: int, k: int, m_t: torch.Tensor | None) -> torch.Tensor:
+        """UniP (m_t None) or UniC (m_t = model output at sigmas[i+1]) from step i at order k."""
+        m0 = outs[-1]
+        sig_t, sig_s = s[i + 1], s[i]
+        h = lams[i + 1] - lams[i]
+        hh = -h
+        x_t_ = (sig_t / sig_s) * x_s - (1.0 - sig_t) * math.expm1(hh) * m0
+        # History terms that are finite (a point at lambda = -inf has weight -> 0).
+        rks, d1s = [], []
+        for j in range(1, k):
+            if len(outs) <= j or not math.isfinite(lams[idx[-(j + 1)]]):
+                break
+            rk = (lams[idx[-(j + 1)]] - lams[i]) / h
+            rks.append(rk)
+            d1s.append((outs[-(j + 1)] - m0) / rk)
+        corrector = m_t is not None
+        k_eff = len(rks) + 1
+        if not corrector and k_eff == 1:
+            return x_t_
+        b_h = math.expm1(hh) if bh2 else hh
+        brhos, _ = _unipc_coeffs(rks, hh, b_h, k_eff, corrector)
+        res = sum(float(c) * d for c, d in zip(brhos, d1s, strict=False)) if d1s else 0.0
+        if corrector:
+            res = res + float(brhos[-1]) * (m_t - m0)
+        return x_t_ - (1.0 - sig_t) * res
+
+    for i in range(n):
+        denoised = run.denoise(x, s[i])
+        if last_x is not None:  # UniC: correct the previous predictor result with this evaluation
+            x = update(last_x, i - 1, last_order, denoised)
+        outs.append(denoised)
+        idx.append(i)
+        del outs[:-order], idx[:-order]
+        this_order = min(order, n - i, len(outs))  # warm-up and lower order at the end
+        last_x, last_order = x, this_order
+        # On the last step the order-1 predictor lands exactly on D.
+        x = denoised if s[i + 1] == 0.0 else update(x, i, this_order, None)
+        run.step_done(i, x, denoised)
+    return x
+
+
+def uni_pc(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _unipc(run, x, bh2=False)
+
+
+def uni_pc_bh2(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _unipc(run, x, bh2=True)

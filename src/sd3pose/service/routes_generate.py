@@ -1,0 +1,238 @@
+"""The generation API: sync `POST /v1/sd3-med-pose` and the async v2 job routes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import zipfile
+
+import anyio
+from fastapi import APIRouter, Depends, Request, Response
+
+from sd3pose.request import GenerationRequest, parse_request
+from sd3pose.service.auth import Principal, require
+from sd3pose.service.body import GENERATION_BODY, read_json
+from sd3pose.service.errors import NotFoundError, ServiceError, ServiceTimeoutError
+from sd3pose.service.jobs import MEDIA_EXTENSIONS, JobInfo, JobResult, JobStatus
+from sd3pose.service.schemas import (
+    AsyncSubmitted,
+    ImagesResponse,
+    JobResultResponse,
+    JobStatusResponse,
+    error_responses,
+)
+
+router = APIRouter()
+
+# Status 499 (as nginx logs it): the client went away; nobody reads this answer.
+CLIENT_CLOSED = 499
+WAIT_SLICE_S = 0.25
+
+SYNC_RESPONSES = {
+    200: {
+        "description": "base64=false: the image bytes (samples=1), or a ZIP archive of every image "
+        "(`image_<i>_seed_<seed>.<ext>`, plus `pose.png` and `keypoints.json` with return_pose) when "
+        "samples > 1 or return_pose. base64=true: JSON. Headers: x-seed (first image), x-seeds (all), "
+        "x-remaining-credits.",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}},
+        },
+    },
+    **error_responses(400, 401, 403, 406, 429, 500, 502, 504),
+}
+
+
+def _metrics(info: JobInfo, timings: dict[str, float] | None = None) -> dict[str, float]:
+    metrics = {k: round(v, 4) for k, v in (timings or info.result_meta.get("timings", {})).items()}
+    if info.started_at is not None:
+        metrics["queue_time"] = round(info.started_at - info.created_at, 4)
+        if info.finished_at is not None:
+            metrics["inference_time"] = round(info.finished_at - info.started_at, 4)
+    return metrics
+
+
+def _raise_failure(info: JobInfo) -> None:
+    raise ServiceError(info.error or "the job failed", info.error_code or 500)
+
+
+async def _wait_sync(request: Request, job_id: str) -> JobInfo:
+    """Wait for a sync job; cancel it if the client leaves or the timeout passes."""
+    services = request.app.state.services
+    timeout_s = services.settings.sync_timeout_s
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        info = await anyio.to_thread.run_sync(services.queue.wait, job_id, max(0.0, min(WAIT_SLICE_S, remaining)))
+        if info is None:
+            raise ServiceError(f"the result of request {job_id} was lost; submit it again", 500)
+        if info.done:
+            return info
+        if await request.is_disconnected():
+            services.queue.cancel(job_id, "the client disconnected before the image was ready")
+            raise ServiceError("client disconnected", CLIENT_CLOSED)
+        if remaining <= 0:
+            services.queue.cancel(job_id, f"timed out after {timeout_s:g} s")
+            raise ServiceTimeoutError(
+                f"the image was not ready within {timeout_s:g} s; use fewer steps or samples, "
+                "or the async API (POST /v2/sd3-med-pose)"
+            )
+
+
+def _zip(result: JobResult) -> bytes:
+    extension = MEDIA_EXTENSIONS.get(result.media_type, "bin")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for index, (data, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
+            archive.writestr(f"image_{index}_seed_{seed}.{extension}", data)
+        if result.pose_png is not None:
+            archive.writestr("pose.png", result.pose_png)
+        if result.keypoints is not None:
+            archive.writestr("keypoints.json", json.dumps(result.keypoints))
+    return buffer.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def render_sync(gen_request: GenerationRequest, result: JobResult, info: JobInfo) -> Response:
+    headers = {"x-seed": str(result.seeds[0]), "x-seeds": ",".join(str(s) for s in result.seeds)}
+    if gen_request.base64_output:
+        body = ImagesResponse(
+            image=_b64(result.images[0]), images=[_b64(i) for i in result.images], seed=result.seeds[0],
+            seeds=result.seeds, media_type=result.media_type, width=result.width, height=result.height,
+            pose_image=_b64(result.pose_png) if result.pose_png is not None else None,
+            keypoints=result.keypoints, metrics=_metrics(info, result.timings),
+        )
+        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    if len(result.images) == 1 and not gen_request.return_pose:
+        return Response(result.images[0], media_type=result.media_type, headers=headers)
+    headers["content-disposition"] = 'attachment; filename="images.zip"'
+    return Response(_zip(result), media_type="application/zip", headers=headers)
+
+
+@router.post(
+    "/v1/sd3-med-pose", summary="Generate images (sync)", openapi_extra=GENERATION_BODY,
+    responses=SYNC_RESPONSES, response_class=Response, tags=["generate"],
+)
+async def generate_sync(request: Request, principal: Principal = Depends(require("generate", rate_limited=True))):
+    services = request.app.state.services
+    gen_request = parse_request(await read_json(request), max_samples=services.settings.max_samples)
+    gen_request = gen_request.with_seed_resolved()
+    info = services.submit(gen_request, principal, kind="sync")
+    request.state.job_id = info.id
+    info = await _wait_sync(request, info.id)
+    if info.status is JobStatus.FAILED:
+        _raise_failure(info)
+    result = services.queue.result(info.id)
+    if result is None:
+        raise ServiceError(f"the result of request {info.id} was lost; submit it again", 500)
+    request.state.timings = {k: round(v, 4) for k, v in result.timings.items()}
+    return render_sync(gen_request, result, info)
+
+
+# --- async (v2) ---------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v2/sd3-med-pose", summary="Queue a generation (async)", openapi_extra=GENERATION_BODY,
+    response_model=AsyncSubmitted, responses=error_responses(400, 401, 403, 406, 429, 500), tags=["async"],
+)
+async def generate_async(request: Request, principal: Principal = Depends(require("async", rate_limited=True))):
+    services = request.app.state.services
+    gen_request = parse_request(await read_json(request), max_samples=services.settings.max_samples)
+    info = services.submit(gen_request.with_seed_resolved(), principal, kind="async")
+    request.state.job_id = info.id
+    status_url = str(request.url_for("job_status", request_id=info.id))
+    return AsyncSubmitted(request_id=info.id, poll_url=status_url, status_url=status_url,
+                          response_url=str(request.url_for("job_result", request_id=info.id)))
+
+
+def _own_job(request: Request, principal: Principal, request_id: str) -> JobInfo:
+    info = request.app.state.services.queue.get(request_id)
+    # Another key's job looks exactly like an unknown one.
+    if info is None or (principal.key is not None and info.key_id != principal.key.id):
+        raise NotFoundError(
+            f"no request {request_id!r}: unknown, made with another key, or its result expired"
+        )
+    return info
+
+
+@router.get(
+    "/v2/requests/{request_id}/status", name="job_status", summary="Status and progress of a queued request",
+    response_model=JobStatusResponse, response_model_exclude_none=True,
+    responses=error_responses(400, 401, 403, 404), tags=["async"],
+)
+async def job_status(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+    info = _own_job(request, principal, request_id)
+    progress = {"step": info.progress[0], "total": info.progress[1]} if info.progress else None
+    return JobStatusResponse(request_id=info.id, status=info.status.value, metrics=_metrics(info),
+                             progress=progress, error=info.error)
+
+
+@router.get(
+    "/v2/requests/{request_id}", name="job_result", summary="Result of a queued request",
+    response_model=JobResultResponse, response_model_exclude_none=True,
+    responses=error_responses(400, 401, 403, 404, 500, 502, 504), tags=["async"],
+)
+async def job_result(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+    info = _own_job(request, principal, request_id)
+    if info.status is JobStatus.FAILED:
+        _raise_failure(info)
+    if info.status is not JobStatus.COMPLETED:
+        return JobResultResponse(request_id=info.id, status=info.status.value, metrics=_metrics(info))
+    meta = info.result_meta
+    output = [str(request.url_for("job_image", request_id=info.id, index=i)) for i in range(meta["count"])]
+    return JobResultResponse(
+        request_id=info.id, status=info.status.value, output=output, seeds=meta["seeds"],
+        media_type=meta["media_type"], width=meta["width"], height=meta["height"],
+        pose_url=str(request.url_for("job_pose", request_id=info.id)) if meta.get("pose") else None,
+        keypoints=meta.get("keypoints"), metrics=_metrics(info),
+    )
+
+
+def _completed_result(request: Request, principal: Principal, request_id: str) -> JobResult:
+    info = _own_job(request, principal, request_id)
+    result = request.app.state.services.queue.result(info.id) if info.status is JobStatus.COMPLETED else None
+    if result is None:
+        raise NotFoundError(f"request {request_id!r} has no images (status {info.status.value})")
+    return result
+
+
+IMAGE_CONTENT = {
+    200: {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA_EXTENSIONS}},
+    **error_responses(400, 401, 403, 404),
+}
+
+
+@router.get(
+    "/v2/requests/{request_id}/images/{index}", name="job_image", summary="One image of a completed request",
+    response_class=Response, responses=IMAGE_CONTENT, tags=["async"],
+)
+async def job_image(request_id: str, index: int, request: Request,
+                    principal: Principal = Depends(require("async"))):
+    result = _completed_result(request, principal, request_id)
+    if not 0 <= index < len(result.images):
+        raise NotFoundError(f"image index {index} does not exist; this request has {len(result.images)} image(s) "
+                            f"(0 to {len(result.images) - 1})")
+    return Response(result.images[index], media_type=result.media_type,
+                    headers={"x-seed": str(result.seeds[index])})
+
+
+@router.get(
+    "/v2/requests/{request_id}/pose", name="job_pose", summary="The pose map of a completed request",
+    response_class=Response, tags=["async"],
+    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+               **error_responses(400, 401, 403, 404)},
+)
+async def job_pose(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+    result = _completed_result(request, principal, request_id)
+    if result.pose_png is None:
+        raise NotFoundError(f"request {request_id!r} kept no pose map; send return_pose=true to keep it")
+    return Response(result.pose_png, media_type="image/png")

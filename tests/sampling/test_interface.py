@@ -1,0 +1,73 @@
+"""The `sample` contract other code relies on: names, callback, seeds, dtypes, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sd3pose.errors import InvalidRequestError
+from sd3pose.sampling import SAMPLER_NAMES, SAMPLERS, get_sigmas, resolve_sampler_name, sample
+
+
+def test_every_hosted_sampler_name_is_implemented() -> None:
+    assert set(SAMPLERS) == set(SAMPLER_NAMES) and len(SAMPLER_NAMES) == 27
+
+
+def test_comfyui_cfg_pp_spellings_are_aliases() -> None:
+    assert resolve_sampler_name("euler_cfg_pp") == "euler_pp"
+    assert resolve_sampler_name("euler_ancestral_cfg_pp") == "euler_ancestral_pp"
+
+
+def test_unknown_sampler_lists_valid_ones(gaussian) -> None:
+    with pytest.raises(InvalidRequestError, match=r"unknown sampler 'dpmpp_9m'; use one of: euler, euler_pp"):
+        sample("dpmpp_9m", gaussian, gaussian.noise(1), get_sigmas("normal", 4))
+
+
+@pytest.mark.parametrize(
+    ("sigmas", "message"),
+    [([1.0, 0.5, 0.7, 0.0], "strictly descending"), ([2.0, 1.0, 0.0], r"in \[0, 1\]"), ([[1.0, 0.0]], "1-D")],
+)
+def test_bad_sigmas_are_rejected(gaussian, sigmas, message) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        sample("euler", gaussian, gaussian.noise(1), sigmas)
+
+
+def test_callback_reports_every_step_and_can_abort(gaussian) -> None:
+    seen = []
+    sigmas = get_sigmas("normal", 5)
+    sample("euler", gaussian, gaussian.noise(2), sigmas, callback=seen.append)
+    assert [e["i"] for e in seen] == [0, 1, 2, 3, 4] and {e["total"] for e in seen} == {5}
+    assert seen[0]["sigma"] == pytest.approx(1.0) and seen[-1]["sigma_next"] == 0.0
+    assert seen[-1]["x"].shape == (2, *gaussian.mu.shape) and seen[-1]["denoised"].shape == seen[-1]["x"].shape
+
+    class Stop(Exception):
+        pass
+
+    def abort(info: dict) -> None:
+        if info["i"] == 1:
+            raise Stop
+
+    before = gaussian.calls
+    with pytest.raises(Stop):
+        sample("euler", gaussian, gaussian.noise(2), sigmas, callback=abort)
+    assert gaussian.calls - before == 2  # stopped right after the second step
+
+
+def test_single_sigma_means_no_steps(gaussian) -> None:
+    x = gaussian.noise(1)
+    assert torch.equal(sample("euler", gaussian, x, [1.0]), x)
+
+
+def test_low_precision_input_is_sampled_in_float32_and_returned_in_its_dtype(gaussian) -> None:
+    x = gaussian.noise(2)
+    sigmas = get_sigmas("normal", 8)
+    seen_dtypes = set()
+
+    def denoiser(x, sigma, **kw):
+        seen_dtypes.add((x.dtype, sigma.dtype))
+        return gaussian(x, sigma, **kw)
+
+    out = sample("euler", denoiser, x.to(torch.bfloat16), sigmas)
+    ref = sample("euler", gaussian, x.float(), sigmas)
+    assert out.dtype == torch.bfloat16 and seen_dtypes == {(torch.float32, torch.float32)}
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=0)  # bf16 rounding of input/output only

@@ -1,0 +1,64 @@
+"""`make serve` runs `sd3pose demo`: on a fresh data dir it builds the demo model, serves it, and the
+README's curl example works against it. Runs the real command in a subprocess, always stopped after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+# The README's example, word for word apart from the port (keep the two in step).
+README_CURL = (
+    """printf '{"prompt": "an astronaut dancing", "image": "%s"}' "$(base64 -w0 photo.jpg)" > request.json\n"""
+    "curl -s http://127.0.0.1:{port}/v1/sd3-med-pose -H 'Content-Type: application/json' -d @request.json "
+    "-o out.jpg -D headers.txt\n"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("base64") is None, reason="needs curl and base64")
+def test_demo_server_answers_the_readme_curl_example(tmp_path: Path) -> None:
+    port = _free_port()
+    cli = [sys.executable, "-c", "from sd3pose.cli import app; app()"]
+    subprocess.run([*cli, "sample-photo", "photo.jpg"], cwd=tmp_path, check=True, timeout=120,
+                   capture_output=True)
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([*cli, "demo", "--port", str(port), "--data-dir", str(tmp_path / "var")],
+                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the demo server did not become ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        subprocess.run(["bash", "-c", README_CURL.replace("{port}", str(port))], cwd=tmp_path, check=True, timeout=300)
+        headers = (tmp_path / "headers.txt").read_text()
+        assert " 200" in headers.splitlines()[0], headers + (tmp_path / "out.jpg").read_text(errors="replace")
+        assert Image.open(tmp_path / "out.jpg").format == "JPEG"
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # the group we started: uvicorn shuts down cleanly
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
+        log.close()

@@ -1,0 +1,160 @@
+"""The service end to end on the real pipeline and the tiny model, over real HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from conftest import running_server
+from PIL import Image
+
+from sd3pose.service.app import create_app
+from sd3pose.service.settings import ServiceSettings
+
+
+def _b64(image: Image.Image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def photo_b64() -> str:
+    from skimage import data
+
+    return _b64(Image.fromarray(data.astronaut()), "JPEG")  # a local photo of a person
+
+
+# A blank pose map (pose_mode=none): skips detection, so the load tests measure the service.
+POSE_MAP = _b64(Image.new("RGB", (64, 64)), "PNG")
+SMALL = {"image": POSE_MAP, "pose_mode": "none", "prompt": "a dancer", "width": 64, "height": 64,
+         "num_inference_steps": 1, "sampler": "euler"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, object]]:  # noqa: ANN001
+    from sd3pose.images import InputLimits
+    from sd3pose.pipeline import Generator
+
+    # Private URLs allowed: the 502 test's failing image host runs on loopback.
+    generator = Generator(tiny_engine, input_limits=InputLimits(allow_private_urls=True))
+    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("service"), result_ttl_s=600)
+    app = create_app(settings, generator_factory=lambda device: generator)
+    with running_server(app) as url:
+        assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
+        yield url, app.state.services
+
+
+def test_hosted_example_request_returns_a_jpeg(server, photo_b64: str) -> None:  # noqa: ANN001
+    url, services = server
+    key = services.keys.create("docs-example", credits=10)[1]
+    # The hosted docs' example body, field for field, with a local photo instead of their URL.
+    data = {
+        "prompt": "Anime style illustration of a girl wearing a suit. A moon in sky. In the background we see "
+                  "a big rain approaching.",
+        "negative_prompt": "low quality,less details", "image": photo_b64, "num_inference_steps": 20,
+        "guidance_scale": 7, "seed": 698845, "samples": 1, "strength": 0.8, "sampler": "dpmpp_2m",
+        "scheduler": "sgm_uniform", "base64": False,
+    }
+    response = httpx.post(f"{url}/v1/sd3-med-pose", json=data, headers={"x-api-key": key}, timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "JPEG" and image.size == (128, 128)  # square photo -> the tiny model's native size
+    assert response.headers["x-seed"] == "698845" and response.headers["x-remaining-credits"] == "9"
+
+
+def test_v2_flow_completes_and_serves_images(server, photo_b64: str) -> None:  # noqa: ANN001
+    url, services = server
+    headers = {"x-api-key": services.keys.create("async-client", credits=10)[1]}
+    body = {**SMALL, "image": photo_b64, "pose_mode": "auto", "samples": 2, "return_pose": True,
+            "num_inference_steps": 3}
+    with httpx.Client(headers=headers, timeout=60) as client:
+        submitted = client.post(f"{url}/v2/sd3-med-pose", json=body).json()
+        assert submitted["status"] == "QUEUED"
+        for _ in range(1200):  # bounded: 60 s
+            status = client.get(submitted["status_url"]).json()
+            if status["status"] in ("COMPLETED", "FAILED"):
+                break
+            threading.Event().wait(0.05)
+        assert status["status"] == "COMPLETED", status
+        result = client.get(submitted["response_url"]).json()
+        assert result["metrics"]["inference_time"] > 0 and result["seeds"] == [698845, 698846]
+        images = [client.get(u) for u in result["output"]]
+        assert [r.headers["content-type"] for r in images] == ["image/jpeg", "image/jpeg"]
+        decoded = [Image.open(io.BytesIO(r.content)) for r in images]
+        assert all(i.size == (64, 64) for i in decoded)
+        assert decoded[0].tobytes() != decoded[1].tobytes()  # two seeds, two images
+        pose = client.get(result["pose_url"])
+        assert Image.open(io.BytesIO(pose.content)).format == "PNG"
+        assert result["keypoints"]["people"], "the astronaut's pose was detected"
+
+
+def test_twenty_concurrent_requests_exact_credits(server) -> None:  # noqa: ANN001
+    url, services = server
+    key = services.keys.create("load", credits=30)[1]
+    bodies = [{**SMALL, "seed": i, "samples": 1 + i % 2, "base64": i % 3 == 0} for i in range(20)]
+
+    def call(body: dict) -> httpx.Response:
+        return httpx.post(f"{url}/v1/sd3-med-pose", json=body, headers={"x-api-key": key}, timeout=300)
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(call, bodies))
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.headers["x-seed"] == str(body["seed"])
+        if body["base64"]:
+            assert len(response.json()["images"]) == body["samples"]
+        else:
+            expected = "image/jpeg" if body["samples"] == 1 else "application/zip"
+            assert response.headers["content-type"] == expected
+    assert services.keys.balance(key.split("_")[1]) == 0  # 10 x 1 + 10 x 2 = 30, charged exactly
+    short = call(SMALL)
+    assert short.status_code == 406 and short.headers["x-remaining-credits"] == "0"
+    assert httpx.get(f"{url}/health").status_code == 200 and httpx.get(f"{url}/ready").status_code == 200
+    assert services.queue.depth() == 0
+    assert httpx.post(f"{url}/v1/sd3-med-pose", json=SMALL, timeout=60).status_code in (200, 401)
+
+
+def test_failing_image_host_is_502(server) -> None:  # noqa: ANN001
+    url, services = server
+    key = services.keys.create("upstream", credits=1)[1]
+
+    class Broken(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_error(503, "down for maintenance")
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    thread = threading.Thread(target=host.serve_forever, daemon=True)
+    thread.start()
+    try:
+        image_url = f"http://127.0.0.1:{host.server_address[1]}/photo.jpg"
+        response = httpx.post(f"{url}/v1/sd3-med-pose", json={**SMALL, "image": image_url},
+                              headers={"x-api-key": key}, timeout=60)
+    finally:
+        host.shutdown()
+        thread.join(10)
+    assert response.status_code == 502, response.text
+    assert "503" in response.json()["error"]
+    assert response.headers["x-remaining-credits"] == "1"
+
+
+def test_pose_preview_detects_the_photo(server, photo_b64: str) -> None:  # noqa: ANN001
+    url, services = server
+    key = services.keys.create("playground", credits=0, scopes=["pose"])[1]
+    response = httpx.post(f"{url}/v1/pose", json={"image": photo_b64, "pose_parts": ["body"]},
+                          headers={"x-api-key": key}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["detected"] and body["keypoints"]["people"]
+    skeleton = Image.open(io.BytesIO(base64.b64decode(body["pose_image"])))
+    assert skeleton.format == "PNG" and skeleton.getextrema() != ((0, 0), (0, 0), (0, 0))  # something drawn

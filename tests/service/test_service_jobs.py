@@ -1,0 +1,85 @@
+"""The embedded queue across a restart: queued jobs run, the one cut off is FAILED with a clear error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conftest import ScriptedGenerator
+
+from sd3pose.request import parse_request
+from sd3pose.service.jobs import EmbeddedJobQueue, JobStatus
+from sd3pose.service.keys import KeyStore
+from sd3pose.store import Database
+
+
+def _queue(tmp_path, generator, on_finished=None) -> EmbeddedJobQueue:  # noqa: ANN001
+    return EmbeddedJobQueue(Database(tmp_path / "db.sqlite"), lambda device: generator,
+                            results_dir=tmp_path / "results", on_finished=on_finished)
+
+
+def _wait(queue: EmbeddedJobQueue, job_id: str, status: JobStatus) -> None:
+    deadline = time.monotonic() + 30
+    while (info := queue.get(job_id)) is None or info.status is not status:
+        assert time.monotonic() < deadline, info
+        time.sleep(0.02)
+
+
+def test_restart_resumes_queued_and_fails_interrupted_jobs(tmp_path) -> None:  # noqa: ANN001
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 2})
+    keys = KeyStore(Database(tmp_path / "db.sqlite"))
+    key, _ = keys.create("alice", credits=3)
+    assert keys.reserve(key.id, 3)  # what the app reserves for three one-image jobs
+
+    held = ScriptedGenerator(gate=threading.Event())
+    first = _queue(tmp_path, held)
+    first.start()
+    running = first.submit(request, kind="async", key_id=key.id, reserved=1)
+    assert held.started.wait(30)
+    waiting = first.submit(request, kind="async", key_id=key.id, reserved=1)
+    waiting_sync = first.submit(request, kind="sync", key_id=key.id, reserved=1)
+    first._stopping.set()  # the process "dies": nothing more is recorded by it
+
+    refunds: list[str] = []
+
+    def settle(info) -> None:  # noqa: ANN001 - what the app does: refund what was not delivered
+        if info.status is JobStatus.FAILED:
+            keys.refund(info.key_id, info.reserved)
+            refunds.append(info.id)
+
+    fresh = ScriptedGenerator()
+    second = _queue(tmp_path, fresh, on_finished=settle)
+    second.start()
+    try:
+        _wait(second, waiting.id, JobStatus.COMPLETED)
+        interrupted = second.get(running.id)
+        assert interrupted.status is JobStatus.FAILED and "restarted while this job was running" in interrupted.error
+        orphan = second.get(waiting_sync.id)  # its HTTP client died with the old process
+        assert orphan.status is JobStatus.FAILED and "submit it again" in orphan.error
+        assert second.result(waiting.id).seeds == [request.seed]
+        assert sorted(refunds) == sorted([running.id, waiting_sync.id])
+        assert keys.balance(key.id) == 2  # only the delivered job is paid for
+        assert len(fresh.runs) == 1
+    finally:
+        held.gate.set()
+        first.stop()
+        second.stop()
+    # The old worker finishing late changes nothing: a job ends once.
+    assert second.get(running.id).status is JobStatus.FAILED
+
+
+def test_expired_results_are_deleted(tmp_path) -> None:  # noqa: ANN001
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
+    queue = _queue(tmp_path, ScriptedGenerator())
+    queue.result_ttl_s = 0.2
+    queue.start()
+    try:
+        job = queue.submit(request, kind="async", key_id=None, reserved=0)
+        _wait(queue, job.id, JobStatus.COMPLETED)
+        assert (tmp_path / "results" / job.id).is_dir()
+        time.sleep(0.3)
+        assert queue.get(job.id) is None and queue.result(job.id) is None
+        assert queue.delete_expired() == 1
+        assert not (tmp_path / "results" / job.id).exists()
+    finally:
+        queue.stop()

@@ -1,0 +1,68 @@
+"""API keys: stored as hashes only, constant-time checks, credits that stay exact under concurrency, CLI."""
+
+from __future__ import annotations
+
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+from typer.testing import CliRunner
+
+from sd3pose.cli import app
+from sd3pose.service.cli import check_bind_safety
+from sd3pose.service.keys import KeyStore
+from sd3pose.service.settings import ServiceSettings
+from sd3pose.store import Database
+
+
+def test_keys_are_stored_only_as_hashes(tmp_path) -> None:  # noqa: ANN001
+    store = KeyStore(Database(tmp_path / "db.sqlite"))
+    key, secret = store.create("alice", credits=5)
+    assert store.verify(secret) == key
+    assert store.verify(secret + "x") is None and store.verify("sd3p_nope_x") is None and store.verify("") is None
+    raw = (tmp_path / "db.sqlite").read_bytes() + (tmp_path / "db.sqlite-wal").read_bytes()
+    assert secret.encode() not in raw and secret.split("_")[2].encode() not in raw
+    store.revoke(key.id)
+    assert store.verify(secret) is None
+
+
+def test_concurrent_reservations_never_overspend(tmp_path) -> None:  # noqa: ANN001
+    store = KeyStore(Database(tmp_path / "db.sqlite"))
+    key, _ = store.create("alice", credits=50)
+    with ThreadPoolExecutor(8) as pool:
+        granted = list(pool.map(lambda _: store.reserve(key.id, 3), range(40)))
+    assert sum(granted) == 16  # 16 * 3 = 48 <= 50 < 51
+    assert store.balance(key.id) == 2
+    unlimited, _ = store.create("ops", credits=None)
+    assert store.reserve(unlimited.id, 1000) and store.balance(unlimited.id) is None
+
+
+def test_keys_cli(tmp_path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path)]
+    created = runner.invoke(app, ["keys", "create", "--name", "alice", "--credits", "5", "--scope", "pose", *data])
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[0]
+    assert secret.startswith("sd3p_")
+    assert runner.invoke(app, ["keys", "create", "--name", "ops", "--unlimited", *data]).exit_code == 0
+    both = runner.invoke(app, ["keys", "create", "--name", "x", "--credits", "1", "--unlimited", *data])
+    assert both.exit_code == 2 and "exactly one of --credits C or --unlimited" in both.output
+    added = runner.invoke(app, ["keys", "add-credits", "alice", "2.5", *data])
+    assert added.exit_code == 0 and "7.5 credits" in added.output
+    listed = runner.invoke(app, ["keys", "list", *data])
+    assert "alice" in listed.output and "7.5" in listed.output and "unlimited" in listed.output
+    assert secret not in listed.output
+    assert runner.invoke(app, ["keys", "revoke", "alice", *data]).exit_code == 0
+    assert "revoked" in runner.invoke(app, ["keys", "list", *data]).output
+    missing = runner.invoke(app, ["keys", "revoke", "nobody", *data])
+    assert missing.exit_code == 2 and "sd3pose keys list" in missing.output
+    rows = sqlite3.connect(tmp_path / "sd3pose.db").execute("SELECT key_hash FROM api_keys").fetchall()
+    assert all(len(r[0]) == 64 for r in rows)
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path) -> None:  # noqa: ANN001
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--insecure-no-auth" in result.output
+    check_bind_safety(ServiceSettings(host="0.0.0.0", insecure_no_auth=True), 0)
+    check_bind_safety(ServiceSettings(host="0.0.0.0"), 1)
+    check_bind_safety(ServiceSettings(host="127.0.0.1"), 0)
+    check_bind_safety(ServiceSettings(host="::1"), 0)
