@@ -5,7 +5,7 @@ layers, hidden 256, 1 ControlNet layer) and make the same request: 256x256, 8 eu
 diffusers' default schedule, guidance 7, strength 0.8, one image, decoded to PIL. Runs alternate
 A/B after one warm-up each; the ratio of the medians ours/diffusers is printed (target <= 1.0).
 
-    .venv/bin/python bench/engine_vs_diffusers.py [--rounds 7] [--device cpu]
+    .venv/bin/python bench/engine_vs_diffusers.py [--rounds 7] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # steadier timings on a shared machine
     logging.basicConfig(level=logging.WARNING)
 
     from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
@@ -97,11 +100,14 @@ def main() -> None:
             for name, fn in order:
                 times[name].append(timed(fn))
         a, b = statistics.median(times["ours"]), statistics.median(times["diffusers"])
-        print(f"device {engine.device}, {SIZE}x{SIZE}, {STEPS} steps, guidance 7, {args.rounds} rounds")
+        threads = torch.get_num_threads()
+        print(f"device {engine.device} ({threads} threads), {SIZE}x{SIZE}, {STEPS} steps, guidance 7")
+        print(f"{args.rounds} alternating rounds after one warm-up each")
         for name, median in (("ours", a), ("diffusers", b)):
             runs = ", ".join(f"{t * 1000:.0f}" for t in times[name])
             print(f"median {name:<10} {median * 1000:8.1f} ms   (all runs: {runs})")
-        print(f"ratio ours/diffusers: {a / b:.3f}")
+        paired = statistics.median(o / d for o, d in zip(times["ours"], times["diffusers"], strict=True))
+        print(f"median of per-round ratios ours/diffusers: {paired:.3f}   (ratio of medians: {a / b:.3f})")
 
 
 if __name__ == "__main__":

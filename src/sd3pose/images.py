@@ -2,7 +2,7 @@
 
 Input images only feed pose detection or are pose maps, so every input ends up as an 8-bit RGB
 image the right way up; anything unusable raises ImageInputError (HTTP 400) with one sentence
-saying what is wrong and how to fix it.
+saying what is wrong and how to fix it (UpstreamError, HTTP 502, when the host of an image URL fails).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import re
 import urllib.parse
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +51,7 @@ INPUT_FORMATS = tuple(
 _FORMAT_NAMES = "a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF file"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _WHITESPACE = re.compile(r"\s+")
+_BASE64_TEXT = re.compile(r"^[A-Za-z0-9+/=_\s-]+$")
 _MAX_PATH_LENGTH = 4096
 
 _MEDIA_TYPES = {
@@ -179,14 +179,8 @@ def read_source(source: str, limits: InputLimits = InputLimits()) -> tuple[bytes
         path = _existing_file(text)
         if path is not None:
             return _read_file(path, limits.max_bytes), None
-        try:
-            return decode_base64(text, limits.max_bytes), None
-        except ImageInputError as exc:
-            if "base64" not in exc.message:
-                raise
-            raise ImageInputError(
-                f"image '{text[:100]}' is neither an existing file nor base64; check the path"
-            ) from None
+        if not _BASE64_TEXT.match(text):  # '.', '~' or '\\' cannot be base64: the user meant a file
+            raise ImageInputError(f"image file '{text[:200]}' does not exist; check the path")
     return decode_base64(text, limits.max_bytes), None
 
 
@@ -200,8 +194,12 @@ def _too_many_pixels(pixel_count: int | None, limit: int, dimensions: str = "") 
     )
 
 
+class _UndecodableError(ImageInputError):
+    """The bytes are no image we accept (lets load_image say what a URL sent instead)."""
+
+
 def _undecodable(reason: str) -> ImageInputError:
-    return ImageInputError(
+    return _UndecodableError(
         f"image could not be decoded ({reason}): send a valid image file, base64-encoded or as a URL"
     )
 
@@ -260,10 +258,9 @@ def load_image_bytes(data: bytes, limits: InputLimits = InputLimits()) -> Image.
     if len(data) > limits.max_bytes:
         raise _too_big(len(data), limits.max_bytes)
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below replaces Pillow's process-wide one.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+        # Pillow's process-wide DecompressionBombWarning is left alone (catch_warnings is not
+        # thread-safe); our own limit below is what refuses images.
+        im = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
     except UnidentifiedImageError:
         raise _undecodable(f"not {_FORMAT_NAMES}") from None
     except Image.DecompressionBombError as exc:
@@ -300,14 +297,15 @@ def _upright(im: Image.Image) -> Image.Image:
 def load_image(source: str, limits: InputLimits = InputLimits()) -> Image.Image:
     """The image an `image` field names: http(s) URL, raw base64, data: URI (or a path, for the CLI).
 
-    Returns an upright 8-bit RGB image; raises ImageInputError with a user-facing message.
+    Returns an upright 8-bit RGB image. Raises ImageInputError (400) with a user-facing message,
+    or UpstreamError (502) when the host of an image URL fails (see sd3pose.net.fetch_url).
     """
     data, content_type = read_source(source, limits)
     try:
         return load_image_bytes(data, limits)
-    except ImageInputError as exc:
+    except _UndecodableError:
         declared = (content_type or "").split(";")[0].strip().lower()
-        if declared and not declared.startswith("image/") and "could not be decoded" in exc.message:
+        if declared and not declared.startswith("image/"):
             raise ImageInputError(
                 f"the image URL returned {declared}, not an image; send a direct link to the image file"
             ) from None

@@ -1,5 +1,7 @@
 """Fetching an image URL without letting a request reach the server's own networks (an SSRF guard).
 
+What the user can fix raises ImageInputError (HTTP 400); a failing image host raises UpstreamError (502).
+
 Every hop (the first URL and each redirect) is parsed, its host resolved once by us, every resolved
 address checked, and the connection made to the checked address itself, never to a second
 resolution (no DNS rebinding). The original host still goes out in the Host header and in TLS
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from sd3pose.errors import ImageInputError
+from sd3pose.errors import ImageInputError, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +156,18 @@ def resolve_host(host: str, port: int, *, timeout: float, resolver: Resolver | N
     try:
         found = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
-        raise ImageInputError(
+        raise UpstreamError(
             f"looking up the image URL host '{host}' took longer than {timeout:g} s; check the URL"
         ) from None
     except (OSError, UnicodeError) as exc:
-        raise ImageInputError(f"could not resolve the image URL host '{host}' ({exc}); check the URL") from None
+        raise UpstreamError(f"could not resolve the image URL host '{host}' ({exc}); check the URL") from None
     addresses: list[IPAddress] = []
     for text in found:
         ip = ipaddress.ip_address(text.split("%", 1)[0])  # getaddrinfo may append an IPv6 zone
         if ip not in addresses:
             addresses.append(ip)
     if not addresses:
-        raise ImageInputError(f"could not resolve the image URL host '{host}'; check the URL")
+        raise UpstreamError(f"could not resolve the image URL host '{host}'; check the URL")
     return addresses
 
 
@@ -244,7 +246,7 @@ def _open(client: httpx.Client, hop: _Hop) -> httpx.Response:
         except httpx.ConnectError as exc:
             log.debug("connecting to %s (%s) failed: %s", hop.host, ip, exc)
             last_error = exc
-    raise ImageInputError(
+    raise UpstreamError(
         f"could not connect to the image URL host '{hop.host}' ({last_error}); check that the URL is reachable"
     )
 
@@ -265,7 +267,7 @@ def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, tota
                 f"image at the URL is larger than the {format_size(max_bytes)} limit; send a smaller image"
             )
         if time.monotonic() > deadline:
-            raise ImageInputError(
+            raise UpstreamError(
                 f"downloading the image URL took longer than {total_timeout:g} s; "
                 "send a faster URL or the image as base64"
             )
@@ -286,6 +288,11 @@ def _get(
                     "send the final URL of the image"
                 )
             return str(hop.url.join(location))
+        if response.status_code >= 500:
+            raise UpstreamError(
+                f"the image URL's server failed with HTTP {response.status_code}; "
+                "try again later or send the image as base64"
+            )
         if not 200 <= response.status_code < 300:
             raise ImageInputError(
                 f"image URL answered HTTP {response.status_code}; "
@@ -309,7 +316,11 @@ def fetch_url(
     resolver: Resolver | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> FetchedBody:
-    """Download an http(s) URL guarded against SSRF; raise ImageInputError on anything that fails.
+    """Download an http(s) URL guarded against SSRF.
+
+    Raises ImageInputError (400) for what the user can fix (a refused address or scheme, a bad
+    URL, an HTTP 4xx, a body over the cap, too many redirects) and UpstreamError (502) when the
+    image host fails (DNS, connection, timeouts, HTTP 5xx, a broken response).
 
     `resolver` replaces getaddrinfo and `transport` replaces the HTTP transport (both for tests
     and custom routing); the address checks run the same either way.
@@ -319,9 +330,11 @@ def fetch_url(
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
     transport = transport or httpx.HTTPTransport(verify=_ssl_context(), retries=0)
     # trust_env=False: a proxy from the environment would resolve and connect on its own, unchecked.
+    # Accept-Encoding identity: images gain nothing from gzip, and a gzip bomb would inflate each
+    # network chunk a thousandfold before the size cap sees it.
+    headers = {"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"}
     with httpx.Client(
-        transport=transport, timeout=timeout, follow_redirects=False, trust_env=False,
-        headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
+        transport=transport, timeout=timeout, follow_redirects=False, trust_env=False, headers=headers
     ) as client:
         current = url
         for hop_index in range(max_redirects + 1):
@@ -330,17 +343,17 @@ def fetch_url(
             try:
                 result = _get(client, hop, max_bytes, deadline, total_timeout)
             except httpx.ConnectTimeout:
-                raise ImageInputError(
+                raise UpstreamError(
                     f"could not connect to the image URL host '{hop.host}' within {connect_timeout:g} s; "
                     "check the URL or send the image as base64"
                 ) from None
             except httpx.TimeoutException:
-                raise ImageInputError(
+                raise UpstreamError(
                     f"the image URL server sent nothing for {read_timeout:g} s; "
                     "check the URL or send the image as base64"
                 ) from None
             except httpx.HTTPError as exc:
-                raise ImageInputError(
+                raise UpstreamError(
                     f"downloading the image URL failed ({type(exc).__name__}: {exc}); check the URL"
                 ) from None
             if isinstance(result, str):

@@ -6,6 +6,7 @@ Nothing here talks to any address but 127.0.0.1 and ::1; every loop and sleep is
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import ipaddress
 import socket
@@ -47,6 +48,7 @@ class LoopbackServer:
         self.image_bytes = image_bytes
         self.hits: list[tuple[str, str]] = []
         self.bytes_sent = 0
+        self.accept_encoding: str | None = None
         self._lock = threading.Lock()
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
         self._server = server_class((host, 0), self._handler())
@@ -96,6 +98,9 @@ class LoopbackServer:
 
             def route_img_png(self, path: str, query: dict[str, str]) -> None:
                 self._send(owner.image_bytes)
+
+            def route_fail(self, path: str, query: dict[str, str]) -> None:
+                self.send_error(int(query.get("status", "500")))
 
             def route_page_html(self, path: str, query: dict[str, str]) -> None:
                 self._send(b"<html><body>not an image</body></html>", "text/html; charset=utf-8")
@@ -149,6 +154,18 @@ class LoopbackServer:
                             owner.bytes_sent += len(chunk)
                 except OSError:
                     pass
+
+            def route_gzip_bomb(self, path: str, query: dict[str, str]) -> None:
+                # 8 MB of zeros in an 8 KB gzip body, sent even though the client asked for identity.
+                owner.accept_encoding = self.headers.get("Accept-Encoding", "")
+                body = gzip.compress(owner.image_bytes[:8] + bytes(8 * 1024 * 1024))
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(body)
 
             def route_big_declared(self, path: str, query: dict[str, str]) -> None:
                 self.send_response(200)

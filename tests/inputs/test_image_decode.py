@@ -12,6 +12,7 @@ import struct
 import textwrap
 import zlib
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import cv2
 import numpy as np
@@ -65,8 +66,6 @@ def test_base64_forms_decode_to_the_original_pixels(photo: Image.Image, png: byt
 
 
 def test_percent_encoded_data_uri(photo: Image.Image, png: bytes) -> None:
-    from urllib.parse import quote_from_bytes
-
     image = load_image("data:image/png," + quote_from_bytes(png))
     assert np.array_equal(pixels(image), pixels(photo))
 
@@ -266,13 +265,13 @@ def test_cmyk_jpeg_becomes_rgb(photo: Image.Image) -> None:
     assert np.abs(pixels(image) - pixels(photo)).mean() < JPEG_MEAN_TOLERANCE
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG", "MPO"])
 def test_an_animation_gives_its_first_frame(fmt: str) -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
-    params = {"lossless": True} if fmt == "WEBP" else {}
-    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **params)
+    params = {"MPO": {}, "WEBP": {"lossless": True}}.get(fmt, {"duration": 100, "loop": 0})
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
-    assert pixels(load_image_bytes(data))[4, 4].tolist() == [255, 0, 0]
+    assert np.abs(pixels(load_image_bytes(data))[4, 4] - [255, 0, 0]).max() <= 2  # MPO is JPEG: off by 1
 
 
 @pytest.mark.parametrize(("fmt", "lossless"), [("PNG", True), ("BMP", True), ("TIFF", True), ("WEBP", False),
@@ -301,8 +300,9 @@ def test_paths_are_read_only_when_allowed(tmp_path: Path, photo: Image.Image, pn
 
 def test_a_missing_path_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nobody.png"
-    with pytest.raises(ImageInputError, match="is neither an existing file nor base64; check the path"):
+    with pytest.raises(ImageInputError) as info:
         load_image(str(missing), InputLimits(allow_local_paths=True))
+    assert info.value.message == f"image file '{missing}' does not exist; check the path"
 
 
 def test_a_file_over_the_cap_is_refused_unread(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_rgba_keeps_alpha_in_png_and_is_composited_on_black_in_jpeg() -> None:
 
 @pytest.mark.parametrize("fmt", ["gif", "tiff", ""])
 def test_an_unknown_format_is_a_clear_400(photo: Image.Image, fmt: str) -> None:
-    with pytest.raises(InvalidRequestError, match=f"output_format '{fmt}' is not supported; use one of jpeg, png, webp"):
+    expected = f"output_format '{fmt}' is not supported; use one of jpeg, png, webp"
+    with pytest.raises(InvalidRequestError, match=expected):
         encode_image(photo, fmt)
     with pytest.raises(InvalidRequestError) as info:
         media_type(fmt)

@@ -1,5 +1,7 @@
 """Downloading image URLs: the happy path, size caps, timeouts, redirect limits, wrong content.
 
+What the user can fix is an ImageInputError (400); a failing image host an UpstreamError (502).
+
 All against loopback servers with allow_private_urls=True (the SSRF guard has its own tests);
 timeouts are a fraction of a second, and every test is bounded by them.
 """
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from input_helpers import LoopbackServer, astronaut, pixels
 
-from sd3pose.errors import ImageInputError
+from sd3pose.errors import ImageInputError, UpstreamError
 from sd3pose.images import InputLimits, load_image
 from sd3pose.net import fetch_url
 
@@ -49,10 +51,17 @@ def test_a_declared_content_length_over_the_cap_is_refused_before_reading(server
     assert info.value.message == "image is 50 MB; the limit is 20 MB: send a smaller image"
 
 
+def test_a_gzip_bomb_is_capped_on_its_decoded_size(server: LoopbackServer) -> None:
+    limits = InputLimits(allow_private_urls=True, max_bytes=1024 * 1024)
+    with pytest.raises(ImageInputError, match="image at the URL is larger than the 1 MB limit"):
+        load_image(server.url("/gzip-bomb"), limits)
+    assert server.accept_encoding == "identity"  # we never invite compression
+
+
 def test_a_server_that_answers_too_slowly_hits_the_read_timeout(server: LoopbackServer) -> None:
     limits = InputLimits(allow_private_urls=True, read_timeout=0.3)
     started = time.monotonic()
-    with pytest.raises(ImageInputError, match=r"sent nothing for 0\.3 s"):
+    with pytest.raises(UpstreamError, match=r"sent nothing for 0\.3 s"):
         load_image(server.url("/slow?delay=3"), limits)
     assert time.monotonic() - started < 2.5
 
@@ -60,7 +69,7 @@ def test_a_server_that_answers_too_slowly_hits_the_read_timeout(server: Loopback
 def test_a_server_dripping_bytes_hits_the_total_timeout(server: LoopbackServer) -> None:
     limits = InputLimits(allow_private_urls=True, read_timeout=1.0, total_timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(ImageInputError, match=r"took longer than 0\.5 s"):
+    with pytest.raises(UpstreamError, match=r"took longer than 0\.5 s"):
         load_image(server.url("/drip"), limits)
     assert time.monotonic() - started < 3
 
@@ -88,7 +97,7 @@ def unresponsive_port() -> Iterator[int]:
 def test_a_host_that_does_not_accept_hits_the_connect_timeout(unresponsive_port: int) -> None:
     limits = InputLimits(allow_private_urls=True, connect_timeout=0.3)
     started = time.monotonic()
-    with pytest.raises(ImageInputError, match=r"could not connect to the image URL host '127\.0\.0\.1' within 0\.3 s"):
+    with pytest.raises(UpstreamError, match=r"could not connect to the image URL host '127\.0\.0\.1' within 0\.3 s"):
         load_image(f"http://127.0.0.1:{unresponsive_port}/img.png", limits)
     assert time.monotonic() - started < 2.5
 
@@ -97,7 +106,7 @@ def test_a_closed_port_gives_a_clear_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(ImageInputError, match="could not connect to the image URL host '127.0.0.1'"):
+    with pytest.raises(UpstreamError, match="could not connect to the image URL host '127.0.0.1'"):
         load_image(f"http://127.0.0.1:{port}/img.png", LAN)
 
 
@@ -127,9 +136,19 @@ def test_a_web_page_instead_of_an_image_is_named_as_such(server: LoopbackServer)
     )
 
 
-def test_an_http_error_status_is_reported(server: LoopbackServer) -> None:
-    with pytest.raises(ImageInputError, match="image URL answered HTTP 404"):
+def test_an_http_client_error_is_the_users_400(server: LoopbackServer) -> None:
+    with pytest.raises(ImageInputError, match="image URL answered HTTP 404") as info:
         load_image(server.url("/missing.png"), LAN)
+    assert info.value.status_code == 400
+
+
+def test_a_failing_image_host_is_a_502(server: LoopbackServer) -> None:
+    with pytest.raises(UpstreamError) as info:
+        load_image(server.url("/fail?status=503"), LAN)
+    assert info.value.status_code == 502
+    assert info.value.message == (
+        "the image URL's server failed with HTTP 503; try again later or send the image as base64"
+    )
 
 
 def test_fetch_url_reports_content_type_and_final_url(server: LoopbackServer) -> None:
@@ -143,7 +162,7 @@ def test_an_unresolvable_host_name_is_reported() -> None:
     def resolver(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    with pytest.raises(ImageInputError, match="could not resolve the image URL host 'nowhere.invalid'"):
+    with pytest.raises(UpstreamError, match="could not resolve the image URL host 'nowhere.invalid'"):
         fetch_url("http://nowhere.invalid/a.png", max_bytes=2**20, resolver=resolver)
 
 
@@ -153,6 +172,6 @@ def test_a_hanging_dns_lookup_is_bounded_by_the_connect_timeout() -> None:
         return ["127.0.0.1"]
 
     started = time.monotonic()
-    with pytest.raises(ImageInputError, match=r"looking up the image URL host 'slow.example' took longer than 0\.2 s"):
+    with pytest.raises(UpstreamError, match=r"looking up the image URL host 'slow.example' took longer than 0\.2 s"):
         fetch_url("http://slow.example/a.png", max_bytes=2**20, connect_timeout=0.2, resolver=resolver)
     assert time.monotonic() - started < 1.5

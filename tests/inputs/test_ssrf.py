@@ -8,11 +8,12 @@ reach it, which proves the zero was not a server nobody could reach anyway.
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import quote
 
 import pytest
 from input_helpers import HAS_IPV6, PUBLIC_STAND_IN, LoopbackServer, RemapTransport
 
-from sd3pose.errors import ImageInputError
+from sd3pose.errors import ImageInputError, UpstreamError
 from sd3pose.images import InputLimits, load_image
 from sd3pose.net import fetch_url, non_public_reason, parse_ip_literal
 
@@ -88,8 +89,6 @@ def test_the_message_names_the_address_and_the_way_out(server: LoopbackServer) -
 
 def _redirect_url(location: str, status: int = 302) -> str:
     """A URL on the (stand-in) public host that redirects to `location`."""
-    from urllib.parse import quote
-
     return f"http://{PUBLIC_STAND_IN}/redirect?status={status}&to={quote(location, safe='')}"
 
 
@@ -164,7 +163,7 @@ def test_https_keeps_the_host_name_for_sni_and_certificate_checks(remap: RemapTr
         return [PUBLIC_STAND_IN]
 
     # The stand-in speaks plain HTTP, so the TLS handshake fails; what was asked for is what counts.
-    with pytest.raises(ImageInputError):
+    with pytest.raises(UpstreamError):
         fetch_url("https://images.example.com/a.png", max_bytes=2**20, resolver=resolver, transport=remap, **FAST)
     request = remap.requests[0]
     assert request.url.scheme == "https"

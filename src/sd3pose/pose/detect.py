@@ -3,11 +3,14 @@
 MediaPipe's legacy Holistic graph (pose, face mesh, both hands; hands and face are found on
 crops around the pose's wrists and face) follows one person. To find everybody:
 1. run the BlazePose person detector alone (a small graph of our own around MediaPipe's
-   registered `PoseDetectionCpu` subgraph), hide each face it finds and run it again, until it
-   finds nobody new (it tends to report only the most prominent person per pass);
+   registered `PoseDetectionCpu` subgraph) on the photo, and on square windows of a wide or tall
+   photo; hide each face it finds and run it again, until it finds nobody new (it tends to report
+   only the most prominent person per pass);
 2. for each person, run Holistic on a crop around them with the other people's faces hidden, so
-   the only face it can lock on to is theirs, and keep the result only if it lands on that person.
-All models come from the mediapipe wheel; nothing is downloaded.
+   the only face it can lock on to is theirs, and keep the result only if it lands on that person
+   (if not, retry once with everybody already found hidden).
+Holistic's face/hand tracking between calls is switched off, so a photo always gives the same
+keypoints. All models come from the mediapipe wheel; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -91,6 +94,55 @@ class _Found:
         )  # fmt: skip
 
 
+def _static_holistic() -> object:
+    """MediaPipe Holistic for unrelated photos: the same photo always gives the same keypoints.
+
+    Even in static_image_mode, Holistic's face and hand stages reuse the previous call's landmarks
+    as their crop when they are close to the new one (tracking), so results would drift with call
+    history. We expand the graph and give its RoiTrackingCalculators requirements no crop can meet;
+    resetting the graph instead would reload every model on each call.
+    """
+    import os
+
+    import mediapipe as mp
+    from mediapipe.framework import calculator_pb2
+    from mediapipe.modules.holistic_landmark.calculators import roi_tracking_calculator_pb2
+    from mediapipe.python._framework_bindings import validated_graph_config
+    from mediapipe.python.solution_base import SolutionBase
+
+    path = os.path.join(os.path.dirname(mp.__file__), "modules/holistic_landmark/holistic_landmark_cpu.binarypb")
+    validated = validated_graph_config.ValidatedGraphConfig()
+    validated.initialize(binary_graph_path=path)
+    graph = calculator_pb2.CalculatorGraphConfig()
+    graph.ParseFromString(validated.binary_config)
+    untracked = 0
+    for node in graph.node:
+        if node.calculator == "RoiTrackingCalculator":
+            options = node.options.Extensions[roi_tracking_calculator_pb2.RoiTrackingCalculatorOptions.ext]
+            options.rect_requirements.rotation_degrees = -1.0
+            options.rect_requirements.translation = -1.0
+            options.rect_requirements.scale = -1.0
+            untracked += 1
+    if untracked != 3:  # face, left hand, right hand
+        raise RuntimeError(f"unexpected Holistic graph layout ({untracked} tracking nodes instead of 3)")
+    return SolutionBase(
+        graph_config=graph,
+        side_inputs={
+            # model_complexity=1 is the only pose landmark model the wheel bundles (0 and 2 would download).
+            "model_complexity": 1,
+            "smooth_landmarks": False,
+            "enable_segmentation": False,
+            "smooth_segmentation": False,
+            "refine_face_landmarks": False,
+            "use_prev_landmarks": False,
+        },
+        calculator_params={
+            "poselandmarkcpu__posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": MIN_PERSON_SCORE,
+        },
+        outputs=["pose_landmarks", "left_hand_landmarks", "right_hand_landmarks", "face_landmarks"],
+    )
+
+
 def _windows(width: int, height: int) -> list[tuple[int, int, int, int]]:
     """The whole image, plus overlapping squares along the long side of a wide or tall image.
 
@@ -141,15 +193,10 @@ class PoseDetector:
         started = time.perf_counter()
         log.info("loading the MediaPipe pose, face and hand models (bundled with mediapipe, CPU)")
         try:
-            import mediapipe as mp
             from mediapipe.python.solution_base import SolutionBase
 
             self._person_detector = SolutionBase(graph_config=_PERSON_DETECTOR_GRAPH, outputs=["detections"])
-            # model_complexity=1 is the only pose landmark model the wheel bundles (0 and 2 would download).
-            self._holistic = mp.solutions.holistic.Holistic(
-                static_image_mode=True, model_complexity=1, refine_face_landmarks=False,
-                min_detection_confidence=MIN_PERSON_SCORE,
-            )  # fmt: skip
+            self._holistic = _static_holistic()
         except (ImportError, RuntimeError, ValueError, FileNotFoundError) as exc:
             raise ModelLoadError(
                 f"could not load the MediaPipe pose models ({exc}); reinstall mediapipe==0.10.21"
@@ -253,7 +300,7 @@ class PoseDetector:
             fx0, fy0, fx1, fy1 = target.face_square(HIDE_FACE_SCALE_CROP)
             fx0, fy0, fx1, fy1 = max(fx0, x0), max(fy0, y0), min(fx1, x1), min(fy1, y1)
             crop[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0] = image[fy0:fy1, fx0:fx1]
-        result = self._holistic.process(np.ascontiguousarray(crop))
+        result = self._holistic.process({"image": np.ascontiguousarray(crop)})
         body = _landmarks(result, "pose_landmarks", with_visibility=True)
         if body is None:
             log.debug("person %d: no landmarks in its crop", index)

@@ -53,7 +53,7 @@ def heunpp2(run: Run, x: torch.Tensor) -> torch.Tensor:
         else:
             x_2 = x + dt * d
             d_2 = velocity(x_2, run.denoise(x_2, s[i + 1]), s[i + 1])
-            if s[i + 2] == 0.0:
+            if i + 2 >= len(s) or s[i + 2] == 0.0:
                 x = x + dt * 0.5 * (d + d_2)
             else:
                 x_3 = x_2 + (s[i + 2] - s[i + 1]) * d_2
