@@ -164,7 +164,7 @@ class Sd3Denoiser:
             v_guided = v_uncond + self.guidance_scale * (v_cond - v_uncond)
         else:
             v_uncond = v_guided = v
-        x0 = (x - s * v_guided.to(x.dtype))
+        x0 = x - s * v_guided.to(x.dtype)
         if return_uncond:
             return x0, (x - s * v_uncond.to(x.dtype))
         return x0

@@ -104,6 +104,9 @@ def _static_holistic() -> object:
     """
     import os
 
+    # MediaPipe's C++ logging (glog/absl) floods stderr with per-graph warnings; keep errors only.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import mediapipe as mp
     from mediapipe.framework import calculator_pb2
     from mediapipe.modules.holistic_landmark.calculators import roi_tracking_calculator_pb2

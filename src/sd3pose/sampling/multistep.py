@@ -35,6 +35,9 @@ from numpy.polynomial import polynomial as P
 
 from sd3pose.sampling.core import Run, eps_hat, half_log_snr, sigma_ve, velocity
 
+import os
+LOWER_FINAL = os.environ.get("LF") == "1"
+
 
 def _lagrange(nodes: list[float], j: int) -> np.ndarray:
     """Coefficients (ascending) of the Lagrange basis polynomial that is 1 at nodes[j], 0 at the others."""
@@ -164,6 +167,8 @@ def _dpmpp_multistep(run: Run, x: torch.Tensor, order: int, eta: float) -> torch
                 phi_1 = -math.expm1(-h_eta)
                 x = (s[i + 1] / s[i]) * math.exp(-eta * h) * x + alpha_next * phi_1 * denoised
                 usable = [hp for hp in h_prev if math.isfinite(hp)]
+                if LOWER_FINAL and i + 2 < len(s) and s[i + 2] == 0.0:
+                    usable = []
                 if order == 2 and usable:
                     r = usable[0] / h
                     if eta:

@@ -355,13 +355,7 @@ class EmbeddedJobQueue:
                 (status.value, time.time(), error, error_code, json.dumps(result_meta or {}), job_id),
             )
             changed = cursor.rowcount == 1
-        with self._cond:
-            self._progress.pop(job_id, None)
-            self._cancel_reasons.pop(job_id, None)
-            self._requests.pop(job_id, None)
-            event = self._events.pop(job_id, None)
-        if event is not None:
-            event.set()
+        # Settle (credits, metrics) before waking waiters, so their answer shows the settled balance.
         if changed and self.on_finished is not None:
             info = self.get(job_id)
             if info is not None:
@@ -369,6 +363,13 @@ class EmbeddedJobQueue:
                     self.on_finished(info)
                 except Exception:  # a settlement bug must not kill the worker
                     log.exception("on_finished failed for job %s", job_id)
+        with self._cond:
+            self._progress.pop(job_id, None)
+            self._cancel_reasons.pop(job_id, None)
+            self._requests.pop(job_id, None)
+            event = self._events.pop(job_id, None)
+        if event is not None:
+            event.set()
 
     def _row_to_info(self, row: Any) -> JobInfo:
         return JobInfo(

@@ -559,7 +559,11 @@
     });
 
     const drop = $("drop-zone");
-    $("file-input").addEventListener("change", (event) => useFile(event.target.files[0]));
+    $("file-input").addEventListener("change", (event) => {
+      const file = event.target.files[0];
+      event.target.value = ""; // so choosing the same (edited) file again is noticed
+      useFile(file);
+    });
     for (const name of ["dragenter", "dragover"]) {
       drop.addEventListener(name, (event) => {
         event.preventDefault();
