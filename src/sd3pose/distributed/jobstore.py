@@ -1,0 +1,249 @@
+"""Job records, progress and results in Redis, shared by every API replica and worker.
+
+Layout (all under `sd3pose:`): `job:<id>` a hash (status, times, progress, cancel reason, result
+metadata), `job:<id>:data` a hash of result bytes (`image:<i>`, `pose`), `queued:<queue>` a sorted set
+of the jobs not yet started (the queue depth), `job:<id>:waiter` a short-lived lease that the API
+process waiting on a sync job keeps alive.
+
+Every state change is one Lua script, so it is atomic across processes: a job leaves QUEUED/PROCESSING
+exactly once, and when it ends FAILED its reserved credits go back to its key in the same step. That
+makes retries (a redelivered task, a replayed command after a Redis reconnect) harmless: a job is
+charged once however many workers touched it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sd3pose.distributed.config import PREFIX
+from sd3pose.service.jobs import JobInfo, JobResult, JobStatus
+
+# Queued jobs are kept this long beyond the result TTL before their record lapses.
+QUEUED_GRACE_S = 86400
+WAITER_LEASE_S = 15.0
+
+_CREATE = """
+if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# -> 'skip' (finished or unknown), else the status it had (QUEUED, or PROCESSING when redelivered).
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'COMPLETED' or status == 'FAILED' then return 'skip' end
+redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'started_at', ARGV[1], 'worker', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZREM', KEYS[2], ARGV[3])
+return status
+"""
+
+# KEYS: job, queued set, the job's API key hash. ARGV: status, finished_at, error, error_code, result_json,
+# ttl, job id. -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'COMPLETED' or status == 'FAILED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'error', ARGV[3], 'error_code', ARGV[4],
+           'result_json', ARGV[5])
+redis.call('HDEL', KEYS[1], 'progress')
+redis.call('ZREM', KEYS[2], ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if ARGV[1] == 'FAILED' then
+  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+  if reserved and reserved > 0 and redis.call('HEXISTS', KEYS[3], 'credits') == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[3], 'credits', redis.call('HGET', KEYS[1], 'reserved'))
+  end
+end
+return 1
+"""
+
+# Cancel: a queued job ends now (returns 'queued'); a running one gets a reason its worker reads.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'PROCESSING' then redis.call('HSETNX', KEYS[1], 'cancel', ARGV[1]) end
+return status or ''
+"""
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def data_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:data"
+
+
+def waiter_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:waiter"
+
+
+def queued_key(queue: str) -> str:
+    return f"{PREFIX}:queued:{queue}"
+
+
+def credits_key(key_id: str | None) -> str:
+    # The key store keeps each key's hash here (see keystore.py); a job without a key points nowhere.
+    return f"{PREFIX}:key:{key_id}" if key_id else f"{PREFIX}:key:-"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _float(value: Any) -> float | None:
+    text = _text(value)
+    return float(text) if text not in (None, "") else None
+
+
+@dataclass
+class StartedJob:
+    redelivered: bool
+    kind: str
+
+
+class RedisJobStore:
+    def __init__(self, client: Any, *, result_ttl_s: float = 3600.0) -> None:
+        self.redis = client
+        self.result_ttl_s = result_ttl_s
+        self._create = client.register_script(_CREATE)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+
+    # --- API side ------------------------------------------------------------------------------------
+
+    def create(self, *, queue: str, kind: str, key_id: str | None, reserved: float, samples: int,
+               max_queue: int) -> JobInfo | None:
+        """Record a QUEUED job; None when `queue` already holds max_queue waiting jobs (0 = no cap)."""
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        fields = {"kind": kind, "status": JobStatus.QUEUED.value, "key_id": key_id or "", "reserved": repr(reserved),
+                  "samples": samples, "created_at": repr(now), "queue": queue}
+        flat = [item for pair in fields.items() for item in pair]
+        ttl = int(self.result_ttl_s + QUEUED_GRACE_S)
+        if kind == "sync":
+            self.touch_waiter(job_id)
+        created = self._create(keys=[job_key(job_id), queued_key(queue)],
+                               args=[max_queue, ttl, repr(now), job_id, *flat])
+        if not created:
+            return None
+        return JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
+                       created_at=now, samples=samples)
+
+    def touch_waiter(self, job_id: str) -> None:
+        """The API process waiting on a sync job is alive (a worker drops sync jobs nobody waits for)."""
+        self.redis.set(waiter_key(job_id), b"1", px=int(WAITER_LEASE_S * 1000))
+
+    def get(self, job_id: str) -> JobInfo | None:
+        raw = self.redis.hgetall(job_key(job_id))
+        if not raw or b"status" not in raw:
+            return None
+        row = {_text(k): _text(v) for k, v in raw.items()}
+        progress = None
+        if row.get("progress"):
+            step, total = row["progress"].split("/")
+            progress = (int(step), int(total))
+        return JobInfo(
+            id=job_id, kind=row["kind"], status=JobStatus(row["status"]), key_id=row.get("key_id") or None,
+            reserved=float(row.get("reserved") or 0), created_at=float(row["created_at"]),
+            started_at=_float(row.get("started_at")), finished_at=_float(row.get("finished_at")),
+            error=row.get("error") or None, error_code=int(row["error_code"]) if row.get("error_code") else None,
+            progress=progress, result_meta=json.loads(row["result_json"]) if row.get("result_json") else {},
+            samples=int(row.get("samples") or 1),
+        )
+
+    def result(self, job_id: str) -> JobResult | None:
+        info = self.get(job_id)
+        if info is None or info.status is not JobStatus.COMPLETED:
+            return None
+        meta = info.result_meta
+        data = self.redis.hgetall(data_key(job_id))
+        try:
+            images = [data[f"image:{i}".encode()] for i in range(meta["count"])]
+        except KeyError:
+            return None
+        return JobResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
+                         height=meta["height"], pose_png=data.get(b"pose"), keypoints=meta.get("keypoints"),
+                         timings=meta.get("timings", {}))
+
+    def cancel(self, job_id: str, reason: str, error_code: int = 504) -> None:
+        if _text(self._cancel(keys=[job_key(job_id)], args=[reason])) == JobStatus.QUEUED.value:
+            self.finish(job_id, JobStatus.FAILED, error=reason, error_code=error_code)
+
+    def depth(self, queue: str) -> int:
+        return int(self.redis.zcard(queued_key(queue)))
+
+    def forget(self, job_id: str) -> None:
+        """Drop a delivered sync result's bytes (its client has them)."""
+        self.redis.delete(data_key(job_id))
+
+    # --- worker side ---------------------------------------------------------------------------------
+
+    def start(self, job_id: str, worker: str) -> StartedJob | None:
+        """Mark the job PROCESSING on `worker`; None when it already ended (a redelivered copy)."""
+        raw = self.redis.hget(job_key(job_id), "queue")
+        before = _text(self._start(keys=[job_key(job_id), queued_key(_text(raw) or "")],
+                                   args=[repr(time.time()), worker, job_id]))
+        if before == "skip":
+            return None
+        kind = _text(self.redis.hget(job_key(job_id), "kind")) or "async"
+        return StartedJob(redelivered=before == JobStatus.PROCESSING.value, kind=kind)
+
+    def report_step(self, job_id: str, step: int, total: int) -> None:
+        self.redis.hset(job_key(job_id), "progress", f"{step}/{total}")
+
+    def cancel_reason(self, job_id: str) -> str | None:
+        """Why the job should stop now: cancelled by the API, or a sync job whose waiter is gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(job_key(job_id), ["cancel", "kind"])
+        pipe.exists(waiter_key(job_id))
+        (reason, kind), waiter = pipe.execute()
+        if reason:
+            return _text(reason)
+        if _text(kind) == "sync" and not waiter:
+            return "the API process waiting for this request went away; submit it again"
+        return None
+
+    def complete(self, job_id: str, result: JobResult) -> bool:
+        """Store the images, then end the job COMPLETED; False when it had already ended."""
+        meta: dict[str, Any] = {
+            "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,
+            "height": result.height, "timings": result.timings, "count": len(result.images),
+            "keypoints": result.keypoints,
+        }
+        if result.pose_png is not None:
+            meta["pose"] = True
+        data: dict[str, bytes] = {f"image:{i}": image for i, image in enumerate(result.images)}
+        if result.pose_png is not None:
+            data["pose"] = result.pose_png
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(data_key(job_id), mapping=data)
+        pipe.expire(data_key(job_id), int(self.result_ttl_s))
+        pipe.execute()
+        ended = self.finish(job_id, JobStatus.COMPLETED, result_meta=meta)
+        if not ended:
+            info = self.get(job_id)
+            if info is None or info.status is not JobStatus.COMPLETED:  # cancelled meanwhile: drop the bytes
+                self.redis.delete(data_key(job_id))
+        return ended
+
+    def finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
+               result_meta: dict[str, Any] | None = None) -> bool:
+        """End the job (refunding a failed job's credits in the same atomic step); False if already ended."""
+        fields = self.redis.hmget(job_key(job_id), ["queue", "key_id"])
+        queue, key_id = (_text(v) or "" for v in fields)
+        ended = self._finish(
+            keys=[job_key(job_id), queued_key(queue), credits_key(key_id)],
+            args=[status.value, repr(time.time()), error or "", error_code or "", json.dumps(result_meta or {}),
+                  int(self.result_ttl_s), job_id],
+        )
+        return int(ended) == 1
