@@ -40,3 +40,7 @@ app.command("download")(download_command)
 from sd3pose.pose.cli import pose_command  # noqa: E402
 
 app.command("pose")(pose_command)
+
+from sd3pose.distributed.cli import worker_command  # noqa: E402
+
+app.command("worker")(worker_command)

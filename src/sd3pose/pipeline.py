@@ -21,7 +21,7 @@ from sd3pose.images import InputLimits, encode_image, load_image, media_type
 from sd3pose.pose.control import ControlResult, build_control_image
 from sd3pose.pose.detect import PoseDetector, get_detector
 from sd3pose.pose.openpose_json import pose_from_openpose_json, pose_to_openpose_json
-from sd3pose.request import GenerationRequest, PoseMode, default_size
+from sd3pose.request import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, GenerationRequest, PoseMode, default_size
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ class PosePreview:
     width: int
     height: int
     detected: bool
+
+
+def _round16(side: float) -> int:
+    return int(min(MAX_SIDE, max(MIN_SIDE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)))
 
 
 def _png(image: Image.Image) -> bytes:
@@ -134,15 +138,15 @@ class Generator:
             source = (canvas.width, canvas.height)
         else:
             source = (native, native)
-        width, height = default_size(*source, native=native)
-        # One side given: keep the input's aspect ratio for the other (rounded to 16).
         if request.width and request.height:
             return request.width, request.height
+        # One side given: the other follows the input's aspect ratio (rounded to 16).
+        aspect = source[0] / source[1]
         if request.width:
-            return request.width, max(64, round(request.width * height / width / 16) * 16)
+            return request.width, _round16(request.width / aspect)
         if request.height:
-            return max(64, round(request.height * width / height / 16) * 16), request.height
-        return width, height
+            return _round16(request.height * aspect), request.height
+        return default_size(*source, native=native)
 
     def preview_pose(self, request: GenerationRequest) -> PosePreview:
         """The control image and keypoints a generation with this request would use."""

@@ -63,11 +63,30 @@ def control_keep(step: int, steps: int, start: float, end: float) -> float:
     return 1.0 - float(step / steps < start or (step + 1) / steps > end)
 
 
+@dataclass
+class RowGroup:
+    """One job's share of a (possibly merged) model batch: its conditioning and per-job knobs."""
+
+    cond: PromptEmbeds
+    uncond: PromptEmbeds | None  # needed when guidance_scale > 1
+    control: torch.Tensor  # (1, C, h, w) control latent
+    samples: int
+    guidance_scale: float
+    strength: float
+    control_start: float = 0.0
+    control_end: float = 1.0
+
+
 class Sd3Denoiser:
     """D(x, sigma) -> x0 for a batch: one batched ControlNet + transformer pass per call.
 
     With guidance > 1 the unconditional and conditional rows go through the models together
     ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run.
+    A merged batch (`for_groups`) holds several jobs' rows, each with its own prompt, negative
+    prompt, control latent, guidance, strength and control window: guidance is applied per row, and
+    when the rows' ControlNet scales differ the ControlNet runs at scale 1 and its residuals are
+    scaled per row (the same float32 product diffusers forms with a scalar, so a row's result does
+    not depend on its neighbours beyond matmul rounding).
     """
 
     def __init__(
@@ -84,17 +103,52 @@ class Sd3Denoiser:
         control_end: float = 1.0,
         cancelled: Callable[[], bool] | None = None,
     ) -> None:
-        self.engine = engine
-        self.batch = batch
-        self.guidance_scale = guidance_scale
-        self.cfg = guidance_scale > 1.0
-        if self.cfg and uncond is None:
+        if guidance_scale > 1.0 and uncond is None:
             raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
-        parts = [uncond, cond] if self.cfg else [cond]
-        self.tokens = torch.cat([p.tokens.expand(batch, -1, -1) for p in parts])
-        self.pooled = torch.cat([p.pooled.expand(batch, -1) for p in parts])
+        group = RowGroup(cond, uncond, control_latents, batch, guidance_scale, strength, control_start, control_end)
+        self._setup(engine, [group], sigmas, cancelled)
+
+    @classmethod
+    def for_groups(
+        cls,
+        engine: Engine,
+        groups: list[RowGroup],
+        sigmas: torch.Tensor,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Sd3Denoiser:
+        """A denoiser over several jobs' rows, in the order given (x's rows follow the same order)."""
+        if any(g.guidance_scale > 1.0 and g.uncond is None for g in groups):
+            raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
+        denoiser = cls.__new__(cls)
+        denoiser._setup(engine, groups, sigmas, cancelled)
+        return denoiser
+
+    def _setup(
+        self, engine: Engine, groups: list[RowGroup], sigmas: torch.Tensor, cancelled: Callable[[], bool] | None
+    ) -> None:
+        self.engine = engine
+        self.groups = groups
+        self.batch = sum(g.samples for g in groups)
+        guided = [g for g in groups if g.guidance_scale > 1.0]
+        self.cfg = bool(guided)
+        # Model rows: the unconditional rows of the guided jobs, then every job's conditional rows.
+        row_groups = guided + groups
+        parts = [g.uncond for g in guided] + [g.cond for g in groups]
+        counts = [g.samples for g in row_groups]
+        self.tokens = torch.cat([p.tokens.expand(n, -1, -1) for p, n in zip(parts, counts, strict=True)])
+        self.pooled = torch.cat([p.pooled.expand(n, -1) for p, n in zip(parts, counts, strict=True)])
         self.rows = self.tokens.shape[0]
-        self.control = control_latents.expand(self.rows, -1, -1, -1)
+        self.control = torch.cat(
+            [g.control.expand(n, -1, -1, -1) for g, n in zip(row_groups, counts, strict=True)]
+        )
+        self.row_groups = row_groups
+        # Which of x's rows have an unconditional twin, and the guidance of each x row.
+        flags = [g.guidance_scale > 1.0 for g in groups for _ in range(g.samples)]
+        self.all_guided = all(flags)
+        self.guided_rows = torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long, device=engine.device)
+        scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.guidance_scale > 1.0]
+        self.guidance = torch.tensor(scales, dtype=torch.float32, device=engine.device).view(-1, 1, 1, 1)
+        self.guidance_scale = groups[0].guidance_scale if len({g.guidance_scale for g in groups}) == 1 else None
         controlnet = engine.controlnet
         # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' rule).
         if getattr(controlnet.config, "force_zeros_for_pooled_projection", True):
@@ -102,8 +156,6 @@ class Sd3Denoiser:
         else:
             self.control_pooled = self.pooled
         self.control_tokens = self.tokens if controlnet.config.joint_attention_dim is not None else None
-        self.strength = strength
-        self.control_start, self.control_end = control_start, control_end
         # Schedule points, to find which step a (possibly intermediate) sigma belongs to.
         self.step_sigmas = [float(s) for s in sigmas[:-1]]
         self.cancelled = cancelled
@@ -116,39 +168,53 @@ class Sd3Denoiser:
                 index = i
         return index
 
+    def row_control_scales(self, sigma: float) -> list[float]:
+        """The ControlNet scale of each model row at this sigma (strength x the control window)."""
+        steps, step = len(self.step_sigmas), self.step_index(sigma)
+        per_group = [g.strength * control_keep(step, steps, g.control_start, g.control_end) for g in self.row_groups]
+        return [scale for g, scale in zip(self.row_groups, per_group, strict=True) for _ in range(g.samples)]
+
     def control_scale(self, sigma: float) -> float:
-        steps = len(self.step_sigmas)
-        keep = control_keep(self.step_index(sigma), steps, self.control_start, self.control_end)
-        return self.strength * keep
+        """The ControlNet scale at this sigma when every row shares it (a single job)."""
+        return self.row_control_scales(sigma)[0]
+
+    def _control_blocks(self, model_in: torch.Tensor, timestep: torch.Tensor, sigma: float) -> list | None:
+        scales = self.row_control_scales(sigma)
+        if not any(scales):  # at scale 0 the ControlNet adds exact zeros: skip it
+            return None
+        uniform = len(set(scales)) == 1
+        blocks = self.engine.controlnet(
+            hidden_states=model_in,
+            timestep=timestep,
+            encoder_hidden_states=self.control_tokens,
+            pooled_projections=self.control_pooled,
+            controlnet_cond=self.control,
+            conditioning_scale=scales[0] if uniform else 1.0,
+            return_dict=False,
+        )[0]
+        if uniform:
+            return blocks
+        # Per-row scales in float32, as PyTorch multiplies a low-precision tensor by a Python float.
+        row_scale = torch.tensor(scales, dtype=torch.float32, device=model_in.device).view(-1, 1, 1)
+        return [(block.float() * row_scale).to(block.dtype) for block in blocks]
 
     def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The model's flow velocity for every row (uncond rows first when guiding), in float32."""
+        """The model's flow velocity for every model row (uncond rows first when guiding), in float32."""
         if self.cancelled is not None and self.cancelled():
             raise GenerationCancelledError("the generation was cancelled")
         engine = self.engine
         model_in = x.to(engine.dtype)
         if self.cfg:
-            model_in = torch.cat([model_in, model_in])
+            uncond_in = model_in if self.all_guided else model_in.index_select(0, self.guided_rows)
+            model_in = torch.cat([uncond_in, model_in])
         timestep = torch.tensor(sigma, dtype=torch.float32).mul(NUM_TRAIN_TIMESTEPS)
         timestep = timestep.to(engine.device).expand(self.rows)
-        scale = self.control_scale(sigma)
-        control_blocks = None
-        if scale > 0:  # at scale 0 the ControlNet adds exact zeros: skip it
-            control_blocks = engine.controlnet(
-                hidden_states=model_in,
-                timestep=timestep,
-                encoder_hidden_states=self.control_tokens,
-                pooled_projections=self.control_pooled,
-                controlnet_cond=self.control,
-                conditioning_scale=scale,
-                return_dict=False,
-            )[0]
         velocity = engine.transformer(
             hidden_states=model_in,
             timestep=timestep,
             encoder_hidden_states=self.tokens,
             pooled_projections=self.pooled,
-            block_controlnet_hidden_states=control_blocks,
+            block_controlnet_hidden_states=self._control_blocks(model_in, timestep, sigma),
             return_dict=False,
         )[0]
         return velocity.float()
@@ -159,11 +225,21 @@ class Sd3Denoiser:
         # Keep the timestep in float32 like diffusers, whatever precision the sampler works in.
         s = float(torch.as_tensor(sigma, dtype=torch.float32))
         v = self.velocity(x, s)
-        if self.cfg:
-            v_uncond, v_cond = v.chunk(2)
-            v_guided = v_uncond + self.guidance_scale * (v_cond - v_uncond)
-        else:
+        if not self.cfg:
             v_uncond = v_guided = v
+        else:
+            n_uncond = v.shape[0] - self.batch
+            v_u, v_cond = v[:n_uncond], v[n_uncond:]
+            if self.all_guided:
+                v_c = v_cond
+            else:
+                v_c = v_cond.index_select(0, self.guided_rows)
+            guided = v_u + self.guidance * (v_c - v_u)
+            if self.all_guided:
+                v_guided, v_uncond = guided, v_u
+            else:
+                v_guided = v_cond.index_copy(0, self.guided_rows, guided)
+                v_uncond = v_cond.index_copy(0, self.guided_rows, v_u)
         x0 = x - s * v_guided.to(x.dtype)
         if return_uncond:
             return x0, (x - s * v_uncond.to(x.dtype))

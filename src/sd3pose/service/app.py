@@ -44,6 +44,12 @@ class Services:
         self.keys = KeyStore(db)
         self.limiter = RateLimiter()
         self.metrics = Metrics(lambda: self.queue.depth())
+        if queue is None and settings.broker_url:
+            # Stateless replica: keys, credits, rate limits and jobs are shared through Redis; the job
+            # store settles credits itself, atomically, when a job ends.
+            from sd3pose.distributed.service import distributed_backend
+
+            self.keys, self.limiter, queue = distributed_backend(settings)
         if queue is None:
             if generator_factory is None:
                 raise ValueError("create_app needs a generator_factory or a queue")

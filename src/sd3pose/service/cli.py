@@ -18,6 +18,11 @@ DATA_DIR_OPTION = typer.Option(
     help="Where keys, jobs, results (and the demo model) live.",
 )
 
+BROKER_OPTION = typer.Option(
+    None, "--broker", envvar="SD3POSE_BROKER",
+    help="Redis URL of a scaled-out deployment: keys live there instead of <data-dir>/sd3pose.db.",
+)
+
 keys_app = typer.Typer(help="Manage API keys (stored as hashes in <data-dir>/sd3pose.db).", no_args_is_help=True)
 
 
@@ -26,7 +31,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _key_store(data_dir: Path):  # noqa: ANN202
+def _key_store(data_dir: Path, broker: str | None = None):  # noqa: ANN202
+    if broker:
+        from sd3pose.distributed.service import key_store
+
+        return key_store(broker)
     from sd3pose.service.keys import KeyStore
     from sd3pose.store import Database
 
@@ -47,12 +56,13 @@ def keys_create(
     scope: list[str] = typer.Option(None, "--scope", help="Allowed: generate, async, pose (repeat; default all)."),
     rate_limit: int = typer.Option(None, "--rate-limit", help="Requests/minute (default: the server's)."),
     data_dir: Path = DATA_DIR_OPTION,
+    broker: str = BROKER_OPTION,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     if (credits is None) == (not unlimited):
         _fail("give exactly one of --credits C or --unlimited")
     try:
-        key, secret = _key_store(data_dir).create(name, credits=None if unlimited else credits, scopes=scope,
+        key, secret = _key_store(data_dir, broker).create(name, credits=None if unlimited else credits, scopes=scope,
                                                   rate_limit=rate_limit)
     except Sd3PoseError as exc:
         _fail(exc.message)
@@ -62,9 +72,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: Path = DATA_DIR_OPTION) -> None:
+def keys_list(data_dir: Path = DATA_DIR_OPTION, broker: str = BROKER_OPTION) -> None:
     """List keys (never the secrets)."""
-    keys = _key_store(data_dir).list()
+    keys = _key_store(data_dir, broker).list()
     if not keys:
         typer.echo("no keys; create one with `sd3pose keys create --name NAME --credits 100`")
         return
@@ -78,9 +88,10 @@ def keys_list(data_dir: Path = DATA_DIR_OPTION) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: str = typer.Argument(..., help="Key id or name."), data_dir: Path = DATA_DIR_OPTION) -> None:
+def keys_revoke(key: str = typer.Argument(..., help="Key id or name."), data_dir: Path = DATA_DIR_OPTION,
+                broker: str = BROKER_OPTION) -> None:
     """Revoke a key: it stops working at once."""
-    store = _key_store(data_dir)
+    store = _key_store(data_dir, broker)
     try:
         found = store.find(key)
     except Sd3PoseError as exc:
@@ -94,9 +105,10 @@ def keys_add_credits(
     key: str = typer.Argument(..., help="Key id or name."),
     amount: float = typer.Argument(..., help="Credits to add (negative to remove)."),
     data_dir: Path = DATA_DIR_OPTION,
+    broker: str = BROKER_OPTION,
 ) -> None:
     """Add credits to a key."""
-    store = _key_store(data_dir)
+    store = _key_store(data_dir, broker)
     try:
         updated = store.add_credits(store.find(key).id, amount)
     except Sd3PoseError as exc:
@@ -128,9 +140,13 @@ def serve_command(
     sync_timeout: float = typer.Option(300.0, "--sync-timeout", help="Seconds a sync request waits before 504."),
     result_ttl: float = typer.Option(3600.0, "--result-ttl", help="Seconds async results are kept."),
     max_samples: int = typer.Option(4, "--max-samples", help="Most images per request."),
+    allow_private_urls: bool = typer.Option(False, "--allow-private-urls",
+                                            help="Let image URLs point at private/loopback hosts (trusted LANs only)."),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
                                           help="Serve without keys on a non-loopback address."),
     data_dir: Path = DATA_DIR_OPTION,
+    broker: str = typer.Option(None, "--broker", envvar="SD3POSE_BROKER",
+                               help="Redis URL: a stateless API whose jobs run on `sd3pose worker` processes."),
 ) -> None:
     """Run the HTTP API (and the web playground at /)."""
     settings = ServiceSettings(
@@ -138,25 +154,32 @@ def serve_command(
         max_queue=max_queue, sync_timeout_s=sync_timeout, result_ttl_s=result_ttl, max_samples=max_samples,
         insecure_no_auth=insecure_no_auth, devices=list(device) if device else [None],
     )
+    if broker:
+        from sd3pose.distributed.config import queue_name
+
+        settings.broker_url, settings.broker_queue = broker, queue_name(model, controlnet, not no_t5)
     try:
-        check_bind_safety(settings, _key_store(data_dir).active_count())
+        check_bind_safety(settings, _key_store(data_dir, broker).active_count())
     except Sd3PoseError as exc:
         _fail(exc.message)
-    run_server(settings, model=model, controlnet=controlnet, dtype=dtype, use_t5=not no_t5)
+    run_server(settings, model=model, controlnet=controlnet, dtype=dtype, use_t5=not no_t5,
+               allow_private_urls=allow_private_urls)
 
 
 def run_server(settings: ServiceSettings, *, model: str | None = None, controlnet: str | None = None,
-               dtype: str | None = None, use_t5: bool = True) -> None:
+               dtype: str | None = None, use_t5: bool = True, allow_private_urls: bool = False) -> None:
     """Serve until interrupted; the models load in the background (GET /ready says when)."""
     import uvicorn
 
     from sd3pose.service.app import create_app
 
     def factory(device: str | None):  # noqa: ANN202 - a pipeline.Generator
+        from sd3pose.images import InputLimits
         from sd3pose.pipeline import EngineSettings, Generator
 
         return Generator.create(EngineSettings(model=model, controlnet=controlnet, device=device, dtype=dtype,
-                                               use_t5=use_t5, data_dir=Path(settings.data_dir)))
+                                               use_t5=use_t5, data_dir=Path(settings.data_dir),
+                                               input_limits=InputLimits(allow_private_urls=allow_private_urls)))
 
     app = create_app(settings, generator_factory=factory)
     log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
@@ -178,5 +201,5 @@ def demo_command(
     serve_command(
         host=host, port=port, model=None, controlnet=None, device=None, dtype=None, no_t5=False, price=1.0,
         rate_limit=60, max_queue=32, sync_timeout=300.0, result_ttl=3600.0, max_samples=4,
-        insecure_no_auth=False, data_dir=data_dir,
+        allow_private_urls=False, insecure_no_auth=False, data_dir=data_dir, broker=None,
     )

@@ -41,6 +41,11 @@ class ServiceSettings:
     devices: list[str | None] = field(default_factory=lambda: [None])
     # How often expired results are deleted from disk.
     cleanup_interval_s: float = 60.0
+    # `serve --broker redis://...`: a stateless API; jobs go to Celery workers, and jobs, results, keys,
+    # credits and rate limits live in Redis (sd3pose.distributed).
+    broker_url: str | None = None
+    # The Celery queue of the model this API serves (sd3pose.distributed.config.queue_name).
+    broker_queue: str | None = None
 
     @property
     def db_path(self) -> Path:

@@ -1,0 +1,165 @@
+"""`CeleryJobQueue`: the service's `JobQueue` when API processes are stateless.
+
+`submit` records the job in Redis and sends a Celery task to the queue of the model it needs; any
+worker that loaded that model runs it and writes progress and the images back to Redis, where any API
+replica reads them. Nothing about a job lives in the API process, so a replica can die at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from sd3pose.distributed.celery_app import TASK_GENERATE, TASK_PREVIEW, make_celery
+from sd3pose.distributed.config import (
+    DEFAULT_RESTORE_INTERVAL_S,
+    DEFAULT_VISIBILITY_TIMEOUT_S,
+    PREFIX,
+    WORKER_STALE_S,
+    redis_client,
+)
+from sd3pose.distributed.jobstore import RedisJobStore
+from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.request import GenerationRequest
+from sd3pose.service.errors import ServiceError
+from sd3pose.service.jobs import JobInfo, JobResult, JobStatus, PoseResult, QueueFullError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.02
+PREVIEW_TIMEOUT_S = 60.0
+PREVIEW_TTL_S = 120
+
+
+def workers_key(queue: str) -> str:
+    return f"{PREFIX}:workers:{queue}"
+
+
+def preview_key(preview_id: str) -> str:
+    return f"{PREFIX}:preview:{preview_id}"
+
+
+class CeleryJobQueue:
+    def __init__(
+        self,
+        broker_url: str,
+        queue: str,
+        *,
+        max_queue: int = 32,
+        result_ttl_s: float = 3600.0,
+        visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+        restore_interval_s: float = DEFAULT_RESTORE_INTERVAL_S,
+        client: Any = None,
+    ) -> None:
+        self.broker_url = broker_url
+        self.queue = queue
+        self.max_queue = max_queue
+        self.redis = client if client is not None else redis_client(broker_url)
+        self.store = RedisJobStore(self.redis, result_ttl_s=result_ttl_s)
+        self.celery = make_celery(broker_url, visibility_timeout_s=visibility_timeout_s,
+                                  restore_interval_s=restore_interval_s)
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info("jobs go to Celery queue %s on %s", self.queue, _safe_url(self.broker_url))
+
+    def stop(self) -> None:
+        self.celery.close()
+        self.redis.close()
+
+    def live_workers(self) -> list[str]:
+        """Workers on this queue whose heartbeat is recent."""
+        now = time.time()
+        self.redis.zremrangebyscore(workers_key(self.queue), "-inf", now - WORKER_STALE_S)
+        return [w.decode() for w in self.redis.zrangebyscore(workers_key(self.queue), now - WORKER_STALE_S, "+inf")]
+
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            workers = self.live_workers()
+        except Exception as exc:  # Redis down: not ready, and say why
+            return False, f"cannot reach Redis at {_safe_url(self.broker_url)}: {exc}"
+        if not workers:
+            return False, f"no worker serves this model yet (queue {self.queue}); start `sd3pose worker`"
+        return True, f"{len(workers)} worker(s) ready on queue {self.queue}"
+
+    # --- jobs ----------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
+        if request.seed < 0:
+            raise InvalidRequestError("internal: resolve the seed before submitting")
+        info = self.store.create(queue=self.queue, kind=kind, key_id=key_id, reserved=reserved,
+                                 samples=request.samples, max_queue=self.max_queue)
+        if info is None:
+            raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); retry after the "
+                                 "Retry-After delay")
+        try:
+            self.celery.send_task(TASK_GENERATE, args=[info.id, request.model_dump_json(by_alias=True)],
+                                  queue=self.queue, task_id=info.id)
+        except Exception as exc:
+            # Not delivered: end it (which refunds its credits) and tell the client.
+            self.store.finish(info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly",
+                              error_code=500)
+            raise Sd3PoseError(f"could not queue the job: {exc}") from exc
+        return info
+
+    def get(self, job_id: str) -> JobInfo | None:
+        return self.store.get(job_id)
+
+    def wait(self, job_id: str, timeout_s: float) -> JobInfo | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.store.get(job_id)
+            if info is None or info.done:
+                return info
+            if info.kind == "sync":
+                self.store.touch_waiter(job_id)
+            if time.monotonic() >= deadline:
+                return info
+            time.sleep(POLL_S)
+
+    def result(self, job_id: str) -> JobResult | None:
+        result = self.store.result(job_id)
+        info = self.store.get(job_id) if result is not None else None
+        if info is not None and info.kind == "sync":
+            self.store.forget(job_id)  # delivered to its only reader
+        return result
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        self.store.cancel(job_id, reason)
+
+    def depth(self) -> int:
+        try:
+            return self.store.depth(self.queue)
+        except Exception:
+            return 0
+
+    def preview_pose(self, request: GenerationRequest) -> PoseResult:
+        """Run the pose step on a worker (API processes load no models) and wait for its answer."""
+        preview_id = uuid.uuid4().hex
+        self.celery.send_task(TASK_PREVIEW, args=[preview_id, request.model_dump_json(by_alias=True)],
+                              queue=self.queue, task_id=f"preview-{preview_id}")
+        deadline = time.monotonic() + PREVIEW_TIMEOUT_S
+        while time.monotonic() < deadline:
+            raw = self.redis.hgetall(preview_key(preview_id))
+            if raw:
+                self.redis.delete(preview_key(preview_id))
+                if b"error" in raw:
+                    raise ServiceError(raw[b"error"].decode(), int(raw[b"error_code"]))
+                meta = json.loads(raw[b"meta"])
+                return PoseResult(pose_png=raw[b"pose"], keypoints=meta["keypoints"], width=meta["width"],
+                                  height=meta["height"], detected=meta["detected"])
+            time.sleep(POLL_S * 5)
+        raise QueueFullError(f"no worker answered the pose preview within {PREVIEW_TIMEOUT_S:g} s; the workers are "
+                             "busy or down: retry later")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
