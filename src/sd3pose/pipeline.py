@@ -18,6 +18,7 @@ from PIL import Image
 from sd3pose.engine.engine import Engine, EngineJob
 from sd3pose.engine.tiny import ensure_demo_model
 from sd3pose.images import InputLimits, encode_image, load_image, media_type
+from sd3pose.pose.cache import CachedPoseDetector
 from sd3pose.pose.control import ControlResult, build_control_image
 from sd3pose.pose.detect import PoseDetector, get_detector
 from sd3pose.pose.openpose_json import pose_from_openpose_json, pose_to_openpose_json
@@ -37,6 +38,7 @@ class EngineSettings:
     device: str | None = None
     dtype: str | None = None
     use_t5: bool = True
+    compile: bool = False  # torch.compile the transformer and ControlNet, warmed up at load
     data_dir: Path = DEFAULT_DATA_DIR
     input_limits: InputLimits = field(default_factory=InputLimits)
 
@@ -84,28 +86,29 @@ def _png(image: Image.Image) -> bytes:
 
 
 class Generator:
-    """Owns one Engine (one device) and the process-wide pose detector."""
+    """Owns one Engine (one device) and the process-wide pose detector (behind a per-Generator cache)."""
 
     def __init__(
         self, engine: Engine, detector: PoseDetector | None = None, input_limits: InputLimits | None = None
     ) -> None:
         self.engine = engine
-        self._detector = detector
+        self._detector = CachedPoseDetector(detector) if detector is not None else None
         self.input_limits = input_limits or InputLimits()
 
     @classmethod
     def create(cls, settings: EngineSettings) -> Generator:
         model, controlnet = settings.resolved_model_paths()
         engine = Engine.load(
-            model, controlnet, device=settings.device, dtype=settings.dtype, use_t5=settings.use_t5
+            model, controlnet, device=settings.device, dtype=settings.dtype, use_t5=settings.use_t5,
+            compile=settings.compile,
         )
         return cls(engine, input_limits=settings.input_limits)
 
     @property
-    def detector(self) -> PoseDetector:
+    def detector(self) -> CachedPoseDetector:
         # Lazily: a worker that only receives ready pose maps never pays for the mediapipe graphs.
         if self._detector is None:
-            self._detector = get_detector()
+            self._detector = CachedPoseDetector(get_detector())
         return self._detector
 
     def _control(self, request: GenerationRequest, timings: dict[str, float]) -> ControlResult:
@@ -156,19 +159,9 @@ class Generator:
             _png(control.image), keypoints, control.image.width, control.image.height, control.detected
         )
 
-    def run(
-        self,
-        request: GenerationRequest,
-        *,
-        on_step: Callable[[int, int], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> GenerationResult:
-        total_start = time.perf_counter()
-        timings: dict[str, float] = {}
-        control = self._control(request, timings)
+    def _engine_job(self, request: GenerationRequest, control: ControlResult) -> EngineJob:
         width, height = control.image.size
-
-        job = EngineJob(
+        return EngineJob(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
             steps=request.num_inference_steps,
@@ -183,10 +176,10 @@ class Generator:
             control_start=request.control_start,
             control_end=request.control_end,
         )
-        start = time.perf_counter()
-        images = self.engine.generate(job, on_step=on_step, cancelled=cancelled)
-        timings["generate"] = time.perf_counter() - start
 
+    def _result(
+        self, request: GenerationRequest, control: ControlResult, images: list[Image.Image], timings: dict[str, float]
+    ) -> GenerationResult:
         start = time.perf_counter()
         encoded = [encode_image(image, request.output_format) for image in images]
         pose_png: bytes | None = None
@@ -195,14 +188,76 @@ class Generator:
             pose_png = _png(control.image)
             keypoints = pose_to_openpose_json(control.pose) if control.pose is not None else None
         timings["encode"] = time.perf_counter() - start
-        timings["total"] = time.perf_counter() - total_start
         return GenerationResult(
             images=encoded,
             media_type=media_type(request.output_format),
             seeds=request.seeds,
-            width=width,
-            height=height,
+            width=control.image.width,
+            height=control.image.height,
             pose_png=pose_png,
             keypoints=keypoints,
             timings=timings,
         )
+
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        total_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        control = self._control(request, timings)
+        job = self._engine_job(request, control)
+        start = time.perf_counter()
+        images = self.engine.generate(job, on_step=on_step, cancelled=cancelled)
+        timings["generate"] = time.perf_counter() - start
+        result = self._result(request, control, images, timings)
+        timings["total"] = time.perf_counter() - total_start
+        return result
+
+    def run_batch(
+        self,
+        requests: list[GenerationRequest],
+        *,
+        on_step: list[Callable[[int, int], None] | None] | None = None,
+        cancelled: list[Callable[[], bool] | None] | None = None,
+    ) -> list[GenerationResult | Exception]:
+        """Run several requests, merging compatible ones (same size, steps, sampler, scheduler) into
+        one model batch (dynamic batching). Each keeps its own seeds, prompts and knobs, and gets the
+        images it would get alone; a request that fails gets its exception, the others still run.
+        `on_step[i]` and `cancelled[i]` belong to request i."""
+        batch_start = time.perf_counter()
+        count = len(requests)
+        on_step = list(on_step) if on_step is not None else [None] * count
+        cancelled = list(cancelled) if cancelled is not None else [None] * count
+        outcomes: list[GenerationResult | Exception | None] = [None] * count
+        prepared: list[tuple[int, ControlResult, EngineJob, dict[str, float]]] = []
+        for i, request in enumerate(requests):
+            timings: dict[str, float] = {}
+            try:
+                control = self._control(request, timings)
+                prepared.append((i, control, self._engine_job(request, control), timings))
+            except Exception as exc:  # noqa: BLE001 - this request's outcome, not the batch's
+                outcomes[i] = exc
+        start = time.perf_counter()
+        generated = self.engine.generate_batch(
+            [job for _, _, job, _ in prepared],
+            on_step=[on_step[i] for i, _, _, _ in prepared],
+            cancelled=[cancelled[i] for i, _, _, _ in prepared],
+        )
+        generate_s = time.perf_counter() - start
+        log.info("batch of %d request(s): generation took %.2f s", len(prepared), generate_s)
+        for (i, control, _, timings), images in zip(prepared, generated, strict=True):
+            if isinstance(images, Exception):
+                outcomes[i] = images
+                continue
+            timings["generate"] = generate_s  # shared: the requests ran together
+            try:
+                outcomes[i] = self._result(requests[i], control, images, timings)
+            except Exception as exc:  # noqa: BLE001
+                outcomes[i] = exc
+                continue
+            timings["total"] = time.perf_counter() - batch_start
+        return [o if o is not None else RuntimeError("request was not run") for o in outcomes]

@@ -89,15 +89,18 @@ class GenerationRequest(BaseModel):
 
     # Extensions beyond the hosted API.
     width: int | None = Field(
-        None, ge=MIN_SIDE, le=MAX_SIDE,
+        None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIZE_MULTIPLE,
         description="Output width, a multiple of 16. Default: the input's aspect ratio at the model's native size.",
     )
-    height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, description="Output height, a multiple of 16.")
+    height: int | None = Field(
+        None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIZE_MULTIPLE, description="Output height, a multiple of 16."
+    )
     pose_mode: PoseMode = Field(
         PoseMode.auto, description="auto: detect on photos, use pose maps as is; detect: always; none: never."
     )
     pose_parts: list[PosePart] = Field(
-        default_factory=lambda: [PosePart.body, PosePart.hands, PosePart.face],
+        [PosePart.body, PosePart.hands, PosePart.face],
+        min_length=1,
         description="Which parts of a detected pose to draw.",
     )
     control_start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the schedule where control starts.")
@@ -134,10 +137,11 @@ class GenerationRequest(BaseModel):
         except InvalidRequestError as exc:
             raise ValueError(exc.message) from None
 
-    @field_validator("width", "height")
+    @field_validator("width", "height", mode="before")
     @classmethod
-    def _multiple_of_16(cls, value: int | None) -> int | None:
-        if value is not None and value % SIZE_MULTIPLE:
+    def _multiple_of_16(cls, value: Any) -> Any:
+        # Before pydantic's own multiple_of check, so the message can suggest the nearest valid sizes.
+        if isinstance(value, int) and not isinstance(value, bool) and value % SIZE_MULTIPLE:
             lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
             raise ValueError(f"must be a multiple of {SIZE_MULTIPLE} (try {lower} or {lower + SIZE_MULTIPLE})")
         return value

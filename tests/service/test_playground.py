@@ -7,14 +7,17 @@ A screenshot of the finished page is kept at artifacts/playground.png (CI keeps 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -53,9 +56,15 @@ def _require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:  # noqa: ANN001
-    """(base URL, an API key, the app's services) of a real server on the tiny model."""
+def chromium() -> str:
     _require_browser()
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:  # noqa: ANN001
+    """(base URL, an API key, the app's services) of a real server on the tiny model."""
+    from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
     from sd3pose.service.app import create_app
     from sd3pose.service.settings import ServiceSettings
@@ -71,7 +80,8 @@ def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]: 
 
             return super().run(request, on_step=slow_step, cancelled=cancelled)
 
-    generator = SlowStepGenerator(tiny_engine)
+    # Private URLs allowed: the URL test's image host runs on loopback.
+    generator = SlowStepGenerator(tiny_engine, input_limits=InputLimits(allow_private_urls=True))
     settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("playground"), max_samples=MAX_SAMPLES)
     app = create_app(settings, generator_factory=lambda device: generator)
     with running_server(app) as url:
@@ -84,26 +94,33 @@ def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]: 
 
 
 @pytest.fixture(scope="module")
-def browser(server) -> Iterator[object]:  # noqa: ANN001
+def browser(chromium: str) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            yield chromium
+            yield launched
         finally:
-            chromium.close()
+            launched.close()
 
 
 @pytest.fixture
-def page(browser, server) -> Iterator[object]:  # noqa: ANN001
+def allowed_origins(server) -> list[str]:  # noqa: ANN001
+    """Where the page may load from: the server only, unless a test adds a host (an image URL)."""
+    return [server[0]]
+
+
+@pytest.fixture
+def page(browser, server, allowed_origins: list[str]) -> Iterator[object]:  # noqa: ANN001
     """A fresh page (own storage) on the playground, the form filled from the schema."""
     url, _, _ = server
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     foreign: list[str] = []
-    page.on("request", lambda r: foreign.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
+    # allowed_origins is read at each request: a test may add a host after the page opened.
+    page.on("request", lambda r: r.url.startswith(("data:", "blob:", *allowed_origins)) or foreign.append(r.url))
     page.goto(url + "/")
     page.wait_for_selector("body[data-ready=true]")
     yield page
@@ -252,15 +269,20 @@ def test_playground_api_key_is_remembered_and_sent(page, server, photo: Path) ->
 
 
 def test_playground_reports_a_bad_request_in_the_api_words(page, server, tmp_path: Path) -> None:  # noqa: ANN001
-    _, key, _ = server
+    _, key, services = server
     page.fill("#api-key", key)
-    keypoints = tmp_path / "pose.json"
-    keypoints.write_text(json.dumps({"people": [], "canvas_width": 96}))  # no canvas_height
-    page.set_input_files("#file-input", str(keypoints))
+    # Dropped on the drop zone, as from a file manager: OpenPose JSON without canvas_height.
+    page.evaluate("""(text) => {
+        const files = new DataTransfer();
+        files.items.add(new File([text], 'pose.json', {type: 'application/json'}));
+        document.getElementById('drop-zone').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true}));
+    }""", json.dumps({"people": [], "canvas_width": 96}))
     page.wait_for_selector("#pose-status[data-state=error]")
     assert "canvas_height" in page.inner_text("#pose-status")
 
-    # A size the server refuses (not a multiple of 16): its message names the field and a fix.
+    # Then chosen with the file picker, complete; the generation request itself is one the server refuses.
+    keypoints = tmp_path / "pose.json"
     keypoints.write_text(json.dumps({"people": [], "canvas_width": 96, "canvas_height": 64}))
     page.set_input_files("#file-input", str(keypoints))
     page.wait_for_selector("#pose-status[data-state=ready]")
@@ -272,6 +294,45 @@ def test_playground_reports_a_bad_request_in_the_api_words(page, server, tmp_pat
     page.click("#generate")
     page.wait_for_selector("#error:not([hidden])")
     assert page.inner_text("#error") == "control_start must be smaller than control_end (got 0.9 and 0.2)"
+
+    # Out of the contract's range: the page says so itself, naming the field, and sends nothing.
+    jobs_before = len(services.db.query("SELECT id FROM jobs"))
+    page.fill("#num_inference_steps", "500")
+    page.click("#generate")
+    assert page.inner_text("#error").startswith("Steps: ")
+    assert "100" in page.inner_text("#error")
+    assert page.evaluate("document.activeElement.id") == "num_inference_steps"
+    assert len(services.db.query("SELECT id FROM jobs")) == jobs_before
+
+
+@pytest.fixture
+def image_host(photo: Path) -> Iterator[str]:
+    """A loopback HTTP server that serves the photo, as a user's image URL would."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(photo.parent))
+    host = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=host.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{host.server_address[1]}"
+    finally:
+        host.shutdown()
+        host.server_close()
+        thread.join(10)
+
+
+def test_playground_image_url_shows_photo_and_skeleton(page, server, photo: Path, image_host: str,  # noqa: ANN001
+                                                       allowed_origins: list[str]) -> None:
+    allowed_origins.append(image_host)  # the browser shows the photo straight from its host
+    page.fill("#api-key", server[1])
+    page.fill("#image-url", f"{image_host}/{photo.name}")
+    page.click("#url-form button[type=submit]")
+    page.wait_for_selector("#pose-status[data-state=ready], #pose-status[data-state=error]")
+    assert re.fullmatch(r"Detected 1 person · \d+×\d+", page.inner_text("#pose-status"))
+    assert page.evaluate("document.querySelector('#photo-preview').naturalWidth") == 512
+
+    page.fill("#image-url", "ftp://example.com/photo.jpg")
+    page.click("#url-form button[type=submit]")
+    assert page.inner_text("#error") == "Only http:// and https:// image URLs are accepted."
 
 
 @pytest.mark.skipif(shutil.which("curl") is None or shutil.which("base64") is None, reason="needs curl and base64")

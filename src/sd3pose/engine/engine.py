@@ -22,7 +22,9 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from sd3pose.cache import LruCache, image_digest
 from sd3pose.engine.loading import Components, choose_device, choose_dtype, load_components
+from sd3pose.engine.speed import compile_models, prepare_models
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
 from sd3pose.sampling.names import resolve_sampler_name, resolve_scheduler_name
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
 NUM_TRAIN_TIMESTEPS = 1000  # SD3 is conditioned on timestep = 1000 * sigma
+CONTROL_CACHE_SIZE = 16  # control latents kept (one (1, 16, 128, 128) tensor per 1024 px pose map)
+MAX_BATCH_IMAGES = 8  # most images one merged model batch holds (twice as many rows with guidance)
 
 
 @dataclass
@@ -56,6 +60,21 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     """The starting noise: row i is randn(shape) from a CPU generator seeded with seeds[i], in float32."""
     rows = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)) for seed in seeds]
     return torch.stack(rows).to(device)
+
+
+def batch_key(job: EngineJob) -> tuple | None:
+    """Jobs with equal keys can share one model batch; None when the job must run alone.
+
+    The rows of a batch share the latent shape and the sigma schedule, so size, steps, sampler
+    and scheduler must match. dpm_adaptive picks its steps from an error norm over the whole
+    batch, so it never shares one (that would make a job's image depend on its neighbours).
+    """
+    from sd3pose.sampling import sampler_info
+
+    sampler = resolve_sampler_name(job.sampler)
+    if sampler_info(sampler).adaptive:
+        return None
+    return (job.width, job.height, job.steps, sampler, resolve_scheduler_name(job.scheduler))
 
 
 def control_keep(step: int, steps: int, start: float, end: float) -> float:
@@ -230,10 +249,7 @@ class Sd3Denoiser:
         else:
             n_uncond = v.shape[0] - self.batch
             v_u, v_cond = v[:n_uncond], v[n_uncond:]
-            if self.all_guided:
-                v_c = v_cond
-            else:
-                v_c = v_cond.index_select(0, self.guided_rows)
+            v_c = v_cond if self.all_guided else v_cond.index_select(0, self.guided_rows)
             guided = v_u + self.guidance * (v_c - v_u)
             if self.all_guided:
                 v_guided, v_uncond = guided, v_u
@@ -249,7 +265,10 @@ class Sd3Denoiser:
 class Engine:
     """SD3 Medium + an SD3 ControlNet, loaded once, generating images for EngineJobs."""
 
-    def __init__(self, parts: Components, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, parts: Components, device: torch.device, dtype: torch.dtype, *, optimize: bool = True
+    ) -> None:
+        """Wrap loaded components; `optimize=False` leaves the diffusers models exactly as loaded."""
         from diffusers.image_processor import VaeImageProcessor
 
         self.device, self.dtype = device, dtype
@@ -276,6 +295,10 @@ class Engine:
             dtype=dtype,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.control_cache: LruCache[torch.Tensor] = LruCache(CONTROL_CACHE_SIZE)
+        self.compiled = False
+        if optimize:
+            prepare_models(self.transformer, self.controlnet, self.vae, device, self.native_resolution)
 
     @classmethod
     def load(
@@ -286,8 +309,13 @@ class Engine:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         use_t5: bool = True,
+        compile: bool = False,
     ) -> Engine:
-        """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly."""
+        """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly.
+
+        `compile=True` runs torch.compile on the transformer and ControlNet and warms them up here,
+        so the first request does not pay for compilation.
+        """
         started = time.perf_counter()
         chosen_device = choose_device(device)
         chosen_dtype = choose_dtype(dtype, chosen_device)
@@ -301,12 +329,28 @@ class Engine:
             "on" if use_t5 else "off",
             engine.native_resolution,
         )
+        if compile:
+            engine.compile()
         if engine.is_demo:
             logger.warning(
                 "this is the tiny random-weight demo model: its images are noise, not pictures; "
                 "run `sd3pose download DIR` and point the server at real weights for real images"
             )
         return engine
+
+    def compile(self, *, backend: str = "inductor", mode: str | None = None) -> None:
+        """torch.compile the transformer and ControlNet, then warm up the shapes a default request uses."""
+        started = time.perf_counter()
+        compile_models(self.transformer, self.controlnet, backend=backend, mode=mode)
+        self.compiled = True
+        size = self.native_resolution
+        black = PIL.Image.new("RGB", (size, size))
+        # One and two images with guidance (2 and 4 model rows): the second makes the batch size dynamic.
+        for seeds in ([0], [0, 1]):
+            warmup = EngineJob("warm-up", "", 2, 7.0, seeds, 0.8, "euler", "normal", size, size, black)
+            logger.info("compile warm-up: %d image(s) of %dx%d, 2 steps", len(seeds), size, size)
+            self.generate_latents(warmup)
+        logger.info("models compiled and warmed up in %.1f s", time.perf_counter() - started)
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -343,10 +387,17 @@ class Engine:
 
     # ---- the pieces -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def encode_control(self, image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
-        """The pose map's VAE latent (1, C, h, w), scaled as the ControlNet expects."""
+        """The pose map's VAE latent (1, C, h, w), scaled as the ControlNet expects; cached by content.
+
+        The returned tensor is shared with the cache: never modify it in place.
+        """
         image = image.convert("RGB")
+        key = (image_digest(image), width, height)
+        return self.control_cache.get_or_compute(key, lambda: self._encode_control(image, width, height))
+
+    @torch.inference_mode()
+    def _encode_control(self, image: PIL.Image.Image, width: int, height: int) -> torch.Tensor:
         if image.size != (width, height):
             logger.warning("control image is %dx%d; resizing it to %dx%d", *image.size, width, height)
         pixels = self.image_processor.preprocess(image, height=height, width=width)
@@ -398,12 +449,14 @@ class Engine:
         """Final latents -> RGB images."""
         config = self.vae.config
         scaled = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        pixels = self.vae.decode(scaled.to(self.dtype), return_dict=False)[0]
+        scaled = scaled.to(self.dtype)
+        if self.device.type == "cuda":
+            scaled = scaled.to(memory_format=torch.channels_last)  # matches the channels-last VAE
+        pixels = self.vae.decode(scaled, return_dict=False)[0]
         return self.image_processor.postprocess(pixels, output_type="pil")
 
     # ---- generation -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate_latents(
         self,
         job: EngineJob,
@@ -412,50 +465,83 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """The final latents (samples, C, h, w) in float32, before VAE decoding."""
+        return self.generate_batch_latents([job], on_step=[on_step], cancelled=[cancelled])[0]
+
+    @torch.inference_mode()
+    def generate_batch_latents(
+        self,
+        jobs: list[EngineJob],
+        *,
+        on_step: list[Callable[[int, int], None] | None] | None = None,
+        cancelled: list[Callable[[], bool] | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """Final latents of several compatible jobs (equal `batch_key`), sampled as one model batch.
+
+        Each job keeps its own prompts, seeds, guidance, strength, control image and window; its
+        latents equal running it alone up to matmul rounding. `on_step[i]`/`cancelled[i]` belong to
+        job i. Sampling stops (GenerationCancelledError) only once every job is cancelled; a job
+        cancelled earlier keeps its rows computed, and the caller discards them (see generate_batch).
+        """
         from sd3pose.sampling import sample
 
-        job = self.check_job(job)
-        started = time.perf_counter()
-        batch = len(job.seeds)
-        logger.info(
-            "generating %d image(s) of %dx%d: %d steps of %s/%s, guidance %g, strength %g",
-            batch, job.width, job.height, job.steps, job.sampler, job.scheduler, job.guidance_scale, job.strength,
-        )  # fmt: skip
+        jobs = [self.check_job(job) for job in jobs]
+        if not jobs:
+            return []
+        key = batch_key(jobs[0])
+        if (key is None and len(jobs) > 1) or any(batch_key(job) != key for job in jobs[1:]):
+            raise ValueError("generate_batch_latents needs jobs with one batch_key (size, steps, sampler, scheduler)")
+        on_step = list(on_step) if on_step is not None else [None] * len(jobs)
+        checks = [c for c in (cancelled or []) if c is not None]
+        if (cancelled is not None and len(cancelled) != len(jobs)) or len(on_step) != len(jobs):
+            raise ValueError("on_step and cancelled need one entry per job")
+
+        def all_cancelled() -> bool:
+            # Jobs without a cancel check never cancel, so a batch with one of them runs to the end.
+            return bool(checks) and len(checks) == len(jobs) and all(check() for check in checks)
 
         def check_cancel() -> None:
-            if cancelled is not None and cancelled():
+            if all_cancelled():
                 raise GenerationCancelledError("the generation was cancelled")
 
+        first = jobs[0]
+        started = time.perf_counter()
+        images = sum(len(job.seeds) for job in jobs)
+        logger.info(
+            "generating %d image(s) of %dx%d for %d job(s): %d steps of %s/%s, guidance %s, strength %s",
+            images, first.width, first.height, len(jobs), first.steps, first.sampler, first.scheduler,
+            ",".join(f"{job.guidance_scale:g}" for job in jobs), ",".join(f"{job.strength:g}" for job in jobs),
+        )  # fmt: skip
         check_cancel()
-        cond = self.text.encode(job.prompt)
-        uncond = self.text.encode(job.negative_prompt) if job.guidance_scale > 1 else None
-        control = self.encode_control(job.control_image, job.width, job.height)
-        sigmas = self.sigmas(job.scheduler, job.steps)
-        denoiser = self.make_denoiser(
-            cond,
-            uncond,
-            control,
-            batch=batch,
-            guidance_scale=job.guidance_scale,
-            strength=job.strength,
-            sigmas=sigmas,
-            control_start=job.control_start,
-            control_end=job.control_end,
-            cancelled=cancelled,
-        )
-        shape = (self.latent_channels, job.height // self.vae_scale_factor, job.width // self.vae_scale_factor)
-        x = initial_noise(job.seeds, shape, self.device) * float(sigmas[0])
+        groups = [
+            RowGroup(
+                cond=self.text.encode(job.prompt),
+                uncond=self.text.encode(job.negative_prompt) if job.guidance_scale > 1 else None,
+                control=self.encode_control(job.control_image, job.width, job.height),
+                samples=len(job.seeds),
+                guidance_scale=job.guidance_scale,
+                strength=job.strength,
+                control_start=job.control_start,
+                control_end=job.control_end,
+            )
+            for job in jobs
+        ]
+        sigmas = self.sigmas(first.scheduler, first.steps)
+        denoiser = Sd3Denoiser.for_groups(self, groups, sigmas, cancelled=all_cancelled if checks else None)
+        shape = (self.latent_channels, first.height // self.vae_scale_factor, first.width // self.vae_scale_factor)
+        seeds = [seed for job in jobs for seed in job.seeds]
+        x = initial_noise(seeds, shape, self.device) * float(sigmas[0])
 
         def callback(info: dict) -> None:
             done, total = int(info["i"]) + 1, int(info["total"])
             logger.debug("step %d/%d", done, total)
-            if on_step is not None:
-                on_step(done, total)
+            for report in on_step:
+                if report is not None:
+                    report(done, total)
             check_cancel()
 
-        latents = sample(job.sampler, denoiser, x, sigmas, seed=list(job.seeds), callback=callback)
+        latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback).float()
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
-        return latents.float()
+        return list(latents.split([len(job.seeds) for job in jobs]))
 
     def generate(
         self,
@@ -469,3 +555,52 @@ class Engine:
         if cancelled is not None and cancelled():
             raise GenerationCancelledError("the generation was cancelled")
         return self.decode(latents)
+
+    def generate_batch(
+        self,
+        jobs: list[EngineJob],
+        *,
+        on_step: list[Callable[[int, int], None] | None] | None = None,
+        cancelled: list[Callable[[], bool] | None] | None = None,
+        max_batch_images: int = MAX_BATCH_IMAGES,
+    ) -> list[list[PIL.Image.Image] | Exception]:
+        """Images for each job, or the exception that job failed with; one bad job never fails the others.
+
+        Compatible jobs (equal `batch_key`) are merged into model batches of at most `max_batch_images`
+        images (a single job larger than that runs alone); the rest run one after another.
+        """
+        on_step = list(on_step) if on_step is not None else [None] * len(jobs)
+        cancelled = list(cancelled) if cancelled is not None else [None] * len(jobs)
+        results: list[list[PIL.Image.Image] | Exception | None] = [None] * len(jobs)
+        batches: dict[object, list[list[int]]] = {}
+        for i, job in enumerate(jobs):
+            try:
+                key = batch_key(self.check_job(job))
+            except Exception as exc:  # noqa: BLE001 - reported as this job's result
+                results[i] = exc
+                continue
+            open_batches = batches.setdefault(key if key is not None else ("alone", i), [[]])
+            current = open_batches[-1]
+            if current and sum(len(jobs[j].seeds) for j in current) + len(job.seeds) > max_batch_images:
+                current = []
+                open_batches.append(current)
+            current.append(i)
+        for members in (m for group in batches.values() for m in group):
+            try:
+                latents = self.generate_batch_latents(
+                    [jobs[i] for i in members],
+                    on_step=[on_step[i] for i in members],
+                    cancelled=[cancelled[i] for i in members],
+                )
+            except Exception as exc:  # noqa: BLE001 - every job of the failed batch gets the error
+                for i in members:
+                    results[i] = exc
+                continue
+            for i, job_latents in zip(members, latents, strict=True):
+                try:
+                    if cancelled[i] is not None and cancelled[i]():
+                        raise GenerationCancelledError("the generation was cancelled")
+                    results[i] = self.decode(job_latents)
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = exc
+        return [r if r is not None else RuntimeError("job was not run") for r in results]

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Jobs taken per loop turn. A dynamic-batching pass can raise this and merge compatible jobs
-# inside `run_jobs`; the queue and the routes need no change.
-MAX_JOBS_PER_TURN = 1
+# Jobs taken per loop turn: queued jobs are handed to the generator's `run_batch` together, which
+# merges compatible ones (same size, steps, sampler, scheduler) into one model batch.
+MAX_JOBS_PER_TURN = 4
 
 
 class Worker:
@@ -49,9 +49,40 @@ class Worker:
 
 
 def run_jobs(queue: EmbeddedJobQueue, generator: GeneratorLike, jobs: list[tuple[str, GenerationRequest]]) -> None:
-    """Run these jobs and record each one's outcome; never raises."""
-    for job_id, request in jobs:
-        _run_one(queue, generator, job_id, request)
+    """Run these jobs and record each one's outcome; never raises.
+
+    Several jobs and a generator with `run_batch` (pipeline.Generator): one dynamic batch, each job
+    still gets its own images, progress, cancellation and error. Otherwise one job after another.
+    """
+    run_batch = getattr(generator, "run_batch", None)
+    if len(jobs) < 2 or run_batch is None:
+        for job_id, request in jobs:
+            _run_one(queue, generator, job_id, request)
+        return
+    log.info("jobs %s: started as one batch", ", ".join(job_id for job_id, _ in jobs))
+    try:
+        outcomes = run_batch(
+            [request for _, request in jobs],
+            on_step=[lambda step, total, j=job_id: queue.report_step(j, step, total) for job_id, _ in jobs],
+            cancelled=[lambda j=job_id: queue.cancel_reason(j) is not None for job_id, _ in jobs],
+        )
+    except Exception as exc:  # run_batch reports per job; this is only a safety net
+        log.exception("batch of %d jobs: unexpected error", len(jobs))
+        outcomes = [exc] * len(jobs)
+    for (job_id, request), outcome in zip(jobs, outcomes, strict=True):
+        _run_one(queue, _Finished(outcome), job_id, request)
+
+
+class _Finished:
+    """Stands in for the generator so `_run_one` records an outcome a batch already computed."""
+
+    def __init__(self, outcome: object) -> None:
+        self.outcome = outcome
+
+    def run(self, request: GenerationRequest, **_: object) -> object:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
 
 
 def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, request: GenerationRequest) -> None:

@@ -1,0 +1,98 @@
+"""The shared state on a real Redis, without workers: atomic credits, once-only settlement, routing names."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sd3pose.distributed.config import check_broker_url, queue_name
+from sd3pose.distributed.jobstore import RedisJobStore
+from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
+from sd3pose.errors import InvalidRequestError
+from sd3pose.service.jobs import JobResult, JobStatus
+
+
+@pytest.fixture
+def client(redis_server):  # noqa: ANN001, ANN201
+    with redis_server.client() as connection:
+        connection.flushdb()
+        yield connection
+
+
+def test_two_replicas_never_spend_the_same_credit(redis_server, client) -> None:  # noqa: ANN001
+    key, _ = RedisKeyStore(client).create("shared", credits=15)
+    replicas = [RedisKeyStore(redis_server.client()) for _ in range(2)]  # separate connections, like two APIs
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda i: replicas[i % 2].reserve(key.id, 1.0), range(40)))
+    assert taken.count(True) == 15
+    assert RedisKeyStore(client).balance(key.id) == 0
+
+
+def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None:  # noqa: ANN001
+    keys, store = RedisKeyStore(client), RedisJobStore(client)
+    key, _ = keys.create("payer", credits=10)
+    assert keys.reserve(key.id, 2.0) and keys.reserve(key.id, 2.0)
+    failed = store.create(queue="q", kind="async", key_id=key.id, reserved=2.0, samples=2, max_queue=0)
+    done = store.create(queue="q", kind="async", key_id=key.id, reserved=2.0, samples=2, max_queue=0)
+    assert failed is not None and done is not None and store.depth("q") == 2
+
+    assert store.finish(failed.id, JobStatus.FAILED, error="boom", error_code=500)
+    assert not store.finish(failed.id, JobStatus.FAILED, error="again", error_code=500)  # e.g. a redelivered copy
+    assert keys.balance(key.id) == 8  # 10 - 2 - 2 + 2
+
+    assert store.start(done.id, "w1") is not None
+    image = JobResult([b"jpeg"], "image/jpeg", [1], 64, 64, None, None, {})
+    assert store.complete(done.id, image)
+    assert store.start(done.id, "w2") is None  # a redelivered copy of an ended job does not run
+    assert not store.finish(done.id, JobStatus.FAILED, error="late cancel", error_code=504)
+    assert keys.balance(key.id) == 8
+    assert store.get(done.id).status is JobStatus.COMPLETED and store.result(done.id).images == [b"jpeg"]
+    assert store.get(failed.id).error == "boom" and store.depth("q") == 0
+
+
+def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:  # noqa: ANN001
+    keys, store = RedisKeyStore(client), RedisJobStore(client)
+    key, _ = keys.create("capped", credits=5)
+    assert keys.reserve(key.id, 1.0)
+    first = store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=1)
+    assert first is not None
+    assert store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=1) is None
+    store.cancel(first.id, "timed out")
+    assert store.get(first.id).status is JobStatus.FAILED and keys.balance(key.id) == 5
+
+
+def test_sync_job_without_a_waiting_api_is_dropped_by_the_worker(client) -> None:  # noqa: ANN001
+    store = RedisJobStore(client)
+    job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
+    assert store.cancel_reason(job.id) is None  # the submitting API holds the waiter lease
+    client.delete(f"sd3pose:job:{job.id}:waiter")  # ... until it dies and the lease lapses
+    assert "went away" in store.cancel_reason(job.id)
+
+
+def test_rate_limit_window_is_shared(redis_server, client) -> None:  # noqa: ANN001
+    limiters = [RedisRateLimiter(redis_server.client()) for _ in range(2)]
+    assert [limiters[i % 2].check("k", 3) for i in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiters[1].check("k", 3)
+    assert 59 < wait <= 60
+    assert limiters[0].check("other", 3) == 0.0 and limiters[0].check("k", 0) == 0.0
+
+
+def test_keys_behave_like_the_sqlite_store(client) -> None:  # noqa: ANN001
+    keys = RedisKeyStore(client)
+    key, secret = keys.create("alice", credits=None, scopes=["generate"])
+    assert keys.verify(secret) == key and key.unlimited and key.scopes == ("generate",)
+    assert keys.verify(secret[:-1] + "x") is None and keys.verify("nonsense") is None
+    assert keys.find("alice") == key and keys.active_count() == 1
+    keys.revoke(key.id)
+    assert keys.verify(secret) is None and keys.active_count() == 0
+    with pytest.raises(InvalidRequestError, match="unlimited"):
+        keys.add_credits(key.id, 5)
+
+
+def test_queue_names_route_by_model() -> None:
+    assert queue_name("/m/base/", "/m/cn", True) == queue_name("/m/base", "/m/cn", True)
+    assert queue_name("/m/base", "/m/cn", True) != queue_name("/m/base", "/m/cn", False)
+    assert queue_name(None, None, True) != queue_name("/m/base", "/m/cn", True)
+    with pytest.raises(InvalidRequestError, match="redis://"):
+        check_broker_url("amqp://localhost")
