@@ -6,7 +6,7 @@ worker consuming (the other's consumer cancelled through Celery's remote control
 warm-up of each. Every round sends N sync requests from K client threads. Prints per round and median
 throughput and p50/p95 latency, and the ratio of median throughputs 2 workers / 1 worker (target >= 1.6).
 
-    .venv/bin/python bench/load.py [--clients 8] [--requests 24] [--rounds 3] [--steps 12] [--size 128]
+    .venv/bin/python bench/load.py [--clients 8] [--requests 24] [--rounds 3] [--steps 12] [--size 256]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,9 +55,13 @@ def percentile(values: list[float], q: float) -> float:
 def run_round(url: str, key: str, body: dict, clients: int, requests: int) -> tuple[float, list[float]]:
     """(throughput in requests/s, latencies in s) of `requests` sync requests from `clients` threads."""
 
+    local = threading.local()
+
     def one(_: int) -> float:
+        if not hasattr(local, "client"):  # one keep-alive connection per client thread
+            local.client = httpx.Client(headers={"x-api-key": key}, timeout=300)
         start = time.perf_counter()
-        response = httpx.post(f"{url}/v1/sd3-med-pose", json=body, headers={"x-api-key": key}, timeout=300)
+        response = local.client.post(f"{url}/v1/sd3-med-pose", json=body)
         if response.status_code != 200:
             raise SystemExit(f"request failed with {response.status_code}: {response.text}")
         return time.perf_counter() - start
@@ -73,7 +78,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per configuration")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
@@ -132,6 +137,11 @@ def main() -> None:
                 if not replies:
                     raise SystemExit(f"worker {second} did not answer the remote-control command")
 
+            def tasks_done() -> dict[str, int]:
+                # Jobs run so far by each worker (Celery's own counters), to show who took the round's jobs.
+                stats = celery.control.inspect(timeout=5).stats() or {}
+                return {name.split("@")[0]: s.get("total", {}).get("sd3pose.generate", 0) for name, s in stats.items()}
+
             buffer = io.BytesIO()
             Image.new("RGB", (64, 64)).save(buffer, format="PNG")
             body = {"image": base64.b64encode(buffer.getvalue()).decode(), "pose_mode": "none", "prompt": "a dancer",
@@ -144,10 +154,14 @@ def main() -> None:
             for round_index in range(args.rounds):
                 for n in (1, 2):
                     consumers(n)
+                    before = tasks_done()
                     throughput, latencies = run_round(url, key, body, args.clients, args.requests)
                     results[n].append((throughput, latencies))
+                    after = tasks_done()
+                    shares = ", ".join(f"{w} ran {after.get(w, 0) - before.get(w, 0)}" for w in sorted(after))
                     print(f"round {round_index + 1}, {n} worker(s): {throughput:.2f} req/s, p50 "
-                          f"{percentile(latencies, 0.5):.3f} s, p95 {percentile(latencies, 0.95):.3f} s", flush=True)
+                          f"{percentile(latencies, 0.5):.3f} s, p95 {percentile(latencies, 0.95):.3f} s ({shares})",
+                          flush=True)
 
             print(f"\n{args.clients} clients, {args.requests} requests per round, {args.size}x{args.size} px, "
                   f"{args.steps} steps, median of {args.rounds} rounds:")

@@ -55,6 +55,8 @@ def generate_command(
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu... (default: best available)."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
     no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
+    compile_models: bool = typer.Option(False, "--compile", envvar="SD3POSE_COMPILE",
+                                        help="torch.compile the models (slow start, faster steps; pays off on GPUs)."),
     data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Where the demo model is built."),
 ) -> None:
     """Generate images in the pose of a photo (or pose map) from the command line."""
@@ -82,7 +84,7 @@ def generate_command(
             fail("give --image PATH|URL (a photo or pose map) or --keypoints FILE.json")
         request = parse_request(body).with_seed_resolved()
         settings = EngineSettings(
-            model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=not no_t5,
+            model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=not no_t5, compile=compile_models,
             data_dir=data_dir, input_limits=InputLimits(allow_local_paths=True, allow_private_urls=True),
         )  # fmt: skip
         log.info("loading models")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = Path("var")
 
 
+def compile_from_env() -> bool:
+    """True when the SD3POSE_COMPILE environment variable asks for torch.compile (1, true, yes, on)."""
+    return os.environ.get("SD3POSE_COMPILE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 @dataclass
 class EngineSettings:
     """Which weights to load, and where. `model=None` means the built-in random-weight demo model."""
@@ -38,7 +44,9 @@ class EngineSettings:
     device: str | None = None
     dtype: str | None = None
     use_t5: bool = True
-    compile: bool = False  # torch.compile the transformer and ControlNet, warmed up at load
+    # torch.compile the transformer and ControlNet, warmed up at load (`--compile`, or SD3POSE_COMPILE=1
+    # for entry points without the flag, such as the Celery worker).
+    compile: bool = field(default_factory=lambda: compile_from_env())
     data_dir: Path = DEFAULT_DATA_DIR
     input_limits: InputLimits = field(default_factory=InputLimits)
 

@@ -96,3 +96,17 @@ def test_queue_names_route_by_model() -> None:
     assert queue_name(None, None, True) != queue_name("/m/base", "/m/cn", True)
     with pytest.raises(InvalidRequestError, match="redis://"):
         check_broker_url("amqp://localhost")
+
+
+def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:  # noqa: ANN001
+    import threading
+    import time
+
+    store = RedisJobStore(client)
+    job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
+    image = JobResult([b"png"], "image/png", [3], 64, 64, None, None, {})
+    threading.Timer(0.3, lambda: store.complete(job.id, image)).start()
+    start = time.monotonic()
+    store.wait_done(job.id, 10.0)
+    assert 0.2 < time.monotonic() - start < 5.0  # woken by the finish, long before the 10 s timeout
+    assert store.get(job.id).status is JobStatus.COMPLETED

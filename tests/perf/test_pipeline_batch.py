@@ -69,7 +69,7 @@ def test_worker_merges_queued_jobs_into_one_batch(tmp_path, generator, alone):
     from sd3pose.service.worker import MAX_JOBS_PER_TURN, run_jobs
     from sd3pose.store import Database
 
-    assert MAX_JOBS_PER_TURN >= len(REQUESTS)
+    assert len(REQUESTS) <= MAX_JOBS_PER_TURN
     queue = EmbeddedJobQueue(Database(tmp_path / "db.sqlite"), lambda device: generator, results_dir=tmp_path)
     ids = [queue.submit(r, kind="async", key_id=None, reserved=0).id for r in REQUESTS]
     calls = []

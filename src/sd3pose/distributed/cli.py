@@ -17,6 +17,8 @@ def worker_command(
     controlnet: str = typer.Option(None, "--controlnet", help="ControlNet folder or hub id."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
     no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
+    compile_models: bool = typer.Option(False, "--compile", envvar="SD3POSE_COMPILE",
+                                        help="torch.compile the models at start-up (slower start, faster steps)."),
     name: str = typer.Option(None, "--name", help="Worker name in logs and Flower (default: host-device-pid)."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
     allow_private_urls: bool = typer.Option(False, "--allow-private-urls",
@@ -38,7 +40,7 @@ def worker_command(
     try:
         options = WorkerOptions(
             broker_url=broker, model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=not no_t5,
-            data_dir=data_dir, name=name, threads=threads,
+            compile=compile_models, data_dir=data_dir, name=name, threads=threads,
             allow_private_urls=allow_private_urls, result_ttl_s=result_ttl,
             visibility_timeout_s=visibility_timeout, restore_interval_s=restore_interval,
         )

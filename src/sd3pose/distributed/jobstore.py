@@ -44,8 +44,9 @@ redis.call('ZREM', KEYS[2], ARGV[3])
 return status
 """
 
-# KEYS: job, queued set, the job's API key hash. ARGV: status, finished_at, error, error_code, result_json,
-# ttl, job id. -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown.
+# KEYS: job, queued set, the job's API key hash, the job's done list.
+# ARGV: status, finished_at, error, error_code, result_json, ttl, job id.
+# -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -55,6 +56,10 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'error', 
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('ZREM', KEYS[2], ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+if redis.call('HGET', KEYS[1], 'kind') == 'sync' then
+  redis.call('RPUSH', KEYS[4], ARGV[1])  -- wakes the API process blocked on it (see wait_done)
+  redis.call('EXPIRE', KEYS[4], 60)
+end
 if ARGV[1] == 'FAILED' then
   local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
   if reserved and reserved > 0 and redis.call('HEXISTS', KEYS[3], 'credits') == 1 then
@@ -82,6 +87,10 @@ def data_key(job_id: str) -> str:
 
 def waiter_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:waiter"
+
+
+def done_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:done"
 
 
 def queued_key(queue: str) -> str:
@@ -160,6 +169,11 @@ class RedisJobStore:
             progress=progress, result_meta=json.loads(row["result_json"]) if row.get("result_json") else {},
             samples=int(row.get("samples") or 1),
         )
+
+    def wait_done(self, job_id: str, timeout_s: float) -> None:
+        """Block until a sync job ends or timeout_s passes (no polling: the finish script wakes us)."""
+        if timeout_s > 0:
+            self.redis.blpop([done_key(job_id)], timeout=timeout_s)
 
     def result(self, job_id: str) -> JobResult | None:
         info = self.get(job_id)
@@ -242,7 +256,7 @@ class RedisJobStore:
         fields = self.redis.hmget(job_key(job_id), ["queue", "key_id"])
         queue, key_id = (_text(v) or "" for v in fields)
         ended = self._finish(
-            keys=[job_key(job_id), queued_key(queue), credits_key(key_id)],
+            keys=[job_key(job_id), queued_key(queue), credits_key(key_id), done_key(job_id)],
             args=[status.value, repr(time.time()), error or "", error_code or "", json.dumps(result_meta or {}),
                   int(self.result_ttl_s), job_id],
         )

@@ -110,16 +110,18 @@ class CeleryJobQueue:
         return self.store.get(job_id)
 
     def wait(self, job_id: str, timeout_s: float) -> JobInfo | None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            info = self.store.get(job_id)
-            if info is None or info.done:
-                return info
-            if info.kind == "sync":
-                self.store.touch_waiter(job_id)
-            if time.monotonic() >= deadline:
-                return info
-            time.sleep(POLL_S)
+        info = self.store.get(job_id)
+        if info is None or info.done:
+            return info
+        if info.kind == "sync":
+            self.store.touch_waiter(job_id)
+            self.store.wait_done(job_id, timeout_s)
+        else:  # async jobs push no wake-up (nobody blocks on them): poll
+            deadline = time.monotonic() + timeout_s
+            while not info.done and time.monotonic() < deadline:
+                time.sleep(POLL_S * 5)
+                info = self.store.get(job_id) or info
+        return self.store.get(job_id)
 
     def result(self, job_id: str) -> JobResult | None:
         result = self.store.result(job_id)

@@ -46,6 +46,7 @@ class WorkerOptions:
     device: str | None = None
     dtype: str | None = None
     use_t5: bool = True
+    compile: bool = False
     data_dir: Path = Path("var")
     name: str | None = None
     threads: int | None = None
@@ -175,13 +176,21 @@ def load_generator(options: WorkerOptions) -> Any:
 
     return Generator.create(EngineSettings(
         model=options.model, controlnet=options.controlnet, device=options.device, dtype=options.dtype,
-        use_t5=options.use_t5, data_dir=Path(options.data_dir),
+        use_t5=options.use_t5, compile=options.compile, data_dir=Path(options.data_dir),
         input_limits=InputLimits(allow_private_urls=options.allow_private_urls),
     ))
 
 
 def run_worker(options: WorkerOptions, generator: Any = None) -> int:
     """Load the models, then consume this model's queue until SIGTERM/SIGINT (finishes the running job)."""
+    import warnings
+
+    from celery.exceptions import CPendingDeprecationWarning
+
+    # We keep running jobs across a broker reconnect on purpose (worker_cancel_long_running_tasks_on_connection_loss
+    # = False): the solo pool could not interrupt them anyway, and a job whose ack is lost is dropped unrun when
+    # redelivered (its record already ended). Celery warns about that choice on every reconnect.
+    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning)
     if options.threads:
         import torch
 

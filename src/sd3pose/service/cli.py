@@ -134,6 +134,8 @@ def serve_command(
     device: list[str] = typer.Option(None, "--device", help="Device per worker: cuda:0 --device cuda:1 ..."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
     no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
+    compile_models: bool = typer.Option(False, "--compile", envvar="SD3POSE_COMPILE",
+                                        help="torch.compile the models at start-up (slower start, faster steps)."),
     price: float = typer.Option(1.0, "--price", help="Credits charged per delivered image."),
     rate_limit: int = typer.Option(60, "--rate-limit", help="Requests/minute per key (0 = none)."),
     max_queue: int = typer.Option(32, "--max-queue", help="Waiting jobs before 429."),
@@ -163,11 +165,12 @@ def serve_command(
     except Sd3PoseError as exc:
         _fail(exc.message)
     run_server(settings, model=model, controlnet=controlnet, dtype=dtype, use_t5=not no_t5,
-               allow_private_urls=allow_private_urls)
+               allow_private_urls=allow_private_urls, compile_models=compile_models)
 
 
 def run_server(settings: ServiceSettings, *, model: str | None = None, controlnet: str | None = None,
-               dtype: str | None = None, use_t5: bool = True, allow_private_urls: bool = False) -> None:
+               dtype: str | None = None, use_t5: bool = True, allow_private_urls: bool = False,
+               compile_models: bool = False) -> None:
     """Serve until interrupted; the models load in the background (GET /ready says when)."""
     import uvicorn
 
@@ -178,7 +181,7 @@ def run_server(settings: ServiceSettings, *, model: str | None = None, controlne
         from sd3pose.pipeline import EngineSettings, Generator
 
         return Generator.create(EngineSettings(model=model, controlnet=controlnet, device=device, dtype=dtype,
-                                               use_t5=use_t5, data_dir=Path(settings.data_dir),
+                                               use_t5=use_t5, compile=compile_models, data_dir=Path(settings.data_dir),
                                                input_limits=InputLimits(allow_private_urls=allow_private_urls)))
 
     app = create_app(settings, generator_factory=factory)
@@ -199,7 +202,8 @@ def demo_command(
 ) -> None:
     """Serve the built-in demo model (random weights, no download): `make serve` runs this."""
     serve_command(
-        host=host, port=port, model=None, controlnet=None, device=None, dtype=None, no_t5=False, price=1.0,
+        host=host, port=port, model=None, controlnet=None, device=None, dtype=None, no_t5=False,
+        compile_models=False, price=1.0,
         rate_limit=60, max_queue=32, sync_timeout=300.0, result_ttl=3600.0, max_samples=4,
         allow_private_urls=False, insecure_no_auth=False, data_dir=data_dir, broker=None,
     )
