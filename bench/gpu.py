@@ -84,6 +84,8 @@ SMOKE = dict(
     size=64, steps=3,
 )  # fmt: skip
 
+TARGET_S_PER_IMAGE, TARGET_SPEEDUP = 1.5, 1.3  # issue 7, for an H100 at SD3 Medium size
+LATENT_RTOL_HALF, PIXEL_MEAN_TOL_HALF = 0.05, 2.0  # "images match" in fp16/bf16 (see run_dtype)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -317,6 +319,7 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
 
     base = arms[0].times
     rows = []
+    verdicts = []
     for arm in arms:
         reference = getattr(arm, "times_reference", base)
         median = statistics.median(arm.times)
@@ -324,13 +327,25 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
         runs = ", ".join(f"{t:.3f}" for t in arm.times)
         peak = f"{arm.peak_gb:.1f}" if device.type == "cuda" else "n/a"
         rows.append(f"| {name} | {arm.name} | {median:.3f} | {speedup:.2f}x | {peak} | {runs} |")
+        if arm.name.endswith("cold") and arm.name != "diffusers":
+            met = median <= TARGET_S_PER_IMAGE and speedup >= TARGET_SPEEDUP
+            verdicts.append(
+                f"{name}, {arm.name}: {median:.3f} s/image, {speedup:.2f}x -> targets (<= {TARGET_S_PER_IMAGE:g} s "
+                f"on an H100, >= {TARGET_SPEEDUP:g}x) {'met' if met else 'NOT met'}"
+            )
         print(f"   {arm.name:<20} {median:.3f} s/image   {speedup:.2f}x vs diffusers   peak {peak} GB", flush=True)
+    # Half precision keeps ~3 significant digits; 20 steps through ~30 blocks with differently
+    # ordered (fused) products drift by about 1e-2 relative (the CPU smoke run shows 1e-3..2e-2).
+    match = finite and rel <= LATENT_RTOL_HALF and pixel_mean <= PIXEL_MEAN_TOL_HALF
     notes = cache_rows + [
         f"{name}: ours vs diffusers from the same noise (euler): latent relative difference {rel:.1e}, "
-        f"mean absolute pixel difference {pixel_mean:.2f}/255, all finite: {finite}"
+        f"mean absolute pixel difference {pixel_mean:.2f}/255, all finite: {finite} -> "
+        f"{'within' if match else 'NOT within'} the half-precision tolerance (relative {LATENT_RTOL_HALF:g}, "
+        f"mean pixel {PIXEL_MEAN_TOL_HALF:g}/255)"
     ]
     if compile_note:
         notes.append(f"{name}: {compile_note}")
+    notes += verdicts
     return rows + ["NOTE " + n for n in notes]
 
 

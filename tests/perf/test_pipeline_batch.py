@@ -89,3 +89,17 @@ def test_worker_merges_queued_jobs_into_one_batch(tmp_path, generator, alone):
         assert queue.get(job_id).status is JobStatus.COMPLETED
         result = queue.result(job_id)
         assert np.abs(decoded_pixels(result.images) - decoded_pixels(single.images)).max() <= 1
+
+
+def test_several_devices_share_a_burst_of_jobs(tmp_path, generator):
+    from sd3pose.service.jobs import EmbeddedJobQueue
+    from sd3pose.service.worker import MAX_JOBS_PER_TURN, jobs_per_turn
+    from sd3pose.store import Database
+
+    def queue(devices):
+        return EmbeddedJobQueue(Database(tmp_path / f"{len(devices)}.sqlite"), lambda device: generator,
+                                results_dir=tmp_path, devices=devices)
+
+    assert jobs_per_turn(queue([None])) == MAX_JOBS_PER_TURN
+    assert jobs_per_turn(queue(["cuda:0", "cuda:1"])) == MAX_JOBS_PER_TURN // 2
+    assert jobs_per_turn(queue([f"cuda:{i}" for i in range(8)])) == 1

@@ -35,6 +35,7 @@ SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
 NUM_TRAIN_TIMESTEPS = 1000  # SD3 is conditioned on timestep = 1000 * sigma
 CONTROL_CACHE_SIZE = 16  # control latents kept (one (1, 16, 128, 128) tensor per 1024 px pose map)
 MAX_BATCH_IMAGES = 8  # most images one merged model batch holds (twice as many rows with guidance)
+MAX_DECODE_IMAGES = 4  # most images one VAE decode call takes (the most one request may ask for)
 
 
 @dataclass
@@ -596,11 +597,26 @@ class Engine:
                 for i in members:
                     results[i] = exc
                 continue
+            live = []
             for i, job_latents in zip(members, latents, strict=True):
-                try:
-                    if cancelled[i] is not None and cancelled[i]():
-                        raise GenerationCancelledError("the generation was cancelled")
-                    results[i] = self.decode(job_latents)
-                except Exception as exc:  # noqa: BLE001
+                if cancelled[i] is not None and cancelled[i]():
+                    results[i] = GenerationCancelledError("the generation was cancelled")
+                else:
+                    live.append((i, job_latents))
+            if not live:
+                continue
+            try:  # decoded together, in chunks no larger than one request's images
+                images = [
+                    image
+                    for chunk in torch.cat([lat for _, lat in live]).split(MAX_DECODE_IMAGES)
+                    for image in self.decode(chunk)
+                ]
+            except Exception as exc:  # noqa: BLE001
+                for i, _ in live:
                     results[i] = exc
+                continue
+            start = 0
+            for i, job_latents in live:
+                results[i] = images[start : start + len(job_latents)]
+                start += len(job_latents)
         return [r if r is not None else RuntimeError("job was not run") for r in results]

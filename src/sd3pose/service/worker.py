@@ -43,9 +43,16 @@ class Worker:
             return
         log.info("worker on %s: ready after %.1f s", name, time.perf_counter() - start)
         while not self.queue.stopping:
-            jobs = self.queue.take(MAX_JOBS_PER_TURN)
+            jobs = self.queue.take(jobs_per_turn(self.queue))
             if jobs:
                 run_jobs(self.queue, self.generator, jobs)
+
+
+def jobs_per_turn(queue: EmbeddedJobQueue) -> int:
+    """MAX_JOBS_PER_TURN with one device; with several, an equal share, so a burst of jobs spreads
+    over the devices instead of one device batching them while the others idle."""
+    devices = len(getattr(queue, "_devices", None) or [None])
+    return max(1, MAX_JOBS_PER_TURN // devices)
 
 
 def run_jobs(queue: EmbeddedJobQueue, generator: GeneratorLike, jobs: list[tuple[str, GenerationRequest]]) -> None:
