@@ -187,31 +187,39 @@ def _dpmpp_multistep(run: Run, x: torch.Tensor, order: int, eta: float) -> torch
                 h_eta = h * (1.0 + eta)
                 alpha_next = 1.0 - s[i + 1]
                 phi_1 = -math.expm1(-h_eta)
-                x = (s[i + 1] / s[i]) * math.exp(-eta * h) * x + alpha_next * phi_1 * denoised
+                # x_next is a linear combination of x, D, the history and noise: weights first, then one
+                # pass over each tensor (the sampler's own time per step is benchmarked).
+                w_d, w_h0, w_h1 = alpha_next * phi_1, 0.0, 0.0
                 usable = [hp for hp in h_prev if math.isfinite(hp)]
                 if i + 2 < len(s) and s[i + 2] == 0.0:
                     usable = []  # first order into the last sigma before 0 (see docstring)
                 if order == 2 and usable:
-                    r = usable[0] / h
-                    if eta:
-                        x = x + alpha_next * 0.5 * phi_1 / r * (denoised - hist[0][1])
-                    else:  # DPM-Solver++(2M): D_d = (1 + 1/2r) D - 1/2r D_old
-                        x = x + alpha_next * phi_1 * (0.5 / r) * (denoised - hist[0][1])
+                    # DPM-Solver++(2M) midpoint correction, D_d = (1 + 1/2r) D - 1/2r D_old (same with eta).
+                    w = alpha_next * phi_1 * 0.5 * h / usable[0]
+                    w_d, w_h0 = w_d + w, -w
                 elif order == 3 and usable:
                     phi_2 = math.expm1(-h_eta) / h_eta + 1.0
                     phi_3 = phi_2 / h_eta - 0.5
                     r0 = usable[0] / h
-                    d1_0 = (denoised - hist[0][1]) / r0
                     if len(usable) >= 2:
+                        # phi_2 * d1 - phi_3 * d2 with d1_0 = (D - H0)/r0, d1_1 = (H0 - H1)/r1,
+                        # d1 = d1_0 + (d1_0 - d1_1) r0/(r0+r1), d2 = (d1_0 - d1_1)/(r0+r1).
                         r1 = usable[1] / h
-                        d1_1 = (hist[0][1] - hist[1][1]) / r1
-                        d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-                        d2 = (d1_0 - d1_1) / (r0 + r1)
-                        x = x + alpha_next * (phi_2 * d1 - phi_3 * d2)
+                        q = r0 / (r0 + r1)
+                        a = (phi_2 * (1.0 + q) - phi_3 / (r0 + r1)) / r0  # weight of D - H0
+                        b = (phi_3 / (r0 + r1) - phi_2 * q) / r1  # weight of H0 - H1
+                        w_d, w_h0, w_h1 = w_d + alpha_next * a, alpha_next * (b - a), -alpha_next * b
                     else:
-                        x = x + alpha_next * phi_2 * d1_0
+                        w = alpha_next * phi_2 / r0
+                        w_d, w_h0 = w_d + w, -w
+                x = x * ((s[i + 1] / s[i]) * math.exp(-eta * h))
+                x.add_(denoised, alpha=w_d)
+                if w_h0:
+                    x.add_(hist[0][1], alpha=w_h0)
+                if w_h1:
+                    x.add_(hist[1][1], alpha=w_h1)
                 if eta:
-                    x = x + s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)) * run.noise()
+                    x.add_(run.noise(), alpha=s[i + 1] * math.sqrt(-math.expm1(-2.0 * eta * h)))
             hist.insert(0, (h, denoised))
             h_prev.insert(0, h)
             del hist[2:], h_prev[2:]
@@ -275,25 +283,35 @@ def _unipc(run: Run, x: torch.Tensor, bh2: bool, order: int = 3) -> torch.Tensor
         sig_t, sig_s = s[i + 1], s[i]
         h = lams[i + 1] - lams[i]
         hh = -h
-        x_t_ = (sig_t / sig_s) * x_s - (1.0 - sig_t) * math.expm1(hh) * m0
+        # The update is a linear combination of x_s, m0, the history and m_t: gather scalar weights
+        # first and touch each tensor once (the per-step overhead is what bench/sampling_overhead.py measures).
+        m0_weight = -(1.0 - sig_t) * math.expm1(hh)
         # History terms that are finite (a point at lambda = -inf has weight -> 0).
-        rks, d1s = [], []
+        rks, history = [], []
         for j in range(1, k):
             if len(outs) <= j or not math.isfinite(lams[idx[-(j + 1)]]):
                 break
-            rk = (lams[idx[-(j + 1)]] - lams[i]) / h
-            rks.append(rk)
-            d1s.append((outs[-(j + 1)] - m0) / rk)
+            rks.append((lams[idx[-(j + 1)]] - lams[i]) / h)
+            history.append(outs[-(j + 1)])
         corrector = m_t is not None
         k_eff = len(rks) + 1
-        if not corrector and k_eff == 1:
-            return x_t_
-        b_h = math.expm1(hh) if bh2 else hh
-        brhos, _ = _unipc_coeffs(rks, hh, b_h, k_eff, corrector)
-        res = sum(float(c) * d for c, d in zip(brhos, d1s, strict=False)) if d1s else 0.0
-        if corrector:
-            res = res + float(brhos[-1]) * (m_t - m0)
-        return x_t_ - (1.0 - sig_t) * res
+        terms: list[tuple[float, torch.Tensor]] = []
+        if corrector or k_eff > 1:
+            b_h = math.expm1(hh) if bh2 else hh
+            brhos, _ = _unipc_coeffs(rks, hh, b_h, k_eff, corrector)
+            scale = -(1.0 - sig_t)
+            for c, rk, out in zip(brhos, rks, history, strict=False):  # D1_j = (out_j - m0) / r_j
+                weight = float(c) / rk
+                terms.append((scale * weight, out))
+                m0_weight -= scale * weight
+            if corrector:
+                terms.append((scale * float(brhos[-1]), m_t))
+                m0_weight -= scale * float(brhos[-1])
+        result = x_s * (sig_t / sig_s)
+        result.add_(m0, alpha=m0_weight)
+        for weight, tensor in terms:
+            result.add_(tensor, alpha=weight)
+        return result
 
     for i in range(n):
         denoised = run.denoise(x, s[i])
