@@ -24,6 +24,7 @@ from sd3pose.pose.control import ControlResult, build_control_image
 from sd3pose.pose.detect import PoseDetector, get_detector
 from sd3pose.pose.openpose_json import pose_from_openpose_json, pose_to_openpose_json
 from sd3pose.request import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, GenerationRequest, PoseMode, default_size
+from sd3pose.results import GenerationResult, PosePreview
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +61,6 @@ class EngineSettings:
                 "--model needs --controlnet too: a ControlNet folder or hub id (e.g. InstantX/SD3-Controlnet-Pose)"
             )
         return self.model, self.controlnet
-
-
-@dataclass
-class GenerationResult:
-    images: list[bytes]
-    media_type: str
-    seeds: list[int]
-    width: int
-    height: int
-    pose_png: bytes | None
-    keypoints: dict | None
-    timings: dict[str, float]
-
-
-@dataclass
-class PosePreview:
-    pose_png: bytes
-    keypoints: dict | None
-    width: int
-    height: int
-    detected: bool
 
 
 def _round16(side: float) -> int:

@@ -10,7 +10,8 @@ from sd3pose.distributed.config import check_broker_url, queue_name
 from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
 from sd3pose.errors import InvalidRequestError
-from sd3pose.service.jobs import JobResult, JobStatus
+from sd3pose.results import GenerationResult
+from sd3pose.service.jobs import JobStatus
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None
     assert keys.balance(key.id) == 8  # 10 - 2 - 2 + 2
 
     assert store.start(done.id, "w1") is not None
-    image = JobResult([b"jpeg"], "image/jpeg", [1], 64, 64, None, None, {})
+    image = GenerationResult([b"jpeg"], "image/jpeg", [1], 64, 64, None, None, {})
     assert store.complete(done.id, image)
     assert store.start(done.id, "w2") is None  # a redelivered copy of an ended job does not run
     assert not store.finish(done.id, JobStatus.FAILED, error="late cancel", error_code=504)
@@ -104,7 +105,7 @@ def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:  # noqa
 
     store = RedisJobStore(client)
     job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
-    image = JobResult([b"png"], "image/png", [3], 64, 64, None, None, {})
+    image = GenerationResult([b"png"], "image/png", [3], 64, 64, None, None, {})
     threading.Timer(0.3, lambda: store.complete(job.id, image)).start()
     start = time.monotonic()
     store.wait_done(job.id, 10.0)

@@ -155,7 +155,8 @@ def test_api_replica_killed_while_clients_wait_async_jobs_stay_retrievable(clust
 
     def sync_client() -> None:
         try:
-            sync_outcome.append(httpx.post(f"{a}/v1/sd3-med-pose", json=body(steps=10, size=128), headers=headers,
+            # Long enough (behind the 4 queued jobs) that it is surely still waiting when the API dies.
+            sync_outcome.append(httpx.post(f"{a}/v1/sd3-med-pose", json=body(steps=80, size=128), headers=headers,
                                            timeout=60).status_code)
         except httpx.HTTPError as exc:
             sync_outcome.append(exc)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import GaussianData
+from gaussian_problem import GaussianData
 
 from sd3pose.sampling import SAMPLERS, flow_sigma, get_sigmas, sample
 

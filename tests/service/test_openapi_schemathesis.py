@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import running_server
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis.config import SchemathesisConfig
+from service_helpers import running_server
 
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_schema_conformance")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import running_server
 from PIL import Image
+from service_helpers import running_server
 
 from sd3pose.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_SEED, GenerationRequest
 from sd3pose.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES

@@ -10,9 +10,9 @@ import threading
 import time
 import zipfile
 
-from conftest import REQUEST, ScriptedGenerator, colour, make_app, new_key, poll, wait_ready
 from fastapi.testclient import TestClient
 from PIL import Image
+from service_helpers import REQUEST, ScriptedGenerator, colour, make_app, new_key, poll, wait_ready
 
 
 def _image(data: bytes) -> Image.Image:

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from conftest import running_server
 from PIL import Image
+from service_helpers import running_server
 
 from sd3pose.service.app import create_app
 from sd3pose.service.settings import ServiceSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import ScriptedGenerator
+from service_helpers import ScriptedGenerator
 
 from sd3pose.request import parse_request
 from sd3pose.service.jobs import EmbeddedJobQueue, JobStatus

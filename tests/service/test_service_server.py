@@ -8,7 +8,7 @@ import time
 from urllib.parse import urlparse
 
 import httpx
-from conftest import REQUEST, ScriptedGenerator, make_app, running_server
+from service_helpers import REQUEST, ScriptedGenerator, make_app, running_server
 
 
 def test_disconnecting_client_cancels_its_queued_job(tmp_path) -> None:  # noqa: ANN001

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sd3pose.distributed.config import PREFIX
-from sd3pose.service.jobs import JobInfo, JobResult, JobStatus
+from sd3pose.results import GenerationResult
+from sd3pose.service.jobs import JobInfo, JobStatus
 
 # Queued jobs are kept this long beyond the result TTL before their record lapses.
 QUEUED_GRACE_S = 86400
@@ -175,7 +176,7 @@ class RedisJobStore:
         if timeout_s > 0:
             self.redis.blpop([done_key(job_id)], timeout=timeout_s)
 
-    def result(self, job_id: str) -> JobResult | None:
+    def result(self, job_id: str) -> GenerationResult | None:
         info = self.get(job_id)
         if info is None or info.status is not JobStatus.COMPLETED:
             return None
@@ -185,7 +186,7 @@ class RedisJobStore:
             images = [data[f"image:{i}".encode()] for i in range(meta["count"])]
         except KeyError:
             return None
-        return JobResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
+        return GenerationResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
                          height=meta["height"], pose_png=data.get(b"pose"), keypoints=meta.get("keypoints"),
                          timings=meta.get("timings", {}))
 
@@ -227,7 +228,7 @@ class RedisJobStore:
             return "the API process waiting for this request went away; submit it again"
         return None
 
-    def complete(self, job_id: str, result: JobResult) -> bool:
+    def complete(self, job_id: str, result: GenerationResult) -> bool:
         """Store the images, then end the job COMPLETED; False when it had already ended."""
         meta: dict[str, Any] = {
             "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,

@@ -24,8 +24,9 @@ from sd3pose.distributed.config import (
 from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import GenerationRequest
+from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.service.errors import ServiceError
-from sd3pose.service.jobs import JobInfo, JobResult, JobStatus, PoseResult, QueueFullError
+from sd3pose.service.jobs import JobInfo, JobStatus, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class CeleryJobQueue:
                 info = self.store.get(job_id) or info
         return self.store.get(job_id)
 
-    def result(self, job_id: str) -> JobResult | None:
+    def result(self, job_id: str) -> GenerationResult | None:
         result = self.store.result(job_id)
         info = self.store.get(job_id) if result is not None else None
         if info is not None and info.kind == "sync":
@@ -139,7 +140,7 @@ class CeleryJobQueue:
         except Exception:
             return 0
 
-    def preview_pose(self, request: GenerationRequest) -> PoseResult:
+    def preview_pose(self, request: GenerationRequest) -> PosePreview:
         """Run the pose step on a worker (API processes load no models) and wait for its answer."""
         preview_id = uuid.uuid4().hex
         self.celery.send_task(TASK_PREVIEW, args=[preview_id, request.model_dump_json(by_alias=True)],
@@ -152,7 +153,7 @@ class CeleryJobQueue:
                 if b"error" in raw:
                     raise ServiceError(raw[b"error"].decode(), int(raw[b"error_code"]))
                 meta = json.loads(raw[b"meta"])
-                return PoseResult(pose_png=raw[b"pose"], keypoints=meta["keypoints"], width=meta["width"],
+                return PosePreview(pose_png=raw[b"pose"], keypoints=meta["keypoints"], width=meta["width"],
                                   height=meta["height"], detected=meta["detected"])
             time.sleep(POLL_S * 5)
         raise QueueFullError(f"no worker answered the pose preview within {PREVIEW_TIMEOUT_S:g} s; the workers are "

@@ -30,7 +30,7 @@ from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.distributed.queue import PREVIEW_TTL_S, preview_key, workers_key
 from sd3pose.errors import GenerationCancelledError, Sd3PoseError
 from sd3pose.request import GenerationRequest
-from sd3pose.service.jobs import JobResult, JobStatus
+from sd3pose.service.jobs import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,7 @@ class JobRunner:
             log.info("job %s: finished after it was cancelled (%s); result discarded", job_id, reason)
             self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=GenerationCancelledError.status_code)
             return
-        result = JobResult(images=list(output.images), media_type=output.media_type, seeds=list(output.seeds),
-                           width=output.width, height=output.height, pose_png=output.pose_png,
-                           keypoints=output.keypoints, timings=dict(output.timings))
-        if self.store.complete(job_id, result):
+        if self.store.complete(job_id, output):
             log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
         else:
             log.info("job %s: another worker ended it first; this copy's result is dropped", job_id)

@@ -12,18 +12,11 @@ from fastapi.openapi.utils import get_openapi
 
 from sd3pose import __version__
 from sd3pose.request import GenerationRequest
+from sd3pose.results import GenerationResult
 from sd3pose.service.access import AccessMiddleware
 from sd3pose.service.auth import Principal
 from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
-from sd3pose.service.jobs import (
-    EmbeddedJobQueue,
-    GeneratorLike,
-    JobInfo,
-    JobQueue,
-    JobResult,
-    JobStatus,
-    QueueFullError,
-)
+from sd3pose.service.jobs import EmbeddedJobQueue, GeneratorLike, JobInfo, JobQueue, JobStatus, QueueFullError
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.metrics import Metrics
 from sd3pose.service.ratelimit import RateLimiter
@@ -93,7 +86,7 @@ class Services:
             self.keys.refund(info.key_id, info.reserved)
         self.metrics.jobs.labels(info.status.value).inc()
 
-    def job_generated(self, result: JobResult) -> None:
+    def job_generated(self, result: GenerationResult) -> None:
         self.metrics.observe_generation(result.timings, len(result.images))
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import GenerationRequest
+from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.store import Database
 
 log = logging.getLogger(__name__)
@@ -62,32 +63,11 @@ class JobInfo:
         return self.status in TERMINAL
 
 
-@dataclass
-class JobResult:
-    images: list[bytes]
-    media_type: str
-    seeds: list[int]
-    width: int
-    height: int
-    pose_png: bytes | None
-    keypoints: dict | None
-    timings: dict[str, float]
-
-
-@dataclass
-class PoseResult:
-    pose_png: bytes
-    keypoints: dict | None
-    width: int
-    height: int
-    detected: bool
-
-
 class GeneratorLike(Protocol):
     def run(self, request: GenerationRequest, *, on_step: Callable[[int, int], None] | None = None,
-            cancelled: Callable[[], bool] | None = None) -> Any: ...
+            cancelled: Callable[[], bool] | None = None) -> GenerationResult: ...
 
-    def preview_pose(self, request: GenerationRequest) -> Any: ...
+    def preview_pose(self, request: GenerationRequest) -> PosePreview: ...
 
 
 class JobQueue(Protocol):
@@ -99,10 +79,10 @@ class JobQueue(Protocol):
     def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo: ...
     def get(self, job_id: str) -> JobInfo | None: ...
     def wait(self, job_id: str, timeout_s: float) -> JobInfo | None: ...
-    def result(self, job_id: str) -> JobResult | None: ...
+    def result(self, job_id: str) -> GenerationResult | None: ...
     def cancel(self, job_id: str, reason: str) -> None: ...
     def depth(self) -> int: ...
-    def preview_pose(self, request: GenerationRequest) -> PoseResult: ...
+    def preview_pose(self, request: GenerationRequest) -> PosePreview: ...
 
 
 INFO_COLUMNS = ("id, kind, status, key_id, reserved, samples, created_at, started_at, finished_at, error, "
@@ -124,7 +104,7 @@ class EmbeddedJobQueue:
         result_ttl_s: float = 3600.0,
         cleanup_interval_s: float = 60.0,
         on_finished: Callable[[JobInfo], None] | None = None,
-        on_generated: Callable[[JobResult], None] | None = None,
+        on_generated: Callable[[GenerationResult], None] | None = None,
     ) -> None:
         self.db = db
         self.results_dir = Path(results_dir)
@@ -141,7 +121,7 @@ class EmbeddedJobQueue:
         self._progress: dict[str, tuple[int, int]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._events: dict[str, threading.Event] = {}
-        self._sync_results: dict[str, JobResult] = {}
+        self._sync_results: dict[str, GenerationResult] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._workers: list[Any] = []
@@ -254,7 +234,7 @@ class EmbeddedJobQueue:
             event.wait(timeout_s)
         return self.get(job_id)
 
-    def result(self, job_id: str) -> JobResult | None:
+    def result(self, job_id: str) -> GenerationResult | None:
         info = self.get(job_id)
         if info is None or info.status is not JobStatus.COMPLETED:
             return None
@@ -267,7 +247,7 @@ class EmbeddedJobQueue:
             pose_png = (folder / "pose.png").read_bytes() if meta.get("pose") else None
         except FileNotFoundError:
             return None
-        return JobResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
+        return GenerationResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
                          height=meta["height"], pose_png=pose_png, keypoints=meta.get("keypoints"),
                          timings=meta.get("timings", {}))
 
@@ -284,14 +264,13 @@ class EmbeddedJobQueue:
         if queued:
             self._finish(job_id, JobStatus.FAILED, error=reason, error_code=504)
 
-    def preview_pose(self, request: GenerationRequest) -> PoseResult:
+    def preview_pose(self, request: GenerationRequest) -> PosePreview:
         generator = next((w.generator for w in self._workers if w.generator is not None), None)
         if generator is None:
             raise QueueFullError("the models are still loading; retry in a few seconds (see GET /ready)")
         with self._preview_lock:
             preview = generator.preview_pose(request)
-        return PoseResult(pose_png=preview.pose_png, keypoints=preview.keypoints, width=preview.width,
-                          height=preview.height, detected=preview.detected)
+        return preview
 
     # --- used by the workers -------------------------------------------------------------------------
 
@@ -316,7 +295,7 @@ class EmbeddedJobQueue:
     def cancel_reason(self, job_id: str) -> str | None:
         return self._cancel_reasons.get(job_id)
 
-    def complete(self, job_id: str, result: JobResult) -> None:
+    def complete(self, job_id: str, result: GenerationResult) -> None:
         kind = self.db.query("SELECT kind FROM jobs WHERE id = ?", (job_id,))[0]["kind"]
         meta: dict[str, Any] = {
             "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,

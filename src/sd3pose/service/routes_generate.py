@@ -12,10 +12,11 @@ import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
 from sd3pose.request import GenerationRequest, parse_request
+from sd3pose.results import GenerationResult
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import GENERATION_BODY, read_json
 from sd3pose.service.errors import NotFoundError, ServiceError, ServiceTimeoutError
-from sd3pose.service.jobs import MEDIA_EXTENSIONS, JobInfo, JobResult, JobStatus
+from sd3pose.service.jobs import MEDIA_EXTENSIONS, JobInfo, JobStatus
 from sd3pose.service.schemas import (
     AsyncSubmitted,
     ImagesResponse,
@@ -84,7 +85,7 @@ async def _wait_sync(request: Request, job_id: str) -> JobInfo:
             )
 
 
-def _zip(result: JobResult) -> bytes:
+def _zip(result: GenerationResult) -> bytes:
     extension = MEDIA_EXTENSIONS.get(result.media_type, "bin")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -101,7 +102,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def render_sync(gen_request: GenerationRequest, result: JobResult, info: JobInfo) -> Response:
+def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: JobInfo) -> Response:
     headers = {"x-seed": str(result.seeds[0]), "x-seeds": ",".join(str(s) for s in result.seeds)}
     if gen_request.base64_output:
         body = ImagesResponse(
@@ -197,7 +198,7 @@ async def job_result(request_id: str, request: Request, principal: Principal = D
     )
 
 
-def _completed_result(request: Request, principal: Principal, request_id: str) -> JobResult:
+def _completed_result(request: Request, principal: Principal, request_id: str) -> GenerationResult:
     info = _own_job(request, principal, request_id)
     result = request.app.state.services.queue.result(info.id) if info.status is JobStatus.COMPLETED else None
     if result is None:

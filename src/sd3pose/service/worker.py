@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sd3pose.errors import GenerationCancelledError, Sd3PoseError
 from sd3pose.request import GenerationRequest
-from sd3pose.service.jobs import GeneratorLike, JobResult
+from sd3pose.service.jobs import GeneratorLike
 
 if TYPE_CHECKING:
     from sd3pose.service.jobs import EmbeddedJobQueue
@@ -96,15 +96,10 @@ def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, req
     start = time.perf_counter()
     log.info("job %s: started (%d step(s), %d sample(s))", job_id, request.num_inference_steps, request.samples)
     try:
-        output = generator.run(
+        result = generator.run(
             request,
             on_step=lambda step, total: queue.report_step(job_id, step, total),
             cancelled=lambda: queue.cancel_reason(job_id) is not None,
-        )
-        result = JobResult(
-            images=list(output.images), media_type=output.media_type, seeds=list(output.seeds),
-            width=output.width, height=output.height, pose_png=output.pose_png, keypoints=output.keypoints,
-            timings=dict(output.timings),
         )
     except GenerationCancelledError as exc:
         reason = queue.cancel_reason(job_id) or exc.message
