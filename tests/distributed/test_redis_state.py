@@ -111,3 +111,30 @@ def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:  # noqa
     store.wait_done(job.id, 10.0)
     assert 0.2 < time.monotonic() - start < 5.0  # woken by the finish, long before the 10 s timeout
     assert store.get(job.id).status is JobStatus.COMPLETED
+
+
+class _OneImageGenerator:
+    """Stands in for pipeline.Generator: one fixed image per sample, with stage timings."""
+
+    def run(self, request, *, on_step=None, cancelled=None) -> GenerationResult:  # noqa: ANN001
+        on_step(1, 1)
+        return GenerationResult([b"img"] * request.samples, "image/jpeg", request.seeds, 64, 64, None, None,
+                                {"generate": 0.3, "pose": 0.02})
+
+
+def test_a_worker_exports_job_timings_for_prometheus(client) -> None:  # noqa: ANN001
+    from sd3pose.distributed.worker import JobRunner
+    from sd3pose.request import parse_request
+
+    store = RedisJobStore(client)
+    runner = JobRunner(_OneImageGenerator(), store, "w1")
+    request = parse_request({"image": "x", "prompt": "a dancer", "samples": 2})
+    job = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=2, max_queue=0)
+    runner.run(job.id, request.model_dump_json(by_alias=True))
+    runner.run(job.id, request.model_dump_json(by_alias=True))  # a redelivered copy: skipped, not counted
+
+    assert store.get(job.id).status is JobStatus.COMPLETED
+    text = runner.metrics.render().decode()
+    assert 'sd3pose_jobs_finished_total{status="COMPLETED"} 1.0' in text
+    assert "sd3pose_images_generated_total 2.0" in text
+    assert "sd3pose_generation_seconds_count 1.0" in text and "sd3pose_generation_seconds_sum 0.3" in text

@@ -30,6 +30,9 @@ def worker_command(
     ),
     restore_interval: float = typer.Option(DEFAULT_RESTORE_INTERVAL_S, "--restore-interval",
                                            help="Seconds between sweeps for jobs of dead workers."),
+    metrics_port: int = typer.Option(None, "--metrics-port",
+                                     help="Serve this worker's Prometheus metrics (job timings) on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address of the metrics endpoint."),
     data_dir: Path = typer.Option(Path("var"), "--data-dir", envvar="SD3POSE_DATA_DIR",
                                   help="Where the demo model is built when no --model is given."),
 ) -> None:
@@ -43,6 +46,7 @@ def worker_command(
             compile=compile_models, data_dir=data_dir, name=name, threads=threads,
             allow_private_urls=allow_private_urls, result_ttl_s=result_ttl,
             visibility_timeout_s=visibility_timeout, restore_interval_s=restore_interval,
+            metrics_port=metrics_port, metrics_host=metrics_host,
         )
         if model is not None and controlnet is None:
             raise Sd3PoseError("--model needs --controlnet too (a ControlNet folder or hub id)")

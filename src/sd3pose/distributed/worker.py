@@ -31,6 +31,7 @@ from sd3pose.distributed.queue import PREVIEW_TTL_S, preview_key, workers_key
 from sd3pose.errors import GenerationCancelledError, Sd3PoseError
 from sd3pose.request import GenerationRequest
 from sd3pose.service.jobs import JobStatus
+from sd3pose.service.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class WorkerOptions:
     result_ttl_s: float = 3600.0
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     restore_interval_s: float = DEFAULT_RESTORE_INTERVAL_S
+    metrics_port: int | None = None  # Prometheus /metrics of this worker (API replicas see no job timings)
+    metrics_host: str = "127.0.0.1"
     queue: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,16 +68,23 @@ class WorkerOptions:
 class JobRunner:
     """Runs one job from its task message and records the outcome in Redis; never raises."""
 
-    def __init__(self, generator: Any, store: RedisJobStore, name: str) -> None:
+    def __init__(self, generator: Any, store: RedisJobStore, name: str, metrics: JobMetrics | None = None) -> None:
         self.generator = generator
         self.store = store
         self.name = name
+        self.metrics = metrics or JobMetrics()
 
     def run(self, job_id: str, request_json: str) -> None:
+        status = self._run(job_id, request_json)
+        if status is not None:
+            self.metrics.jobs.labels(status.value).inc()
+
+    def _run(self, job_id: str, request_json: str) -> JobStatus | None:
+        """Run the job; the status this worker ended it with (None: skipped, or another copy ended it)."""
         started = self.store.start(job_id, self.name)
         if started is None:
             log.info("job %s: already ended (a redelivered copy or an expired job); skipped", job_id)
-            return
+            return None
         if started.redelivered:
             log.warning("job %s: redelivered (the worker running it stopped); running it again", job_id)
         request = GenerationRequest.model_validate_json(request_json, context=_NO_CAP)
@@ -82,7 +92,7 @@ class JobRunner:
         if reason is not None:
             log.info("job %s: dropped before it ran (%s)", job_id, reason)
             self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=GenerationCancelledError.status_code)
-            return
+            return JobStatus.FAILED
         start = time.perf_counter()
         log.info("job %s: started (%d step(s), %d sample(s))", job_id, request.num_inference_steps, request.samples)
         try:
@@ -95,25 +105,27 @@ class JobRunner:
             reason = self.store.cancel_reason(job_id) or exc.message
             log.info("job %s: cancelled (%s)", job_id, reason)
             self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=exc.status_code)
-            return
+            return JobStatus.FAILED
         except Sd3PoseError as exc:
             log.info("job %s: failed with %d: %s", job_id, exc.status_code, exc.message)
             self.store.finish(job_id, JobStatus.FAILED, error=exc.message, error_code=exc.status_code)
-            return
+            return JobStatus.FAILED
         except Exception:
             log.exception("job %s: unexpected error", job_id)
             self.store.finish(job_id, JobStatus.FAILED, error=f"internal server error while generating (request id "
                               f"{job_id}); the worker logged the details", error_code=500)
-            return
+            return JobStatus.FAILED
         reason = self.store.cancel_reason(job_id)
         if reason is not None:  # finished, but nobody will receive it: do not charge for it
             log.info("job %s: finished after it was cancelled (%s); result discarded", job_id, reason)
             self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=GenerationCancelledError.status_code)
-            return
-        if self.store.complete(job_id, output):
-            log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
-        else:
+            return JobStatus.FAILED
+        if not self.store.complete(job_id, output):
             log.info("job %s: another worker ended it first; this copy's result is dropped", job_id)
+            return None
+        self.metrics.observe_generation(output.timings, len(output.images))
+        log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
+        return JobStatus.COMPLETED
 
     def preview(self, preview_id: str, request_json: str) -> None:
         key = preview_key(preview_id)
@@ -199,7 +211,15 @@ def run_worker(options: WorkerOptions, generator: Any = None) -> int:
     generator = generator if generator is not None else load_generator(options)
     log.info("worker %s: models loaded in %.1f s", options.name, time.perf_counter() - start)
 
-    runner = JobRunner(generator, RedisJobStore(client, result_ttl_s=options.result_ttl_s), options.name or "")
+    metrics = JobMetrics()
+    if options.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(options.metrics_port, addr=options.metrics_host, registry=metrics.registry)
+        log.info("worker %s: metrics at http://%s:%d/metrics", options.name, options.metrics_host,
+                 options.metrics_port)
+    store = RedisJobStore(client, result_ttl_s=options.result_ttl_s)
+    runner = JobRunner(generator, store, options.name or "", metrics)
     app = make_celery(options.broker_url, visibility_timeout_s=options.visibility_timeout_s,
                       restore_interval_s=options.restore_interval_s)
     app.task(name=TASK_GENERATE, ignore_result=True, acks_late=True)(runner.run)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app instance (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics: per-job ones (exported by every process that runs jobs, API or Celery worker)
+and HTTP ones (API processes). Each instance has its own registry, so several can live in one process."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 TIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
 
-class Metrics:
-    def __init__(self, queue_depth: Callable[[], float]) -> None:
+class JobMetrics:
+    """What running jobs costs: generation and pose seconds, images made, jobs by outcome."""
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "sd3pose_http_requests", "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"], registry=self.registry,
-        )
-        self.request_seconds = Histogram(
-            "sd3pose_http_request_seconds", "Time to answer an HTTP request.", ["route"],
-            buckets=TIME_BUCKETS, registry=self.registry,
-        )
-        self.queue_depth = Gauge("sd3pose_queue_depth", "Jobs waiting for a worker.", registry=self.registry)
-        self.queue_depth.set_function(queue_depth)
         self.generation_seconds = Histogram(
             "sd3pose_generation_seconds", "Time spent sampling and decoding images, per job.",
             buckets=TIME_BUCKETS, registry=self.registry,
@@ -43,3 +36,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Metrics(JobMetrics):
+    """An API process: the job metrics (jobs it runs itself) plus requests and queue depth."""
+
+    def __init__(self, queue_depth: Callable[[], float]) -> None:
+        super().__init__()
+        self.requests = Counter(
+            "sd3pose_http_requests", "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "sd3pose_http_request_seconds", "Time to answer an HTTP request.", ["route"],
+            buckets=TIME_BUCKETS, registry=self.registry,
+        )
+        self.queue_depth = Gauge("sd3pose_queue_depth", "Jobs waiting for a worker.", registry=self.registry)
+        self.queue_depth.set_function(queue_depth)
