@@ -105,3 +105,11 @@ def test_default_size_keeps_aspect_at_native_pixel_count(
     width, height = default_size(*source, native=native)
     assert (width, height) == expected
     assert width % 64 == 0 and height % 64 == 0
+
+
+def test_seeds_near_the_top_wrap_so_every_reported_seed_can_be_sent_back() -> None:
+    top = 2**32 - 1
+    request = parse_request({**MINIMAL, "seed": top - 1, "samples": 4})
+    assert request.seeds == [top - 1, top, 0, 1]
+    for seed in request.seeds:  # re-running one image alone with its reported seed is a valid request
+        assert parse_request({**MINIMAL, "seed": seed}).seeds == [seed]

@@ -77,11 +77,20 @@ def generate_command(
         "control_start": control_start, "control_end": control_end, "resize_mode": resize_mode,
         "output_format": fmt.value, "return_pose": save_pose is not None,
     }  # fmt: skip
-    try:
-        if keypoints is not None:
+    if image is None and keypoints is None:
+        fail("give --image PATH|URL (a photo or pose map) or --keypoints FILE.json")
+    for target in (output, save_pose):  # before the (long) generation, not after it
+        try:
+            if target is not None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"cannot create the folder of {target} ({exc.strerror or exc}); choose a writable output path")
+    if keypoints is not None:
+        try:
             body["pose_keypoints"] = json.loads(keypoints.read_text())
-        if image is None and keypoints is None:
-            fail("give --image PATH|URL (a photo or pose map) or --keypoints FILE.json")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            fail(f"could not read {keypoints}: {exc}")
+    try:
         request = parse_request(body).with_seed_resolved()
         settings = EngineSettings(
             model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=not no_t5, compile=compile_models,
@@ -97,18 +106,20 @@ def generate_command(
                 bar.refresh()
 
             result = generator.run(request, on_step=on_step)
-    except (OSError, json.JSONDecodeError) as exc:
-        fail(f"could not read {keypoints}: {exc}")
     except (Sd3PoseError, ValueError) as exc:
         fail(getattr(exc, "message", str(exc)))
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(output, len(result.images))
-    for path, data, used_seed in zip(paths, result.images, result.seeds, strict=True):
-        path.write_bytes(data)
+    writes = list(zip(output_paths(output, len(result.images)), result.images, strict=True))
+    if save_pose is not None and result.pose_png is not None:
+        writes.append((save_pose, result.pose_png))
+    for path, data in writes:
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            fail(f"could not write {path} ({exc.strerror or exc}); choose a writable output path")
+    for (path, _), used_seed in zip(writes[: len(result.images)], result.seeds, strict=True):
         typer.echo(f"wrote {path} ({result.width}x{result.height}, seed {used_seed})")
     if save_pose is not None and result.pose_png is not None:
-        save_pose.write_bytes(result.pose_png)
         typer.echo(f"wrote pose map {save_pose}")
     if generator.engine.is_demo:
         typer.echo("note: this is the random-weight demo model, so the images are noise; "

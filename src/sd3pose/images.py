@@ -224,7 +224,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     Black, because pose maps are drawn on black: a transparent pose map composited on white
     would turn its background into a white canvas that reads as a different control image.
     """
-    if im.mode == "RGB":
+    if im.mode == "RGB" and "transparency" not in im.info:
         return im
     if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
         return _sixteen_bit_to_8(im).convert("RGB")

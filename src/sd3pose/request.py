@@ -70,7 +70,8 @@ class GenerationRequest(BaseModel):
     num_inference_steps: int = Field(20, ge=1, le=100, description="Denoising steps.")
     guidance_scale: float = Field(7.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     seed: int = Field(
-        DEFAULT_SEED, ge=-1, le=MAX_SEED, description="Seed of sample 0 (sample i uses seed+i); -1 = random."
+        DEFAULT_SEED, ge=-1, le=MAX_SEED,
+        description="Seed of sample 0 (sample i uses seed+i, modulo 2^32); -1 = random.",
     )
     samples: int = Field(
         1, ge=1, description="Number of images (1 to the server's cap, 4 by default).",
@@ -180,10 +181,13 @@ class GenerationRequest(BaseModel):
 
     @property
     def seeds(self) -> list[int]:
-        """The seed of each sample: sample i uses seed + i."""
+        """The seed of each sample: sample i uses seed + i, wrapping from MAX_SEED to 0.
+
+        The wrap keeps every reported seed a valid `seed`, so any one image can be requested again alone.
+        """
         if self.seed < 0:
             raise RuntimeError("resolve the random seed first (with_seed_resolved)")
-        return [self.seed + i for i in range(self.samples)]
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.samples)]
 
 
 def _describe(error: dict[str, Any]) -> str:

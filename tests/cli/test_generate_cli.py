@@ -125,3 +125,32 @@ def test_every_sampler_and_scheduler_pair_gives_a_finite_image(tiny_engine, pose
         latents = tiny_engine.generate_latents(job)
         assert latents.shape == (1, tiny_engine.latent_channels, 8, 8), (sampler, scheduler)
         assert bool(latents.isfinite().all()), (sampler, scheduler)
+
+
+def test_unwritable_demo_model_folder_is_named_with_the_fix(pose_map: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, [
+        "generate", "--image", str(pose_map), "--prompt", "x", "--steps", "1", "--output", str(tmp_path / "o.png"),
+        "--data-dir", str(blocker / "var"),
+    ])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: cannot build the demo model in")
+    assert "--data-dir" in result.output and "Traceback" not in result.output
+
+
+def test_output_folders_are_created_and_an_impossible_one_fails_before_generating(
+    tiny_model_dir: Path, pose_map: Path, tmp_path: Path
+) -> None:
+    args = ["generate", "--image", str(pose_map), "--prompt", "x", "--steps", "1", *_model_args(tiny_model_dir)]
+    outputs = ["-o", str(tmp_path / "new" / "o.png"), "--save-pose", str(tmp_path / "p" / "p.png")]
+    result = runner.invoke(app, [*args, *outputs])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "o.png").is_file() and (tmp_path / "p" / "p.png").is_file()
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, [*args, "-o", str(blocker / "o.png")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(f"error: cannot create the folder of {blocker / 'o.png'}")
+    assert "sampling" not in result.output  # it failed before loading models and sampling

@@ -138,3 +138,25 @@ def test_a_worker_exports_job_timings_for_prometheus(client) -> None:  # noqa: A
     assert 'sd3pose_jobs_finished_total{status="COMPLETED"} 1.0' in text
     assert "sd3pose_images_generated_total 2.0" in text
     assert "sd3pose_generation_seconds_count 1.0" in text and "sd3pose_generation_seconds_sum 0.3" in text
+
+
+def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_server, client, monkeypatch) -> None:  # noqa: ANN001
+    """No worker answered in time and the client got its 429: a worker that comes up later must not
+    still run the preview (downloading the image, detecting the pose) for nobody."""
+    import json
+
+    from sd3pose.distributed import queue as queue_module
+    from sd3pose.distributed.queue import CeleryJobQueue
+    from sd3pose.request import parse_request
+    from sd3pose.service.jobs import QueueFullError
+
+    monkeypatch.setattr(queue_module, "PREVIEW_TIMEOUT_S", 0.2)
+    jobs = CeleryJobQueue(redis_server.url, "sd3pose.gen.preview-test", client=client)
+    try:
+        with pytest.raises(QueueFullError, match="no worker answered"):
+            jobs.preview_pose(parse_request({"image": "aGVsbG8=", "prompt": "pose preview"}))
+        messages = [json.loads(m) for m in client.lrange("sd3pose.gen.preview-test", 0, -1)]
+        assert len(messages) == 1 and messages[0]["headers"]["task"] == "sd3pose.preview_pose"
+        assert messages[0]["headers"]["expires"] is not None  # a worker discards it once this passes
+    finally:
+        jobs.stop()

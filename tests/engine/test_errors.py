@@ -9,7 +9,7 @@ import torch
 from engine_helpers import job
 
 from sd3pose.engine import Engine
-from sd3pose.engine.loading import choose_dtype
+from sd3pose.engine.loading import choose_device, choose_dtype
 from sd3pose.errors import InvalidRequestError, ModelLoadError
 
 
@@ -97,3 +97,29 @@ def test_dtype_choice():
     assert choose_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(ModelLoadError, match="unknown dtype 'fp8'"):
         choose_dtype("fp8", torch.device("cpu"))
+
+
+def test_pre_ampere_gpu_defaults_to_fp16_not_emulated_bf16(monkeypatch):
+    # torch.cuda.is_bf16_supported() says yes on a T4 (compute capability 7.5) because bf16 can be
+    # emulated there, slowly; the default must be fp16 on such a GPU and bf16 from Ampere (8.0) on.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.version, "hip", None)
+    capability = {"cuda:0": (7, 5), "cuda:1": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[str(device)])
+    assert choose_dtype(None, torch.device("cuda:0")) == torch.float16
+    # The chosen device's capability counts, not the current device's.
+    assert choose_dtype(None, torch.device("cuda:1")) == torch.bfloat16
+
+
+def test_requested_gpu_that_is_not_there_is_one_sentence(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError) as info:
+        choose_device("cuda")
+    assert_one_sentence(info.value.message, "'cuda'", "no CUDA GPU", "--device cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ModelLoadError) as info:
+        choose_device("cuda:2")
+    assert_one_sentence(info.value.message, "'cuda:2'", "2 CUDA GPU(s)", "cuda:0 to cuda:1")
+    assert choose_device("cuda:1") == torch.device("cuda:1")
+    assert choose_device("cpu") == torch.device("cpu")

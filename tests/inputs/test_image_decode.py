@@ -232,6 +232,15 @@ def test_a_palette_with_a_transparent_entry_is_composited_on_black() -> None:
         assert pixels(load_image_bytes(data)).tolist() == [[[0, 0, 0], [0, 255, 0]]]
 
 
+def test_an_rgb_png_with_a_transparent_colour_is_composited_on_black() -> None:
+    # PNG tRNS on a truecolour image: one colour is fully transparent (here the white background).
+    rgb = Image.new("RGB", (2, 1), (255, 255, 255))
+    rgb.putpixel((1, 0), (0, 255, 0))
+    data = encode(rgb, "PNG", transparency=(255, 255, 255))
+    assert Image.open(io.BytesIO(data)).mode == "RGB"
+    assert pixels(load_image_bytes(data)).tolist() == [[[0, 0, 0], [0, 255, 0]]]
+
+
 def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
     values = np.array([[0, 257, 32896, 65535]], np.uint16)
     image = load_image_bytes(encode(Image.fromarray(values)))

@@ -103,14 +103,15 @@ def credits_key(key_id: str | None) -> str:
     return f"{PREFIX}:key:{key_id}" if key_id else f"{PREFIX}:key:-"
 
 
-def _text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
+    """A Redis reply (bytes) as str; None stays None."""
     if value is None:
         return None
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _float(value: Any) -> float | None:
-    text = _text(value)
+    text = as_text(value)
     return float(text) if text not in (None, "") else None
 
 
@@ -157,7 +158,7 @@ class RedisJobStore:
         raw = self.redis.hgetall(job_key(job_id))
         if not raw or b"status" not in raw:
             return None
-        row = {_text(k): _text(v) for k, v in raw.items()}
+        row = {as_text(k): as_text(v) for k, v in raw.items()}
         progress = None
         if row.get("progress"):
             step, total = row["progress"].split("/")
@@ -191,7 +192,7 @@ class RedisJobStore:
                          timings=meta.get("timings", {}))
 
     def cancel(self, job_id: str, reason: str, error_code: int = 504) -> None:
-        if _text(self._cancel(keys=[job_key(job_id)], args=[reason])) == JobStatus.QUEUED.value:
+        if as_text(self._cancel(keys=[job_key(job_id)], args=[reason])) == JobStatus.QUEUED.value:
             self.finish(job_id, JobStatus.FAILED, error=reason, error_code=error_code)
 
     def depth(self, queue: str) -> int:
@@ -206,11 +207,11 @@ class RedisJobStore:
     def start(self, job_id: str, worker: str) -> StartedJob | None:
         """Mark the job PROCESSING on `worker`; None when it already ended (a redelivered copy)."""
         raw = self.redis.hget(job_key(job_id), "queue")
-        before = _text(self._start(keys=[job_key(job_id), queued_key(_text(raw) or "")],
+        before = as_text(self._start(keys=[job_key(job_id), queued_key(as_text(raw) or "")],
                                    args=[repr(time.time()), worker, job_id]))
         if before == "skip":
             return None
-        kind = _text(self.redis.hget(job_key(job_id), "kind")) or "async"
+        kind = as_text(self.redis.hget(job_key(job_id), "kind")) or "async"
         return StartedJob(redelivered=before == JobStatus.PROCESSING.value, kind=kind)
 
     def report_step(self, job_id: str, step: int, total: int) -> None:
@@ -223,8 +224,8 @@ class RedisJobStore:
         pipe.exists(waiter_key(job_id))
         (reason, kind), waiter = pipe.execute()
         if reason:
-            return _text(reason)
-        if _text(kind) == "sync" and not waiter:
+            return as_text(reason)
+        if as_text(kind) == "sync" and not waiter:
             return "the API process waiting for this request went away; submit it again"
         return None
 
@@ -255,7 +256,7 @@ class RedisJobStore:
                result_meta: dict[str, Any] | None = None) -> bool:
         """End the job (refunding a failed job's credits in the same atomic step); False if already ended."""
         fields = self.redis.hmget(job_key(job_id), ["queue", "key_id"])
-        queue, key_id = (_text(v) or "" for v in fields)
+        queue, key_id = (as_text(v) or "" for v in fields)
         ended = self._finish(
             keys=[job_key(job_id), queued_key(queue), credits_key(key_id), done_key(job_id)],
             args=[status.value, repr(time.time()), error or "", error_code or "", json.dumps(result_meta or {}),

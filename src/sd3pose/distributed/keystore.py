@@ -10,15 +10,14 @@ last credit, and each carries a one-off token so that a command replayed after a
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
 import uuid
 from typing import Any
 
 from sd3pose.distributed.config import PREFIX
-from sd3pose.distributed.jobstore import credits_key
+from sd3pose.distributed.jobstore import as_text, credits_key
 from sd3pose.errors import InvalidRequestError
-from sd3pose.service.keys import KEY_PREFIX, ApiKey, _hash, parse_scopes
+from sd3pose.service.keys import ApiKey, _hash, key_id_of, new_key
 
 ALL_KEYS = f"{PREFIX}:keys"
 ACTIVE_KEYS = f"{PREFIX}:keys:active"
@@ -67,12 +66,6 @@ return '0'
 """
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _amount(value: float) -> str:
     return repr(float(value))
 
@@ -92,7 +85,7 @@ class RedisKeyStore:
         raw = self.redis.hgetall(self._key(key_id)) if key_id else {}
         if not raw:
             return None
-        row = {_text(k): _text(v) for k, v in raw.items()}
+        row = {as_text(k): as_text(v) for k, v in raw.items()}
         return ApiKey(
             id=key_id, name=row["name"], credits=float(row["credits"]) if "credits" in row else None,
             scopes=tuple(s for s in row["scopes"].split(",") if s),
@@ -105,15 +98,7 @@ class RedisKeyStore:
         self, name: str, *, credits: float | None, scopes: list[str] | tuple[str, ...] | None = None,
         rate_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
-        if not name.strip():
-            raise InvalidRequestError("a key needs a non-empty --name")
-        if credits is not None and credits < 0:
-            raise InvalidRequestError(f"--credits must be 0 or more (got {credits})")
-        if rate_limit is not None and rate_limit < 0:
-            raise InvalidRequestError(f"--rate-limit must be 0 (none) or more requests/minute (got {rate_limit})")
-        scope_tuple = parse_scopes(scopes)
-        key_id = secrets.token_hex(6)
-        secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
+        key_id, secret, scope_tuple = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
         now = time.time()
         fields: dict[str, str] = {"name": name.strip(), "key_hash": _hash(secret), "scopes": ",".join(scope_tuple),
                                   "created_at": repr(now)}
@@ -132,7 +117,7 @@ class RedisKeyStore:
         return self._load(key_id)
 
     def list(self) -> list[ApiKey]:
-        ids = [_text(i) for i in self.redis.zrange(ALL_KEYS, 0, -1)]
+        ids = [as_text(i) for i in self.redis.zrange(ALL_KEYS, 0, -1)]
         return [key for key in (self._load(i) for i in ids if i) if key is not None]
 
     def find(self, id_or_name: str) -> ApiKey:
@@ -153,9 +138,8 @@ class RedisKeyStore:
 
     def verify(self, secret: str) -> ApiKey | None:
         """The active key for this secret, or None; compares hashes in constant time, also on a miss."""
-        parts = secret.strip().split("_")
-        key_id = parts[1] if len(parts) >= 3 and parts[0] == KEY_PREFIX else ""
-        stored = _text(self.redis.hget(self._key(key_id), "key_hash")) if key_id else None
+        key_id = key_id_of(secret)
+        stored = as_text(self.redis.hget(self._key(key_id), "key_hash")) if key_id else None
         matches = hmac.compare_digest(stored or _hash(""), _hash(secret.strip()))
         if stored is None or not matches:
             return None
@@ -208,4 +192,4 @@ class RedisRateLimiter:
         if per_minute <= 0:
             return 0.0
         wait = self._script(keys=[f"{PREFIX}:rate:{who}"], args=[per_minute, self.WINDOW_S, uuid.uuid4().hex])
-        return max(0.0, float(_text(wait) or 0))
+        return max(0.0, float(as_text(wait) or 0))

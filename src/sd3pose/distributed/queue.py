@@ -143,8 +143,9 @@ class CeleryJobQueue:
     def preview_pose(self, request: GenerationRequest) -> PosePreview:
         """Run the pose step on a worker (API processes load no models) and wait for its answer."""
         preview_id = uuid.uuid4().hex
+        # Expires with our wait: once we have given up, a worker must not run it for nobody.
         self.celery.send_task(TASK_PREVIEW, args=[preview_id, request.model_dump_json(by_alias=True)],
-                              queue=self.queue, task_id=f"preview-{preview_id}")
+                              queue=self.queue, task_id=f"preview-{preview_id}", expires=PREVIEW_TIMEOUT_S)
         deadline = time.monotonic() + PREVIEW_TIMEOUT_S
         while time.monotonic() < deadline:
             raw = self.redis.hgetall(preview_key(preview_id))

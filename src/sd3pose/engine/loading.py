@@ -56,9 +56,11 @@ def choose_device(device: str | torch.device | None) -> torch.device:
     """The requested device, or CUDA when available, else Apple MPS, else CPU."""
     if device is not None:
         try:
-            return torch.device(device)
+            chosen = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from exc
+        check_device_available(chosen)
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -66,8 +68,41 @@ def choose_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
+def check_device_available(device: torch.device) -> None:
+    """Raise ModelLoadError when an explicitly requested accelerator is not there (instead of a torch assert)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {str(device)!r} was requested but PyTorch sees no CUDA GPU here (no driver, "
+                "CUDA_VISIBLE_DEVICES hides it, or a CPU-only torch build); use --device cpu or fix the GPU setup"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ModelLoadError(
+                f"device {str(device)!r} does not exist: PyTorch sees {count} CUDA GPU(s); "
+                f"use cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelLoadError(
+                f"device {str(device)!r} was requested but Apple MPS is not available; use --device cpu"
+            )
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True when this CUDA device computes in bf16 natively (Ampere, compute capability 8.0, or newer; ROCm).
+
+    torch.cuda.is_bf16_supported() also answers yes for older GPUs (T4, V100) that only emulate bf16,
+    slowly, and it asks about the current device rather than the chosen one.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def choose_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """The requested dtype, or bf16 (fp16 where bf16 is unsupported) on accelerators, fp32 on CPU."""
+    """The requested dtype, or bf16 on GPUs with native bf16 (fp16 on older ones and MPS), fp32 on CPU."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str):
@@ -76,7 +111,7 @@ def choose_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch
             raise ModelLoadError(f"unknown dtype {dtype!r}; use one of: fp32, fp16, bf16")
         return _DTYPES[key]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32

@@ -340,8 +340,14 @@ def ensure_demo_model(directory: str | Path) -> tuple[Path, Path]:
 
     directory = Path(directory).expanduser()
     if not is_complete(directory):
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+        except OSError as exc:
+            raise ModelLoadError(
+                f"cannot build the demo model in {str(directory)!r} ({exc.strerror or exc}); "
+                "choose a writable data folder (--data-dir)"
+            ) from exc
         try:
             write_tiny_model(staging)
             directory.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,7 +44,8 @@ class AccessMiddleware:
                 headers["x-request-id"] = request_id
                 principal = state.get("principal")
                 if principal is not None and principal.key is not None:
-                    balance = self.services.keys.balance(principal.key.id)
+                    # In a worker thread: with Redis this is a network call.
+                    balance = await anyio.to_thread.run_sync(self.services.keys.balance, principal.key.id)
                     headers["x-remaining-credits"] = format_credits(balance)
             await send(message)
 

@@ -28,7 +28,9 @@ class Principal:
 def require(scope: str, *, rate_limited: bool = False):  # noqa: ANN201 - a FastAPI dependency
     """A dependency that authenticates the caller, checks `scope` and (optionally) the rate limit."""
 
-    async def dependency(
+    # A plain `def`: FastAPI runs it in its thread pool, so the key store (Redis in a scaled-out
+    # deployment) never blocks the event loop.
+    def dependency(
         request: Request,
         x_api_key: str | None = Security(api_key_header),
         authorization: HTTPAuthorizationCredentials | None = Security(bearer_header),

@@ -60,6 +60,27 @@ def parse_scopes(scopes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(scopes))
 
 
+def new_key(
+    name: str, *, credits: float | None, scopes: list[str] | tuple[str, ...] | None, rate_limit: int | None
+) -> tuple[str, str, tuple[str, ...]]:
+    """Check a new key's settings and draw it: (public id, secret key string, scopes). Shared by the stores."""
+    if not name.strip():
+        raise InvalidRequestError("a key needs a non-empty --name")
+    if credits is not None and credits < 0:
+        raise InvalidRequestError(f"--credits must be 0 or more (got {credits})")
+    if rate_limit is not None and rate_limit < 0:
+        raise InvalidRequestError(f"--rate-limit must be 0 (none) or more requests/minute (got {rate_limit})")
+    scope_tuple = parse_scopes(scopes)
+    key_id = secrets.token_hex(6)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}", scope_tuple
+
+
+def key_id_of(secret: str) -> str:
+    """The public id inside a secret key string ('' when it is not one of ours)."""
+    parts = secret.strip().split("_")
+    return parts[1] if len(parts) >= 3 and parts[0] == KEY_PREFIX else ""
+
+
 class KeyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -69,15 +90,7 @@ class KeyStore:
         rate_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it and the secret key string (shown once, never stored)."""
-        if not name.strip():
-            raise InvalidRequestError("a key needs a non-empty --name")
-        if credits is not None and credits < 0:
-            raise InvalidRequestError(f"--credits must be 0 or more (got {credits})")
-        if rate_limit is not None and rate_limit < 0:
-            raise InvalidRequestError(f"--rate-limit must be 0 (none) or more requests/minute (got {rate_limit})")
-        scope_tuple = parse_scopes(scopes)
-        key_id = secrets.token_hex(6)
-        secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
+        key_id, secret, scope_tuple = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
         now = time.time()
         self.db.execute(
             "INSERT INTO api_keys (id, name, key_hash, credits, scopes, rate_limit, created_at) "
@@ -110,8 +123,7 @@ class KeyStore:
 
     def verify(self, secret: str) -> ApiKey | None:
         """The active key for this secret, or None. Constant-time in the secret's content."""
-        parts = secret.strip().split("_")
-        key_id = parts[1] if len(parts) >= 3 and parts[0] == KEY_PREFIX else ""
+        key_id = key_id_of(secret)
         rows = self.db.query("SELECT * FROM api_keys WHERE id = ?", (key_id,))
         stored = rows[0]["key_hash"] if rows else _hash("")  # compare anyway: same work on a miss
         matches = hmac.compare_digest(stored, _hash(secret.strip()))

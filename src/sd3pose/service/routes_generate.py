@@ -7,6 +7,7 @@ import io
 import json
 import time
 import zipfile
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
@@ -62,6 +63,13 @@ def _raise_failure(info: JobInfo) -> None:
     raise ServiceError(info.error or "the job failed", info.error_code or 500)
 
 
+def _cancel(services: Any, job_id: str, reason: str) -> JobInfo | None:
+    """Cancel a sync job; the job instead if it completed meanwhile (it is paid for: deliver it)."""
+    services.queue.cancel(job_id, reason)
+    info = services.queue.get(job_id)
+    return info if info is not None and info.status is JobStatus.COMPLETED else None
+
+
 async def _wait_sync(request: Request, job_id: str) -> JobInfo:
     """Wait for a sync job; cancel it if the client leaves or the timeout passes."""
     services = request.app.state.services
@@ -75,10 +83,14 @@ async def _wait_sync(request: Request, job_id: str) -> JobInfo:
         if info.done:
             return info
         if await request.is_disconnected():
-            services.queue.cancel(job_id, "the client disconnected before the image was ready")
+            reason = "the client disconnected before the image was ready"
+            if (finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason)):
+                return finished
             raise ServiceError("client disconnected", CLIENT_CLOSED)
         if remaining <= 0:
-            services.queue.cancel(job_id, f"timed out after {timeout_s:g} s")
+            reason = f"timed out after {timeout_s:g} s"
+            if (finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason)):
+                return finished
             raise ServiceTimeoutError(
                 f"the image was not ready within {timeout_s:g} s; use fewer steps or samples, "
                 "or the async API (POST /v2/sd3-med-pose)"
@@ -124,14 +136,15 @@ def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: 
 )
 async def generate_sync(request: Request, principal: Principal = Depends(require("generate", rate_limited=True))):
     services = request.app.state.services
-    gen_request = parse_request(await read_json(request), max_samples=services.settings.max_samples)
+    gen_request = parse_request(await read_json(request, max_bytes=services.settings.max_body_bytes),
+                                max_samples=services.settings.max_samples)
     gen_request = gen_request.with_seed_resolved()
-    info = services.submit(gen_request, principal, kind="sync")
+    info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "sync")
     request.state.job_id = info.id
     info = await _wait_sync(request, info.id)
     if info.status is JobStatus.FAILED:
         _raise_failure(info)
-    result = services.queue.result(info.id)
+    result = await anyio.to_thread.run_sync(services.queue.result, info.id)
     if result is None:
         raise ServiceError(f"the result of request {info.id} was lost; submit it again", 500)
     request.state.timings = {k: round(v, 4) for k, v in result.timings.items()}
@@ -139,6 +152,8 @@ async def generate_sync(request: Request, principal: Principal = Depends(require
 
 
 # --- async (v2) ---------------------------------------------------------------------------------------
+# The read routes are plain `def`: FastAPI runs them in its thread pool, so job lookups and result
+# reads (SQLite and files, or Redis) never block the event loop.
 
 
 @router.post(
@@ -147,8 +162,9 @@ async def generate_sync(request: Request, principal: Principal = Depends(require
 )
 async def generate_async(request: Request, principal: Principal = Depends(require("async", rate_limited=True))):
     services = request.app.state.services
-    gen_request = parse_request(await read_json(request), max_samples=services.settings.max_samples)
-    info = services.submit(gen_request.with_seed_resolved(), principal, kind="async")
+    gen_request = parse_request(await read_json(request, max_bytes=services.settings.max_body_bytes),
+                                max_samples=services.settings.max_samples)
+    info = await anyio.to_thread.run_sync(services.submit, gen_request.with_seed_resolved(), principal, "async")
     request.state.job_id = info.id
     status_url = str(request.url_for("job_status", request_id=info.id))
     return AsyncSubmitted(request_id=info.id, poll_url=status_url, status_url=status_url,
@@ -170,7 +186,7 @@ def _own_job(request: Request, principal: Principal, request_id: str) -> JobInfo
     response_model=JobStatusResponse, response_model_exclude_none=True,
     responses=error_responses(400, 401, 403, 404), tags=["async"],
 )
-async def job_status(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+def job_status(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
     info = _own_job(request, principal, request_id)
     progress = {"step": info.progress[0], "total": info.progress[1]} if info.progress else None
     return JobStatusResponse(request_id=info.id, status=info.status.value, metrics=_metrics(info),
@@ -182,7 +198,7 @@ async def job_status(request_id: str, request: Request, principal: Principal = D
     response_model=JobResultResponse, response_model_exclude_none=True,
     responses=error_responses(400, 401, 403, 404, 500, 502, 504), tags=["async"],
 )
-async def job_result(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+def job_result(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
     info = _own_job(request, principal, request_id)
     if info.status is JobStatus.FAILED:
         _raise_failure(info)
@@ -216,7 +232,7 @@ IMAGE_CONTENT = {
     "/v2/requests/{request_id}/images/{index}", name="job_image", summary="One image of a completed request",
     response_class=Response, responses=IMAGE_CONTENT, tags=["async"],
 )
-async def job_image(request_id: str, index: int, request: Request,
+def job_image(request_id: str, index: int, request: Request,
                     principal: Principal = Depends(require("async"))):
     result = _completed_result(request, principal, request_id)
     if not 0 <= index < len(result.images):
@@ -232,7 +248,7 @@ async def job_image(request_id: str, index: int, request: Request,
     responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
                **error_responses(400, 401, 403, 404)},
 )
-async def job_pose(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+def job_pose(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
     result = _completed_result(request, principal, request_id)
     if result.pose_png is None:
         raise NotFoundError(f"request {request_id!r} kept no pose map; send return_pose=true to keep it")

@@ -28,7 +28,7 @@ POSE_FIELDS = tuple(PoseRequest.model_fields)
 )
 async def preview_pose(request: Request, principal: Principal = Depends(require("pose", rate_limited=True))):
     services = request.app.state.services
-    body = await read_json(request)
+    body = await read_json(request, max_bytes=services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object with 'image' (or 'pose_keypoints')")
     # The same validation as a generation request; the prompt is irrelevant to the pose.

@@ -28,7 +28,7 @@ async def health() -> HealthResponse:
     "/ready", response_model=HealthResponse, summary="Models are loaded and jobs can run", tags=["system"],
     responses={503: {"model": HealthResponse, "description": "Still loading, or loading failed."}},
 )
-async def ready(request: Request) -> JSONResponse:
+def ready(request: Request) -> JSONResponse:  # def: readiness may ask Redis; the thread pool runs it
     is_ready, detail = request.app.state.services.queue.readiness()
     body = HealthResponse(status="ready" if is_ready else "not ready", detail=detail)
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
@@ -38,7 +38,7 @@ async def ready(request: Request) -> JSONResponse:
     "/metrics", summary="Prometheus metrics", response_class=Response, tags=["system"],
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(request: Request) -> Response:
+def metrics(request: Request) -> Response:  # def: the queue depth may come from Redis
     return Response(request.app.state.services.metrics.render(),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -35,6 +35,8 @@ class ServiceSettings:
     # How long finished async results stay retrievable, then 404.
     result_ttl_s: float = 3600.0
     max_samples: int = 4
+    # Largest JSON body read: a 20 MB image (the input cap) is ~27 MB as base64, plus the other fields.
+    max_body_bytes: int = 32 * 2**20
     # Serve without keys on a non-loopback address (only behind your own auth proxy).
     insecure_no_auth: bool = False
     # One in-process worker per device; each loads its own copy of the models.

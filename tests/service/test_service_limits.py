@@ -1,0 +1,119 @@
+"""What the service refuses before it does real work: oversized or pathological bodies, and the
+event loop staying free while the job backend is slow."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+from fastapi.testclient import TestClient
+from service_helpers import REQUEST, ScriptedGenerator, make_app, new_key, wait_ready
+
+LIMIT = 4096
+
+
+def test_a_body_over_the_limit_is_refused_with_400_before_parsing(tmp_path, generator: ScriptedGenerator) -> None:  # noqa: ANN001
+    with TestClient(make_app(tmp_path, generator, max_body_bytes=LIMIT)) as client:
+        wait_ready(client)
+        big = {**REQUEST, "image": base64.b64encode(b"x" * LIMIT).decode()}
+        declared = client.post("/v1/sd3-med-pose", json=big)
+        assert declared.status_code == 400, declared.text
+        assert "request body" in declared.json()["error"] and "limit" in declared.json()["error"]
+
+        # Chunked upload (no Content-Length): cut off while streaming, same answer.
+        def chunks():  # noqa: ANN202
+            payload = json.dumps(big).encode()
+            for start in range(0, len(payload), 1000):
+                yield payload[start:start + 1000]
+
+        streamed = client.post("/v2/sd3-med-pose", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 400 and "limit" in streamed.json()["error"]
+        pose = client.post("/v1/pose", json=big)
+        assert pose.status_code == 400 and "limit" in pose.json()["error"]
+        assert generator.runs == []
+        # Under the limit, the same routes work.
+        assert client.post("/v1/sd3-med-pose", json=REQUEST).status_code == 200
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient) -> None:
+    response = client.post("/v1/sd3-med-pose", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "nested" in response.json()["error"]
+
+
+def test_a_job_that_completes_as_the_sync_timeout_fires_is_delivered_not_charged_for_nothing(
+    tmp_path, monkeypatch  # noqa: ANN001
+) -> None:
+    generator = ScriptedGenerator(gate=threading.Event())
+    with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
+        wait_ready(client)
+        key = new_key(client, credits=1)
+        queue = client.app.state.services.queue
+        real_cancel = queue.cancel
+
+        def cancel_too_late(job_id: str, reason: str) -> None:
+            # The race: the image is finished between the route's last wait and its cancel.
+            generator.gate.set()
+            deadline = time.monotonic() + 10
+            while not queue.get(job_id).done:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            real_cancel(job_id, reason)
+
+        monkeypatch.setattr(queue, "cancel", cancel_too_late)
+        response = client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key})
+        # The credit was spent on this image, so the client gets it (not a 504 for a paid image).
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/jpeg"
+        assert response.headers["x-remaining-credits"] == "0"
+        assert queue._sync_results == {}  # nothing left behind in memory
+
+
+def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, generator, monkeypatch) -> None:  # noqa: ANN001
+    """With Redis behind them these calls are network round trips (retried for ~30 s while Redis restarts):
+    made on the event loop, one slow call would freeze every request, /health included."""
+    import httpx
+    from service_helpers import running_server
+
+    app = make_app(tmp_path, generator)
+    services = app.state.services
+    with running_server(app) as url:
+        headers = {"x-api-key": services.keys.create("alice", credits=50)[1]}
+        job = httpx.post(f"{url}/v2/sd3-med-pose", json=REQUEST, headers=headers).json()
+        status_url = job["status_url"]
+        probes = {
+            "key check": (services.keys, "verify", lambda: httpx.get(status_url, headers=headers)),
+            "credits header": (services.keys, "balance", lambda: httpx.get(status_url, headers=headers)),
+            "job lookup": (services.queue, "get", lambda: httpx.get(status_url, headers=headers)),
+            "job images": (services.queue, "result", lambda: httpx.post(f"{url}/v1/sd3-med-pose", json=REQUEST,
+                                                                          headers=headers, timeout=30)),
+            "credit reservation": (services.keys, "reserve", lambda: httpx.post(f"{url}/v2/sd3-med-pose",
+                                                                                json=REQUEST, headers=headers)),
+            "readiness": (services.queue, "readiness", lambda: httpx.get(f"{url}/ready")),
+            "queue depth": (services.queue, "depth", lambda: httpx.get(f"{url}/metrics")),
+        }
+        for name, (owner, attribute, call) in probes.items():
+            entered, release = threading.Event(), threading.Event()
+            real = getattr(owner, attribute)
+
+            def slow(*args, real=real, entered=entered, release=release, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                entered.set()
+                release.wait(10)
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(owner, attribute, slow)
+            caller = threading.Thread(target=call, daemon=True)
+            caller.start()
+            try:
+                assert entered.wait(10), f"{name}: the probe did not reach the slow call"
+                try:
+                    health = httpx.get(f"{url}/health", timeout=2)
+                except httpx.TimeoutException:
+                    raise AssertionError(f"{name}: /health hung while the {attribute}() call was slow") from None
+                assert health.status_code == 200, name
+            finally:
+                release.set()
+                caller.join(30)
+                monkeypatch.undo()
