@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gaussian_problem import GaussianData
 
 from sd3pose.errors import InvalidRequestError
 from sd3pose.sampling import SAMPLER_NAMES, SAMPLERS, get_sigmas, resolve_sampler_name, sample
@@ -71,3 +72,27 @@ def test_low_precision_input_is_sampled_in_float32_and_returned_in_its_dtype(gau
     ref = sample("euler", gaussian, x.float(), sigmas)
     assert out.dtype == torch.bfloat16 and seen_dtypes == {(torch.float32, torch.float32)}
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=0)  # bf16 rounding of input/output only
+
+
+def test_dpm_adaptive_model_passes_are_bounded_and_it_still_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server request must not run unbounded passes: dpm_adaptive gets a budget and still lands on 0."""
+    import sd3pose.sampling.dpm_solver as dpm_solver
+
+    problem, eps = GaussianData(), GaussianData().noise(1, seed=3)
+    sigmas = get_sigmas("normal", 8).double()
+    free = sample("dpm_adaptive", problem, eps.clone(), sigmas)
+    free_calls = problem.calls
+    assert free_calls > 3 * 2 + 3  # unconstrained, it takes more than 2 attempts here
+
+    monkeypatch.setattr(dpm_solver, "ADAPTIVE_MIN_ATTEMPTS", 2)
+    monkeypatch.setattr(dpm_solver, "ADAPTIVE_ATTEMPTS_PER_STEP", 0)
+    problem.calls = 0
+    capped = sample("dpm_adaptive", problem, eps.clone(), sigmas)
+    # 2 attempts x 3 evaluations, 8 finishing order-2 steps x 2, the first step from sigma = 1, the last D.
+    assert problem.calls <= 2 * 3 + 8 * 2 + 2
+    # Finished, not cut off halfway: as close to the exact ODE solution as a fixed 8-step second-order
+    # solver gets (dpmpp_2m: 0.23 here), if less accurate than unconstrained.
+    exact = problem.exact(eps)
+    reference = sample("dpmpp_2m", problem, eps.clone(), sigmas)
+    assert float((capped - exact).abs().max()) <= float((reference - exact).abs().max())
+    assert float((free - exact).abs().max()) <= float((capped - exact).abs().max())

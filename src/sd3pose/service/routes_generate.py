@@ -233,7 +233,7 @@ IMAGE_CONTENT = {
     response_class=Response, responses=IMAGE_CONTENT, tags=["async"],
 )
 def job_image(request_id: str, index: int, request: Request,
-                    principal: Principal = Depends(require("async"))):
+              principal: Principal = Depends(require("async"))):
     result = _completed_result(request, principal, request_id)
     if not 0 <= index < len(result.images):
         raise NotFoundError(f"image index {index} does not exist; this request has {len(result.images)} image(s) "
