@@ -60,7 +60,7 @@ _MEDIA_TYPES = {
     OutputFormat.webp: "image/webp",
 }
 # PNG zlib level 1 instead of Pillow's 6: generated images barely compress further and level 6
-# costs several times the encoding time (bench/bench_encode.py measures both).
+# costs several times the encoding time (bench/encode.py measures both).
 PNG_COMPRESS_LEVEL = 1
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 

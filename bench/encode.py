@@ -4,7 +4,7 @@ Encodes a 1024x1024 photo (scikit-image's astronaut, upscaled like a generated i
 default size) with both settings, alternating A/B runs, and reports median times, their ratio
 and the size ratio. Both are lossless, so the decoded pixels are checked to be identical.
 
-    .venv/bin/python bench/bench_encode.py [--runs 15] [--size 1024]
+    .venv/bin/python bench/encode.py [--runs 15] [--size 1024]
 """
 
 from __future__ import annotations
