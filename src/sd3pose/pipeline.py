@@ -99,6 +99,11 @@ class Generator:
             self._detector = CachedPoseDetector(get_detector())
         return self._detector
 
+    def warm_up(self) -> None:
+        """Load the pose models now (a few seconds), so a server's first photo is not slow."""
+        log.info("loading the pose detection models")
+        self.detector.detect(Image.new("RGB", (64, 64)))
+
     def _control(self, request: GenerationRequest, timings: dict[str, float]) -> ControlResult:
         start = time.perf_counter()
         image = load_image(request.image, self.input_limits) if request.image is not None else None
