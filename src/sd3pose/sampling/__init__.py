@@ -9,7 +9,11 @@ whether a sampler is stochastic, needs the unconditional prediction (CFG++), and
 evaluations it makes per step.
 """
 
-from sd3pose.sampling.core import Denoiser, NoiseSource, row_seeds
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sd3pose.sampling.names import (
     SAMPLER_ALIASES,
     SAMPLER_NAMES,
@@ -17,8 +21,26 @@ from sd3pose.sampling.names import (
     resolve_sampler_name,
     resolve_scheduler_name,
 )
-from sd3pose.sampling.samplers import SAMPLERS, SamplerInfo, sample, sampler_info
-from sd3pose.sampling.schedules import DEFAULT_SHIFT, flow_sigma, get_sigmas, sigma_table
+
+if TYPE_CHECKING:
+    from sd3pose.sampling.core import Denoiser, NoiseSource, row_seeds
+    from sd3pose.sampling.samplers import SAMPLERS, SamplerInfo, sample, sampler_info
+    from sd3pose.sampling.schedules import DEFAULT_SHIFT, flow_sigma, get_sigmas, sigma_table
+
+# The names above need no torch; the rest load on first use, so validating a request (an API replica
+# that runs no model) never imports torch.
+_LAZY = {
+    "Denoiser": "core", "NoiseSource": "core", "row_seeds": "core",
+    "SAMPLERS": "samplers", "SamplerInfo": "samplers", "sample": "samplers", "sampler_info": "samplers",
+    "DEFAULT_SHIFT": "schedules", "flow_sigma": "schedules", "get_sigmas": "schedules", "sigma_table": "schedules",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"sd3pose.sampling.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'sd3pose.sampling' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_SHIFT",
