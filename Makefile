@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 serve: install
-	$(BIN)/sd3pose serve --host $(HOST) --port $(PORT)
+	$(BIN)/sd3pose demo --host $(HOST) --port $(PORT)
 
 # Browser tests drive Debian's Chromium; scale-out tests need a Redis server.
 system-deps:

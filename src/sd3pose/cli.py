@@ -1,10 +1,16 @@
-"""The `sd3pose` command line."""
+"""The `sd3pose` command line: each command lives in the module of its area and is registered here."""
 
 from __future__ import annotations
 
 import logging
 
 import typer
+
+from sd3pose.cli_generate import generate_command, sample_photo_command
+from sd3pose.distributed.cli import worker_command
+from sd3pose.engine.cli import download_command, make_tiny_model_command
+from sd3pose.pose.cli import pose_command
+from sd3pose.service.cli import register as register_service_commands
 
 app = typer.Typer(
     help="sd3pose: pose-guided image generation with SD3 Medium and the InstantX pose ControlNet.",
@@ -21,26 +27,10 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
     )
 
 
-# Commands are registered below, one line per area; each lives in its own module.
-# --- commands ---
-from sd3pose.cli_generate import generate_command, sample_photo_command  # noqa: E402
-
 app.command("generate")(generate_command)
 app.command("sample-photo")(sample_photo_command)
-
-from sd3pose.service.cli import register as register_service_commands  # noqa: E402
-
+app.command("pose")(pose_command)
 register_service_commands(app)  # serve, demo, keys
-
-from sd3pose.engine.cli import download_command, make_tiny_model_command  # noqa: E402
-
+app.command("worker")(worker_command)
 app.command("make-tiny-model")(make_tiny_model_command)
 app.command("download")(download_command)
-
-from sd3pose.pose.cli import pose_command  # noqa: E402
-
-app.command("pose")(pose_command)
-
-from sd3pose.distributed.cli import worker_command  # noqa: E402
-
-app.command("worker")(worker_command)
