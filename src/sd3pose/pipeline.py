@@ -84,13 +84,17 @@ class Generator:
         self.input_limits = input_limits or InputLimits()
 
     @classmethod
-    def create(cls, settings: EngineSettings) -> Generator:
+    def create(cls, settings: EngineSettings, *, warm_up: bool = False) -> Generator:
+        """Load the models; `warm_up` also loads the pose models now (servers and workers do)."""
         model, controlnet = settings.resolved_model_paths()
         engine = Engine.load(
             model, controlnet, device=settings.device, dtype=settings.dtype, use_t5=settings.use_t5,
             compile=settings.compile,
         )
-        return cls(engine, input_limits=settings.input_limits)
+        generator = cls(engine, input_limits=settings.input_limits)
+        if warm_up:
+            generator.warm_up()
+        return generator
 
     @property
     def detector(self) -> CachedPoseDetector:

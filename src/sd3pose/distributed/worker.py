@@ -183,13 +183,11 @@ def load_generator(options: WorkerOptions) -> Any:
     from sd3pose.images import InputLimits
     from sd3pose.pipeline import EngineSettings, Generator
 
-    generator = Generator.create(EngineSettings(
+    return Generator.create(EngineSettings(
         model=options.model, controlnet=options.controlnet, device=options.device, dtype=options.dtype,
         use_t5=options.use_t5, compile=options.compile, data_dir=Path(options.data_dir),
         input_limits=InputLimits(allow_private_urls=options.allow_private_urls),
-    ))
-    generator.warm_up()
-    return generator
+    ), warm_up=True)
 
 
 def run_worker(options: WorkerOptions, generator: Any = None) -> int:

@@ -180,12 +180,10 @@ def run_server(settings: ServiceSettings, *, model: str | None = None, controlne
         from sd3pose.images import InputLimits
         from sd3pose.pipeline import EngineSettings, Generator
 
-        generator = Generator.create(EngineSettings(
+        return Generator.create(EngineSettings(
             model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=use_t5, compile=compile_models,
             data_dir=Path(settings.data_dir), input_limits=InputLimits(allow_private_urls=allow_private_urls),
-        ))
-        generator.warm_up()
-        return generator
+        ), warm_up=True)
 
     app = create_app(settings, generator_factory=factory)
     log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
