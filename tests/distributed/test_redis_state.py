@@ -160,3 +160,18 @@ def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_serve
         assert messages[0]["headers"]["expires"] is not None  # a worker discards it once this passes
     finally:
         jobs.stop()
+
+
+def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -> None:  # noqa: ANN001
+    """The race of a sync timeout with the last step, on Redis: the cancel recorded first wins."""
+    keys, store = RedisKeyStore(client), RedisJobStore(client)
+    key, _ = keys.create("payer", credits=3)
+    assert keys.reserve(key.id, 1.0)
+    job = store.create(queue="q", kind="sync", key_id=key.id, reserved=1.0, samples=1, max_queue=0)
+    assert store.start(job.id, "w1") is not None
+    store.cancel(job.id, "timed out after 1 s")  # the API gave up while the last step ran
+    finished = GenerationResult([b"jpeg"], "image/jpeg", [1], 64, 64, None, None, {})
+    assert not store.complete(job.id, finished)
+    info = store.get(job.id)
+    assert info.status is JobStatus.FAILED and info.error == "timed out after 1 s" and info.error_code == 504
+    assert keys.balance(key.id) == 3 and store.result(job.id) is None

@@ -83,3 +83,20 @@ def test_expired_results_are_deleted(tmp_path) -> None:  # noqa: ANN001
         assert not (tmp_path / "results" / job.id).exists()
     finally:
         queue.stop()
+
+
+def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> None:  # noqa: ANN001
+    """The race of a sync timeout with the last step: cancel first means refunded and FAILED, not charged."""
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 2})
+    settled: list[JobStatus] = []
+    queue = _queue(tmp_path, ScriptedGenerator(), on_finished=lambda info: settled.append(info.status))
+    job = queue.submit(request, kind="sync", key_id=None, reserved=1)
+    assert [job_id for job_id, _ in queue.take(1)] == [job.id]  # a worker took it (nothing is started here)
+    queue.cancel(job.id, "timed out after 1 s")
+    # The worker checked for a cancel just before it, and now hands in its finished images.
+    result = ScriptedGenerator().run(request)
+    queue.complete(job.id, result)
+    info = queue.get(job.id)
+    assert info.status is JobStatus.FAILED and info.error == "timed out after 1 s" and info.error_code == 504
+    assert settled == [JobStatus.FAILED]  # the app refunds on FAILED
+    assert queue.result(job.id) is None

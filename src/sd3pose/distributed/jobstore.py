@@ -47,11 +47,19 @@ return status
 
 # KEYS: job, queued set, the job's API key hash, the job's done list.
 # ARGV: status, finished_at, error, error_code, result_json, ttl, job id.
-# -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown.
+# -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown, 2 when a completion
+#    met a cancel recorded first (the job ends FAILED and refunded: nobody is waiting for it).
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'COMPLETED' or status == 'FAILED' then return 0 end
+local outcome = 1
+if ARGV[1] == 'COMPLETED' then
+  local cancel = redis.call('HGET', KEYS[1], 'cancel')
+  if cancel then
+    ARGV[1], ARGV[3], ARGV[4], ARGV[5], outcome = 'FAILED', cancel, '504', '{}', 2
+  end
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'error', ARGV[3], 'error_code', ARGV[4],
            'result_json', ARGV[5])
 redis.call('HDEL', KEYS[1], 'progress')
@@ -67,7 +75,7 @@ if ARGV[1] == 'FAILED' then
     redis.call('HINCRBYFLOAT', KEYS[3], 'credits', redis.call('HGET', KEYS[1], 'reserved'))
   end
 end
-return 1
+return outcome
 """
 
 # Cancel: a queued job ends now (returns 'queued'); a running one gets a reason its worker reads.

@@ -121,7 +121,7 @@ class JobRunner:
             self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=GenerationCancelledError.status_code)
             return JobStatus.FAILED
         if not self.store.complete(job_id, output):
-            log.info("job %s: another worker ended it first; this copy's result is dropped", job_id)
+            log.info("job %s: ended meanwhile (cancelled, or by another worker); this result is dropped", job_id)
             return None
         self.metrics.observe_generation(output.timings, len(output.images))
         log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)

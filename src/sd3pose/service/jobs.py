@@ -116,6 +116,9 @@ class EmbeddedJobQueue:
         self._factory = generator_factory
         self._devices = devices or [None]
         self._cond = threading.Condition()
+        # Held from a cancel's record to the end of a completion: a job either completes before the
+        # cancel (and is delivered) or is cancelled (and refunded), never charged and answered 504.
+        self._settle = threading.Lock()
         self._pending: deque[str] = deque()
         self._requests: dict[str, GenerationRequest] = {}
         self._progress: dict[str, tuple[int, int]] = {}
@@ -253,7 +256,7 @@ class EmbeddedJobQueue:
 
     def cancel(self, job_id: str, reason: str) -> None:
         """Drop a queued job now; ask a running one to stop at its next step."""
-        with self._cond:
+        with self._settle, self._cond:
             if job_id in self._pending:
                 self._pending.remove(job_id)
                 queued = True
@@ -296,6 +299,14 @@ class EmbeddedJobQueue:
         return self._cancel_reasons.get(job_id)
 
     def complete(self, job_id: str, result: GenerationResult) -> None:
+        with self._settle:
+            reason = self._cancel_reasons.get(job_id)
+            if reason is not None:  # cancelled while its last step ran: nobody receives it, nobody pays
+                self._finish(job_id, JobStatus.FAILED, error=reason, error_code=504)
+            else:
+                self._complete(job_id, result)
+
+    def _complete(self, job_id: str, result: GenerationResult) -> None:
         kind = self.db.query("SELECT kind FROM jobs WHERE id = ?", (job_id,))[0]["kind"]
         meta: dict[str, Any] = {
             "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,
