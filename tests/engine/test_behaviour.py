@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from engine_helpers import job, pose_map, relative_difference
+from tiny_jobs import job, pose_map, relative_difference
 
 from sd3pose.errors import GenerationCancelledError
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from engine_helpers import job
+from tiny_jobs import job
 
 from sd3pose.engine import Engine
 from sd3pose.engine.loading import choose_device, choose_dtype

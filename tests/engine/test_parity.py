@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from engine_helpers import job, pose_map, relative_difference
+from tiny_jobs import job, pose_map, relative_difference
 
 from sd3pose.engine import initial_noise
 

@@ -10,7 +10,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from perf_helpers import assert_close_latents, job, pixels, pose_map
+from perf_helpers import assert_close_latents, pixels
+from tiny_jobs import job, pose_map
 
 from sd3pose.engine.engine import batch_key
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError

@@ -6,7 +6,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from perf_helpers import decoded_pixels, job, png_base64, pose_map
+from perf_helpers import decoded_pixels, png_base64
+from tiny_jobs import job, pose_map
 
 from sd3pose.cache import LruCache, image_digest
 

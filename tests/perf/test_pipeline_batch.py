@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from perf_helpers import decoded_pixels, png_base64, pose_map
+from perf_helpers import decoded_pixels, png_base64
+from tiny_jobs import pose_map
 
 from sd3pose.errors import InvalidRequestError
 from sd3pose.request import parse_request

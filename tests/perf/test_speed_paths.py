@@ -7,7 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from perf_helpers import job, pixels
+from perf_helpers import pixels
+from tiny_jobs import job
 
 from sd3pose.engine import Engine
 from sd3pose.engine.loading import load_components
