@@ -5,7 +5,6 @@ This is the only place that knows every stage; HTTP, CLI and workers all call `G
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -23,7 +22,15 @@ from sd3pose.pose.cache import CachedPoseDetector
 from sd3pose.pose.control import ControlResult, build_control_image
 from sd3pose.pose.detect import PoseDetector, get_detector
 from sd3pose.pose.openpose_json import pose_from_openpose_json, pose_to_openpose_json
-from sd3pose.request import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, GenerationRequest, PoseMode, default_size
+from sd3pose.request import (
+    MAX_SIDE,
+    MIN_SIDE,
+    SIZE_MULTIPLE,
+    GenerationRequest,
+    OutputFormat,
+    PoseMode,
+    default_size,
+)
 from sd3pose.results import GenerationResult, PosePreview
 
 log = logging.getLogger(__name__)
@@ -65,12 +72,6 @@ class EngineSettings:
 
 def _round16(side: float) -> int:
     return int(min(MAX_SIDE, max(MIN_SIDE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)))
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Generator:
@@ -152,9 +153,8 @@ class Generator:
         """The control image and keypoints a generation with this request would use."""
         control = self._control(request, {})
         keypoints = pose_to_openpose_json(control.pose) if control.pose is not None else None
-        return PosePreview(
-            _png(control.image), keypoints, control.image.width, control.image.height, control.detected
-        )
+        pose_png = encode_image(control.image, OutputFormat.png)
+        return PosePreview(pose_png, keypoints, control.image.width, control.image.height, control.detected)
 
     def _engine_job(self, request: GenerationRequest, control: ControlResult) -> EngineJob:
         width, height = control.image.size
@@ -182,7 +182,7 @@ class Generator:
         pose_png: bytes | None = None
         keypoints: dict[str, Any] | None = None
         if request.return_pose:
-            pose_png = _png(control.image)
+            pose_png = encode_image(control.image, OutputFormat.png)
             keypoints = pose_to_openpose_json(control.pose) if control.pose is not None else None
         timings["encode"] = time.perf_counter() - start
         return GenerationResult(
