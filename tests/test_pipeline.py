@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sd3pose.pipeline import Generator
+from sd3pose.pose.openpose_json import pose_from_openpose_json
 from sd3pose.request import parse_request
 
 
@@ -31,7 +32,8 @@ def test_output_size_follows_the_input_aspect_ratio(
     generator: Generator, source: tuple[int, int], extra: dict, expected: tuple[int, int]
 ) -> None:
     request = parse_request({"prompt": "x", "pose_keypoints": canvas(*source), **extra})
-    assert generator._output_size(request, None) == expected
+    keypoints = pose_from_openpose_json(request.pose_keypoints)
+    assert generator._output_size(request, None, keypoints) == expected
 
 
 def test_warm_up_loads_the_pose_models_before_the_first_request(tiny_engine) -> None:  # noqa: ANN001

@@ -21,6 +21,7 @@ from sd3pose.images import InputLimits, encode_image, load_image, media_type
 from sd3pose.pose.cache import CachedPoseDetector
 from sd3pose.pose.control import ControlResult, build_control_image
 from sd3pose.pose.detect import PoseDetector, get_detector
+from sd3pose.pose.keypoints import Pose
 from sd3pose.pose.openpose_json import pose_from_openpose_json, pose_to_openpose_json
 from sd3pose.request import (
     MAX_SIDE,
@@ -114,12 +115,13 @@ class Generator:
         image = load_image(request.image, self.input_limits) if request.image is not None else None
         timings["load_image"] = time.perf_counter() - start
 
-        width, height = self._output_size(request, image)
+        given = pose_from_openpose_json(request.pose_keypoints) if request.pose_keypoints is not None else None
+        width, height = self._output_size(request, image, given)
         start = time.perf_counter()
         needs_detector = image is not None and request.pose_mode is not PoseMode.none
         control = build_control_image(
             image,
-            request.pose_keypoints,
+            given,
             mode=request.pose_mode,
             parts=request.pose_parts,
             width=width,
@@ -130,13 +132,14 @@ class Generator:
         timings["pose"] = time.perf_counter() - start
         return control
 
-    def _output_size(self, request: GenerationRequest, image: Image.Image | None) -> tuple[int, int]:
+    def _output_size(
+        self, request: GenerationRequest, image: Image.Image | None, keypoints: Pose | None
+    ) -> tuple[int, int]:
         native = self.engine.native_resolution
         if image is not None:
             source = image.size
-        elif request.pose_keypoints is not None:
-            canvas = pose_from_openpose_json(request.pose_keypoints)
-            source = (canvas.width, canvas.height)
+        elif keypoints is not None:
+            source = (keypoints.width, keypoints.height)
         else:
             source = (native, native)
         if request.width and request.height:

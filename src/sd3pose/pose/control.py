@@ -79,7 +79,7 @@ def _select_parts(pose: Pose, parts: frozenset[str]) -> Pose:
 
 def build_control_image(
     image: Image.Image | None,
-    keypoints: dict[str, Any] | None,
+    keypoints: Pose | dict[str, Any] | None,
     *,
     mode: PoseMode,
     parts: Iterable[PosePart | str],
@@ -90,16 +90,17 @@ def build_control_image(
 ) -> ControlResult:
     """The control image of a request, exactly width x height.
 
-    Keypoints, when given, win over the image. Otherwise the image is used as is (mode none, or
-    mode auto and it looks like a pose map) or goes through detection (mode detect, or a photo in
-    mode auto). Raises NoPersonFoundError when detection finds nobody.
+    Keypoints (OpenPose JSON, or a Pose already parsed from it), when given, win over the image.
+    Otherwise the image is used as is (mode none, or mode auto and it looks like a pose map) or goes
+    through detection (mode detect, or a photo in mode auto). Raises NoPersonFoundError when
+    detection finds nobody.
     """
     selected = normalize_parts(parts)
     if not selected:
         raise InvalidRequestError("pose_parts must name at least one of body, hands, face")
     mode = PoseMode(mode)
     if keypoints is not None:
-        given = pose_from_openpose_json(keypoints)
+        given = keypoints if isinstance(keypoints, Pose) else pose_from_openpose_json(keypoints)
         fitted = _select_parts(Fit.between(given.width, given.height, width, height, resize_mode).pose(given), selected)
         log.info("control image from %d person(s) of given keypoints", len(fitted.people))
         return ControlResult(render_pose(fitted, width, height, selected), fitted, detected=False)
