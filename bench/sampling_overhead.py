@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from sd3pose.engine import Engine
+from sd3pose.engine import Engine, RowGroup, Sd3Denoiser
 from sd3pose.engine.tiny import write_tiny_model
 from sd3pose.sampling import SAMPLER_NAMES, SAMPLERS, get_sigmas, sample
 
@@ -54,15 +54,15 @@ def main() -> None:
         engine = Engine.load(base, control, device=args.device, dtype="fp32")
         pose = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8))
         sigmas = get_sigmas("sgm_uniform", STEPS)
-        denoiser = engine.make_denoiser(
-            engine.text.encode("a dancer on a stage"),
-            engine.text.encode("low quality,less details"),
-            engine.encode_control(pose, args.size, args.size),
-            batch=1,
+        group = RowGroup(
+            cond=engine.text.encode("a dancer on a stage"),
+            uncond=engine.text.encode("low quality,less details"),
+            control=engine.encode_control(pose, args.size, args.size),
+            samples=1,
             guidance_scale=7.0,
             strength=0.8,
-            sigmas=sigmas,
         )
+        denoiser = Sd3Denoiser(engine, [group], sigmas)
         shape = (1, engine.latent_channels, args.size // engine.vae_scale_factor, args.size // engine.vae_scale_factor)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
         target = torch.zeros_like(x)

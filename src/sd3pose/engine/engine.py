@@ -102,7 +102,7 @@ class Sd3Denoiser:
 
     With guidance > 1 the unconditional and conditional rows go through the models together
     ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run.
-    A merged batch (`for_groups`) holds several jobs' rows, each with its own prompt, negative
+    A merged batch holds several jobs' rows (one `RowGroup` each), each with its own prompt, negative
     prompt, control latent, guidance, strength and control window: guidance is applied per row, and
     when the rows' ControlNet scales differ the ControlNet runs at scale 1 and its residuals are
     scaled per row (the same float32 product diffusers forms with a scalar, so a row's result does
@@ -112,42 +112,14 @@ class Sd3Denoiser:
     def __init__(
         self,
         engine: Engine,
-        cond: PromptEmbeds,
-        uncond: PromptEmbeds | None,
-        control_latents: torch.Tensor,
-        batch: int,
-        guidance_scale: float,
-        strength: float,
-        sigmas: torch.Tensor,
-        control_start: float = 0.0,
-        control_end: float = 1.0,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> None:
-        if guidance_scale > 1.0 and uncond is None:
-            raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
-        group = RowGroup(cond, uncond, control_latents, batch, guidance_scale, strength, control_start, control_end)
-        self._setup(engine, [group], sigmas, cancelled)
-
-    @classmethod
-    def for_groups(
-        cls,
-        engine: Engine,
         groups: list[RowGroup],
         sigmas: torch.Tensor,
         cancelled: Callable[[], bool] | None = None,
-    ) -> Sd3Denoiser:
-        """A denoiser over several jobs' rows, in the order given (x's rows follow the same order)."""
+    ) -> None:
+        """A denoiser over the rows of `groups`, in the order given (x's rows follow the same order)."""
         if any(g.guidance_scale > 1.0 and g.uncond is None for g in groups):
             raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
-        denoiser = cls.__new__(cls)
-        denoiser._setup(engine, groups, sigmas, cancelled)
-        return denoiser
-
-    def _setup(
-        self, engine: Engine, groups: list[RowGroup], sigmas: torch.Tensor, cancelled: Callable[[], bool] | None
-    ) -> None:
         self.engine = engine
-        self.groups = groups
         self.batch = sum(g.samples for g in groups)
         guided = [g for g in groups if g.guidance_scale > 1.0]
         self.cfg = bool(guided)
@@ -168,7 +140,6 @@ class Sd3Denoiser:
         self.guided_rows = torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long, device=engine.device)
         scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.guidance_scale > 1.0]
         self.guidance = torch.tensor(scales, dtype=torch.float32, device=engine.device).view(-1, 1, 1, 1)
-        self.guidance_scale = groups[0].guidance_scale if len({g.guidance_scale for g in groups}) == 1 else None
         controlnet = engine.controlnet
         # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' rule).
         if getattr(controlnet.config, "force_zeros_for_pooled_projection", True):
@@ -193,10 +164,6 @@ class Sd3Denoiser:
         steps, step = len(self.step_sigmas), self.step_index(sigma)
         per_group = [g.strength * control_keep(step, steps, g.control_start, g.control_end) for g in self.row_groups]
         return [scale for g, scale in zip(self.row_groups, per_group, strict=True) for _ in range(g.samples)]
-
-    def control_scale(self, sigma: float) -> float:
-        """The ControlNet scale at this sigma when every row shares it (a single job)."""
-        return self.row_control_scales(sigma)[0]
 
     def _control_blocks(self, model_in: torch.Tensor, timestep: torch.Tensor, sigma: float) -> list | None:
         scales = self.row_control_scales(sigma)
@@ -411,35 +378,6 @@ class Engine:
             shift = self.vae.config.shift_factor
         return (latent - shift) * self.vae.config.scaling_factor
 
-    def make_denoiser(
-        self,
-        cond: PromptEmbeds,
-        uncond: PromptEmbeds | None,
-        control_latents: torch.Tensor,
-        *,
-        batch: int,
-        guidance_scale: float,
-        strength: float,
-        sigmas: torch.Tensor,
-        control_start: float = 0.0,
-        control_end: float = 1.0,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> Sd3Denoiser:
-        """The denoiser for a batch of `batch` samples sharing one conditioning."""
-        return Sd3Denoiser(
-            self,
-            cond,
-            uncond,
-            control_latents,
-            batch,
-            guidance_scale,
-            strength,
-            sigmas,
-            control_start=control_start,
-            control_end=control_end,
-            cancelled=cancelled,
-        )
-
     def sigmas(self, scheduler: str, steps: int) -> torch.Tensor:
         from sd3pose.sampling import get_sigmas
 
@@ -527,7 +465,7 @@ class Engine:
             for job in jobs
         ]
         sigmas = self.sigmas(first.scheduler, first.steps)
-        denoiser = Sd3Denoiser.for_groups(self, groups, sigmas, cancelled=all_cancelled if checks else None)
+        denoiser = Sd3Denoiser(self, groups, sigmas, cancelled=all_cancelled if checks else None)
         shape = (self.latent_channels, first.height // self.vae_scale_factor, first.width // self.vae_scale_factor)
         seeds = [seed for job in jobs for seed in job.seeds]
         x = initial_noise(seeds, shape, self.device) * float(sigmas[0])
