@@ -9,7 +9,9 @@ import pytest
 from sd3pose.distributed.config import check_broker_url, queue_name
 from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
-from sd3pose.errors import InvalidRequestError
+from sd3pose.distributed.queue import CeleryJobQueue
+from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.request import parse_request
 from sd3pose.results import GenerationResult
 from sd3pose.service.jobs import JobStatus
 
@@ -52,6 +54,27 @@ def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None
     assert store.get(failed.id).error == "boom" and store.depth("q") == 0
 
 
+def test_a_job_the_broker_does_not_take_fails_refunded_once_with_a_clear_error(redis_server, client) -> None:  # noqa: ANN001
+    keys = RedisKeyStore(client)
+    key, _ = keys.create("payer", credits=3)
+    queue = CeleryJobQueue(redis_server.url, "q", client=client)
+
+    def broker_down(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise ConnectionError("Error 111 connecting to 10.0.0.7:6379")
+
+    queue.celery.send_task = broker_down
+    created, real_create = [], queue.store.create
+    queue.store.create = lambda **fields: created.append(real_create(**fields)) or created[-1]
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "seed": 5})
+    assert keys.reserve(key.id, 1.0)  # what the app reserves before submitting
+    with pytest.raises(Sd3PoseError) as refused:
+        queue.submit(request, kind="async", key_id=key.id, reserved=1.0)
+    assert "broker is unreachable" in refused.value.message and "10.0.0.7" not in refused.value.message
+    assert keys.balance(key.id) == 3 and queue.depth() == 0
+    assert queue.get(created[0].id).status is JobStatus.FAILED  # recorded and settled, not left QUEUED
+    queue.stop()
+
+
 def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:  # noqa: ANN001
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("capped", credits=5)
@@ -61,6 +84,18 @@ def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:  # noqa: ANN001
     assert store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=1) is None
     store.cancel(first.id, "timed out")
     assert store.get(first.id).status is JobStatus.FAILED and keys.balance(key.id) == 5
+
+
+def test_a_job_whose_record_lapsed_unstarted_stops_filling_the_queue(client) -> None:  # noqa: ANN001
+    store = RedisJobStore(client, result_ttl_s=60)
+    stale = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=1)
+    # A day and more with no worker: the record expired, its waiting entry is as old as the record ttl.
+    client.delete(f"sd3pose:job:{stale.id}")
+    client.zadd("sd3pose:queued:q", {stale.id: stale.created_at - 60 - 86400 - 1})
+    assert store.depth("q") == 0
+    fresh = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=1)
+    assert fresh is not None and store.depth("q") == 1
+    assert client.zrange("sd3pose:queued:q", 0, -1) == [fresh.id.encode()]
 
 
 def test_sync_job_without_a_waiting_api_is_dropped_by_the_worker(client) -> None:  # noqa: ANN001

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import sqlite3
 import threading
 import time
 import zipfile
@@ -216,6 +217,32 @@ def test_429_when_the_queue_is_full(tmp_path) -> None:  # noqa: ANN001
         assert full.headers["x-remaining-credits"] == "8"  # the refused job's credit came back
         generator.gate.set()
         poll(client, first["status_url"], headers, {"COMPLETED"})
+
+
+def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplog) -> None:  # noqa: ANN001
+    generator = ScriptedGenerator()
+    with TestClient(make_app(tmp_path, generator)) as client:
+        wait_ready(client)
+        headers = {"x-api-key": new_key(client, credits=10)}
+        db = client.app.state.services.queue.db
+        real_execute = db.execute
+
+        def full_disk(sql: str, params: tuple = ()):  # noqa: ANN202
+            if sql.startswith("INSERT INTO jobs"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_execute(sql, params)
+
+        db.execute = full_disk
+        with caplog.at_level(logging.ERROR):
+            for path in ("/v1/sd3-med-pose", "/v2/sd3-med-pose"):
+                response = client.post(path, json=REQUEST, headers=headers)
+                assert response.status_code == 500
+                assert "could not record the job" in response.json()["error"]
+                assert "disk is full" not in response.text  # the detail goes to the log, not to users
+        assert any("disk is full" in r.getMessage() for r in caplog.records)
+        db.execute = real_execute
+        ok = client.post("/v1/sd3-med-pose", json=REQUEST, headers=headers)
+        assert ok.status_code == 200 and ok.headers["x-remaining-credits"] == "9"  # the two failures cost nothing
 
 
 def test_500_is_generic_logged_and_the_server_stays_up(client: TestClient, generator: ScriptedGenerator,

@@ -27,7 +27,10 @@ from sd3pose.service.jobs import JobInfo, JobStatus
 QUEUED_GRACE_S = 86400
 WAITER_LEASE_S = 15.0
 
+# ARGV: max_queue, record ttl, now, job id, fields... Waiting entries older than the record ttl point at
+# records that lapsed unstarted (e.g. a day with no worker): they are dropped so they stop counting.
 _CREATE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[2])))
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -148,7 +151,7 @@ class RedisJobStore:
         fields = {"kind": kind, "status": JobStatus.QUEUED.value, "key_id": key_id or "", "reserved": repr(reserved),
                   "samples": samples, "created_at": repr(now), "queue": queue}
         flat = [item for pair in fields.items() for item in pair]
-        ttl = int(self.result_ttl_s + QUEUED_GRACE_S)
+        ttl = self._record_ttl_s()
         if kind == "sync":
             self.touch_waiter(job_id)
         created = self._create(keys=[job_key(job_id), queued_key(queue)],
@@ -204,7 +207,11 @@ class RedisJobStore:
             self.finish(job_id, JobStatus.FAILED, error=reason, error_code=error_code)
 
     def depth(self, queue: str) -> int:
-        return int(self.redis.zcard(queued_key(queue)))
+        """Jobs waiting on `queue` (not those whose record lapsed unstarted)."""
+        return int(self.redis.zcount(queued_key(queue), time.time() - self._record_ttl_s(), "+inf"))
+
+    def _record_ttl_s(self) -> int:
+        return int(self.result_ttl_s + QUEUED_GRACE_S)
 
     def forget(self, job_id: str) -> None:
         """Drop a delivered sync result's bytes (its client has them)."""

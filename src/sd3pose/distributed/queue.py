@@ -101,10 +101,12 @@ class CeleryJobQueue:
             self.celery.send_task(TASK_GENERATE, args=[info.id, request.model_dump_json(by_alias=True)],
                                   queue=self.queue, task_id=info.id)
         except Exception as exc:
-            # Not delivered: end it (which refunds its credits) and tell the client.
+            # Not delivered: end it (which refunds its credits) and tell the client; the detail is logged.
+            log.error("could not send job %s to the broker: %s", info.id, exc)
             self.store.finish(info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly",
                               error_code=500)
-            raise Sd3PoseError(f"could not queue the job: {exc}") from exc
+            raise Sd3PoseError("the job broker is unreachable, so the job was not queued and charged nothing; "
+                               "retry shortly, and tell the operator if this persists") from exc
         return info
 
     def get(self, job_id: str) -> JobInfo | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -76,7 +77,11 @@ class JobQueue(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
-    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo: ...
+    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
+        """Queue a job. QueueFullError: nothing was recorded (the caller returns the reservation).
+        Any other error: the job was recorded FAILED and settled through `on_finished` (refunded)."""
+        ...
+
     def get(self, job_id: str) -> JobInfo | None: ...
     def wait(self, job_id: str, timeout_s: float) -> JobInfo | None: ...
     def result(self, job_id: str) -> GenerationResult | None: ...
@@ -209,17 +214,25 @@ class EmbeddedJobQueue:
                 raise QueueFullError(
                     f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
                 )
-            self.db.execute(
-                "INSERT INTO jobs (id, kind, status, key_id, reserved, samples, request_json, created_at) "
-                "VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
-                (job_id, kind, key_id, reserved, request.samples, request.model_dump_json(by_alias=True), now),
-            )
-            self._requests[job_id] = request
-            self._events[job_id] = threading.Event()
-            self._pending.append(job_id)
-            self._cond.notify()
-        return JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
+            try:
+                self.db.execute(
+                    "INSERT INTO jobs (id, kind, status, key_id, reserved, samples, request_json, created_at) "
+                    "VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
+                    (job_id, kind, key_id, reserved, request.samples, request.model_dump_json(by_alias=True), now),
+                )
+            except sqlite3.Error as exc:
+                unrecorded = exc
+            else:
+                unrecorded = None
+                self._requests[job_id] = request
+                self._events[job_id] = threading.Event()
+                self._pending.append(job_id)
+                self._cond.notify()
+        info = JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
                        created_at=now, samples=request.samples)
+        if unrecorded is not None:
+            self._settle_unrecorded(info, unrecorded)
+        return info
 
     def get(self, job_id: str) -> JobInfo | None:
         rows = self.db.query(f"SELECT {INFO_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -335,6 +348,16 @@ class EmbeddedJobQueue:
         self._finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
 
     # --- internals -------------------------------------------------------------------------------------
+
+    def _settle_unrecorded(self, info: JobInfo, exc: sqlite3.Error) -> None:
+        """A job the store could not record (e.g. a full disk) ends FAILED at once, so its credits come back."""
+        log.error("could not record job %s: %s", info.id, exc)
+        info.status, info.finished_at = JobStatus.FAILED, time.time()
+        info.error, info.error_code = "the job store could not record the job", 500
+        if self.on_finished is not None:
+            self.on_finished(info)
+        raise Sd3PoseError("the server could not record the job (its storage failed) and charged nothing; retry "
+                           "shortly, and tell the operator if this persists") from exc
 
     def _finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
                 result_meta: dict[str, Any] | None = None) -> None:
