@@ -13,7 +13,7 @@ from sd3pose.distributed.queue import CeleryJobQueue
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import parse_request
 from sd3pose.results import GenerationResult
-from sd3pose.service.jobs import JobStatus
+from sd3pose.service.jobs import JobNotRecordedError, JobStatus
 
 
 @pytest.fixture
@@ -54,21 +54,30 @@ def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None
     assert store.get(failed.id).error == "boom" and store.depth("q") == 0
 
 
-def test_a_job_the_broker_does_not_take_fails_refunded_once_with_a_clear_error(redis_server, client) -> None:  # noqa: ANN001
+def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_server, client) -> None:  # noqa: ANN001
     keys = RedisKeyStore(client)
     key, _ = keys.create("payer", credits=3)
     queue = CeleryJobQueue(redis_server.url, "q", client=client)
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "seed": 5})
+    real_create = queue.store.create
 
-    def broker_down(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def unreachable(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
         raise ConnectionError("Error 111 connecting to 10.0.0.7:6379")
 
-    queue.celery.send_task = broker_down
-    created, real_create = [], queue.store.create
+    # Redis refuses the record: nothing of the job exists, so the caller (the app) returns the reservation.
+    queue.store.create = unreachable
+    with pytest.raises(JobNotRecordedError) as refused:
+        queue.submit(request, kind="async", key_id=key.id, reserved=1.0)
+    assert "store is unreachable" in refused.value.message and "10.0.0.7" not in refused.value.message
+
+    # The record is made but the broker refuses the task: the queue ends the job FAILED and refunds it.
+    created = []
     queue.store.create = lambda **fields: created.append(real_create(**fields)) or created[-1]
-    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "seed": 5})
+    queue.celery.send_task = unreachable
     assert keys.reserve(key.id, 1.0)  # what the app reserves before submitting
     with pytest.raises(Sd3PoseError) as refused:
         queue.submit(request, kind="async", key_id=key.id, reserved=1.0)
+    assert not isinstance(refused.value, JobNotRecordedError)  # settled here: the app must not refund again
     assert "broker is unreachable" in refused.value.message and "10.0.0.7" not in refused.value.message
     assert keys.balance(key.id) == 3 and queue.depth() == 0
     assert queue.get(created[0].id).status is JobStatus.FAILED  # recorded and settled, not left QUEUED

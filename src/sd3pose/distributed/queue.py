@@ -26,7 +26,7 @@ from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.service.errors import ServiceError
-from sd3pose.service.jobs import JobInfo, JobStatus, QueueFullError
+from sd3pose.service.jobs import JobInfo, JobNotRecordedError, JobStatus, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,13 @@ class CeleryJobQueue:
     def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
-        info = self.store.create(queue=self.queue, kind=kind, key_id=key_id, reserved=reserved,
-                                 samples=request.samples, max_queue=self.max_queue)
+        try:
+            info = self.store.create(queue=self.queue, kind=kind, key_id=key_id, reserved=reserved,
+                                     samples=request.samples, max_queue=self.max_queue)
+        except Exception as exc:  # Redis unreachable: nothing recorded; the detail is for the operator's log
+            log.error("could not record a job in Redis: %s", exc)
+            raise JobNotRecordedError("the job store is unreachable; retry shortly, and tell the operator if "
+                                      "this persists") from exc
         if info is None:
             raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); retry after the "
                                  "Retry-After delay")

@@ -16,7 +16,15 @@ from sd3pose.results import GenerationResult
 from sd3pose.service.access import AccessMiddleware
 from sd3pose.service.auth import Principal
 from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
-from sd3pose.service.jobs import EmbeddedJobQueue, GeneratorLike, JobInfo, JobQueue, JobStatus, QueueFullError
+from sd3pose.service.jobs import (
+    EmbeddedJobQueue,
+    GeneratorLike,
+    JobInfo,
+    JobNotRecordedError,
+    JobQueue,
+    JobStatus,
+    QueueFullError,
+)
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.metrics import Metrics
 from sd3pose.service.ratelimit import RateLimiter
@@ -75,10 +83,12 @@ class Services:
             )
         try:
             return self.queue.submit(request, kind=kind, key_id=key.id if key else None, reserved=cost)
-        except QueueFullError as exc:
+        except JobNotRecordedError as exc:  # nothing of the job exists: its reservation comes back here
             if key is not None:
                 self.keys.refund(key.id, cost)
-            raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
+            if isinstance(exc, QueueFullError):
+                raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
+            raise
 
     def job_finished(self, info: JobInfo) -> None:
         # Charged only for delivered images: a job that did not complete gives its credits back.

@@ -39,7 +39,11 @@ class JobStatus(str, Enum):
 TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED)
 
 
-class QueueFullError(Sd3PoseError):
+class JobNotRecordedError(Sd3PoseError):
+    """The queue recorded nothing of the job (its store failed): the caller returns the reservation."""
+
+
+class QueueFullError(JobNotRecordedError):
     status_code = 429
 
 
@@ -78,8 +82,8 @@ class JobQueue(Protocol):
     def stop(self) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
     def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
-        """Queue a job. QueueFullError: nothing was recorded (the caller returns the reservation).
-        Any other error: the job was recorded FAILED and settled through `on_finished` (refunded)."""
+        """Queue a job. JobNotRecordedError (QueueFullError included): nothing of it exists, so the caller
+        returns its reservation. Any other error: it was recorded, and ended FAILED and refunded."""
         ...
 
     def get(self, job_id: str) -> JobInfo | None: ...
@@ -220,18 +224,18 @@ class EmbeddedJobQueue:
                     "VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
                     (job_id, kind, key_id, reserved, request.samples, request.model_dump_json(by_alias=True), now),
                 )
-            except sqlite3.Error as exc:
-                unrecorded = exc
-            else:
-                unrecorded = None
-                self._requests[job_id] = request
-                self._events[job_id] = threading.Event()
-                self._pending.append(job_id)
-                self._cond.notify()
+            except sqlite3.Error as exc:  # e.g. a full disk; the detail is for the operator's log
+                log.error("could not record job %s: %s", job_id, exc)
+                raise JobNotRecordedError(
+                    "the server could not record the job (its storage failed); retry shortly, and tell the "
+                    "operator if this persists"
+                ) from exc
+            self._requests[job_id] = request
+            self._events[job_id] = threading.Event()
+            self._pending.append(job_id)
+            self._cond.notify()
         info = JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
                        created_at=now, samples=request.samples)
-        if unrecorded is not None:
-            self._settle_unrecorded(info, unrecorded)
         return info
 
     def get(self, job_id: str) -> JobInfo | None:
@@ -348,16 +352,6 @@ class EmbeddedJobQueue:
         self._finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
 
     # --- internals -------------------------------------------------------------------------------------
-
-    def _settle_unrecorded(self, info: JobInfo, exc: sqlite3.Error) -> None:
-        """A job the store could not record (e.g. a full disk) ends FAILED at once, so its credits come back."""
-        log.error("could not record job %s: %s", info.id, exc)
-        info.status, info.finished_at = JobStatus.FAILED, time.time()
-        info.error, info.error_code = "the job store could not record the job", 500
-        if self.on_finished is not None:
-            self.on_finished(info)
-        raise Sd3PoseError("the server could not record the job (its storage failed) and charged nothing; retry "
-                           "shortly, and tell the operator if this persists") from exc
 
     def _finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
                 result_meta: dict[str, Any] | None = None) -> None:
