@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from sd3pose.distributed.config import check_broker_url, queue_name
-from sd3pose.distributed.jobstore import RedisJobStore
+from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
 from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
 from sd3pose.distributed.queue import CeleryJobQueue
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
@@ -95,16 +96,23 @@ def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:  # noqa: ANN001
     assert store.get(first.id).status is JobStatus.FAILED and keys.balance(key.id) == 5
 
 
-def test_a_job_whose_record_lapsed_unstarted_stops_filling_the_queue(client) -> None:  # noqa: ANN001
-    store = RedisJobStore(client, result_ttl_s=60)
-    stale = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=1)
-    # A day and more with no worker: the record expired, its waiting entry is as old as the record ttl.
-    client.delete(f"sd3pose:job:{stale.id}")
-    client.zadd("sd3pose:queued:q", {stale.id: stale.created_at - 60 - 86400 - 1})
+def test_a_job_no_worker_takes_for_a_day_ends_refunded_and_frees_its_place(client) -> None:  # noqa: ANN001
+    keys, store = RedisKeyStore(client), RedisJobStore(client)
+    key, _ = keys.create("patient", credits=5)
+    assert keys.reserve(key.id, 2.0) and keys.reserve(key.id, 1.0)
+    stale = store.create(queue="q", kind="async", key_id=key.id, reserved=2.0, samples=2, max_queue=2)
+    lapsed = store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=2)
+    day_ago = time.time() - QUEUED_GRACE_S - 1
+    client.zadd("sd3pose:queued:q", {stale.id: day_ago, lapsed.id: day_ago})  # a day with no worker
+    client.delete(f"sd3pose:job:{lapsed.id}")  # ... and one whose record is gone by now
+    assert client.ttl(f"sd3pose:job:{stale.id}") > QUEUED_GRACE_S  # the record outlives the wait
     assert store.depth("q") == 0
+    ended = store.get(stale.id)
+    assert ended.status is JobStatus.FAILED and "no worker took this job" in ended.error and ended.error_code == 503
+    assert keys.balance(key.id) == 4  # the settled job's 2 credits are back (the lapsed record's 1 is lost)
     fresh = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=1)
     assert fresh is not None and store.depth("q") == 1
-    assert client.zrange("sd3pose:queued:q", 0, -1) == [fresh.id.encode()]
+    assert store.start(stale.id, "late-worker") is None  # a worker arriving later does not run it
 
 
 def test_sync_job_without_a_waiting_api_is_dropped_by_the_worker(client) -> None:  # noqa: ANN001

@@ -23,14 +23,13 @@ from sd3pose.distributed.config import PREFIX
 from sd3pose.results import GenerationResult
 from sd3pose.service.jobs import JobInfo, JobStatus
 
-# Queued jobs are kept this long beyond the result TTL before their record lapses.
+# A job no worker started within this time ends FAILED (refunded) at the next submit or depth check.
 QUEUED_GRACE_S = 86400
+# Records of unfinished jobs lapse after this long (a safety net for jobs nobody ever settles).
+UNFINISHED_RECORD_S = 7 * 86400
 WAITER_LEASE_S = 15.0
 
-# ARGV: max_queue, record ttl, now, job id, fields... Waiting entries older than the record ttl point at
-# records that lapsed unstarted (e.g. a day with no worker): they are dropped so they stop counting.
 _CREATE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[2])))
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -151,7 +150,8 @@ class RedisJobStore:
         fields = {"kind": kind, "status": JobStatus.QUEUED.value, "key_id": key_id or "", "reserved": repr(reserved),
                   "samples": samples, "created_at": repr(now), "queue": queue}
         flat = [item for pair in fields.items() for item in pair]
-        ttl = self._record_ttl_s()
+        ttl = int(self.result_ttl_s + UNFINISHED_RECORD_S)
+        self.expire_waiting(queue)
         if kind == "sync":
             self.touch_waiter(job_id)
         created = self._create(keys=[job_key(job_id), queued_key(queue)],
@@ -207,11 +207,19 @@ class RedisJobStore:
             self.finish(job_id, JobStatus.FAILED, error=reason, error_code=error_code)
 
     def depth(self, queue: str) -> int:
-        """Jobs waiting on `queue` (not those whose record lapsed unstarted)."""
-        return int(self.redis.zcount(queued_key(queue), time.time() - self._record_ttl_s(), "+inf"))
+        """Jobs waiting on `queue` for a worker."""
+        self.expire_waiting(queue)
+        return int(self.redis.zcard(queued_key(queue)))
 
-    def _record_ttl_s(self) -> int:
-        return int(self.result_ttl_s + QUEUED_GRACE_S)
+    def expire_waiting(self, queue: str) -> None:
+        """End the jobs that waited over QUEUED_GRACE_S for a worker: FAILED, and their credits refunded."""
+        stale = self.redis.zrangebyscore(queued_key(queue), "-inf", f"({time.time() - QUEUED_GRACE_S!r}")
+        error = (f"no worker took this job within {QUEUED_GRACE_S / 3600:g} h; submit it again once a worker "
+                 "serves this model")
+        for raw in stale:
+            job_id = as_text(raw)
+            self.finish(job_id, JobStatus.FAILED, error=error, error_code=503)
+            self.redis.zrem(queued_key(queue), job_id)  # also when its record had already lapsed
 
     def forget(self, job_id: str) -> None:
         """Drop a delivered sync result's bytes (its client has them)."""

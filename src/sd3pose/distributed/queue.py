@@ -110,8 +110,8 @@ class CeleryJobQueue:
             log.error("could not send job %s to the broker: %s", info.id, exc)
             self.store.finish(info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly",
                               error_code=500)
-            raise Sd3PoseError("the job broker is unreachable, so the job was not queued and charged nothing; "
-                               "retry shortly, and tell the operator if this persists") from exc
+            raise Sd3PoseError("the job broker is unreachable, so the job was not queued; retry shortly, and tell "
+                               "the operator if this persists") from exc
         return info
 
     def get(self, job_id: str) -> JobInfo | None:

@@ -234,9 +234,8 @@ class EmbeddedJobQueue:
             self._events[job_id] = threading.Event()
             self._pending.append(job_id)
             self._cond.notify()
-        info = JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
+        return JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
                        created_at=now, samples=request.samples)
-        return info
 
     def get(self, job_id: str) -> JobInfo | None:
         rows = self.db.query(f"SELECT {INFO_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
