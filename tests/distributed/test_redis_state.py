@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from sd3pose.distributed.config import check_broker_url, queue_name
 from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
@@ -63,7 +64,7 @@ def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_serv
     real_create = queue.store.create
 
     def unreachable(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        raise ConnectionError("Error 111 connecting to 10.0.0.7:6379")
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.7:6379")
 
     # Redis refuses the record: nothing of the job exists, so the caller (the app) returns the reservation.
     queue.store.create = unreachable

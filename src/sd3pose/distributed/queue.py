@@ -13,6 +13,8 @@ import time
 import uuid
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from sd3pose.distributed.celery_app import TASK_GENERATE, TASK_PREVIEW, make_celery
 from sd3pose.distributed.config import (
     DEFAULT_RESTORE_INTERVAL_S,
@@ -95,7 +97,7 @@ class CeleryJobQueue:
         try:
             info = self.store.create(queue=self.queue, kind=kind, key_id=key_id, reserved=reserved,
                                      samples=request.samples, max_queue=self.max_queue)
-        except Exception as exc:  # Redis unreachable: nothing recorded; the detail is for the operator's log
+        except (RedisError, OSError) as exc:  # Redis unreachable: nothing recorded; the detail goes to the log
             log.error("could not record a job in Redis: %s", exc)
             raise JobNotRecordedError("the job store is unreachable; retry shortly, and tell the operator if "
                                       "this persists") from exc
