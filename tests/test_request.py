@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sd3pose.errors import InvalidRequestError
@@ -73,6 +75,32 @@ def test_bad_input_names_the_field_and_the_fix(body: object, expected: str) -> N
         parse_request(body)
     assert expected in caught.value.message
     assert caught.value.status_code == 400
+
+
+def _nested(levels: int) -> dict:
+    keypoints: dict = {"people": []}
+    inner = keypoints
+    for _ in range(levels):
+        inner["more"] = {}
+        inner = inner["more"]
+    return keypoints
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # JSON may spell lone surrogates ("\\ud800"); they are not text, and no job could be stored with them.
+        (json.loads('{"image": "aGVsbG8=\\ud800", "prompt": "x"}'), "field 'image': contains a lone surrogate"),
+        (json.loads('{"image": "aGVsbG8=", "prompt": "x", "negative_prompt": "\\udc00"}'), "field 'negative_prompt'"),
+        (json.loads('{"pose_keypoints": {"people": [], "\\ud800": 1}, "prompt": "x"}'), "field 'pose_keypoints'"),
+        ({"pose_keypoints": _nested(220), "prompt": "x"}, "field 'pose_keypoints': is nested deeper than 8 levels"),
+    ],
+)
+def test_input_that_could_not_be_stored_as_a_job_is_refused(body: dict, expected: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        request = parse_request(body)
+        request.model_dump_json()  # what queuing the job does; reached only if parsing wrongly accepted it
+    assert expected in caught.value.message
 
 
 def test_every_bad_field_is_reported_at_once() -> None:

@@ -29,6 +29,8 @@ MAX_SEED = 2**32 - 1
 SIZE_MULTIPLE = 16
 MIN_SIDE = 64
 MAX_SIDE = 2048
+# OpenPose JSON nests three levels ({people: [{pose_keypoints_2d: [...]}]}); more is not keypoints.
+MAX_KEYPOINTS_DEPTH = 8
 
 
 class PoseMode(str, Enum):
@@ -115,6 +117,20 @@ class GenerationRequest(BaseModel):
         None, description="OpenPose JSON ({people: [...], canvas_width, canvas_height}) instead of an image."
     )
 
+    @field_validator("image", "prompt", "negative_prompt")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_text(value)
+        return value
+
+    @field_validator("pose_keypoints")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            _check_json(value, depth=1)
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
@@ -188,6 +204,31 @@ class GenerationRequest(BaseModel):
         if self.seed < 0:
             raise RuntimeError("resolve the random seed first (with_seed_resolved)")
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.samples)]
+
+
+def _check_text(value: str) -> None:
+    """JSON may carry lone surrogate escapes ("\\ud800"), which are not text: jobs could not be stored."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("contains a lone surrogate escape such as \\ud800, which is not text; send valid "
+                             "UTF-8") from None
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if depth > MAX_KEYPOINTS_DEPTH:
+        raise ValueError(f"is nested deeper than {MAX_KEYPOINTS_DEPTH} levels; send OpenPose JSON "
+                         "({people: [{pose_keypoints_2d: [...]}], canvas_width, canvas_height})")
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
 
 
 def _describe(error: dict[str, Any]) -> str:

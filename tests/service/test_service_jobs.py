@@ -100,3 +100,29 @@ def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> Non
     assert info.status is JobStatus.FAILED and info.error == "timed out after 1 s" and info.error_code == 504
     assert settled == [JobStatus.FAILED]  # the app refunds on FAILED
     assert queue.result(job.id) is None
+
+
+def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_the_restart(tmp_path) -> None:  # noqa: ANN001
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
+    keys = KeyStore(Database(tmp_path / "db.sqlite"))
+    key, _ = keys.create("alice", credits=2)
+    assert keys.reserve(key.id, 2)
+    first = _queue(tmp_path, ScriptedGenerator(gate=threading.Event()))  # never started: both jobs stay queued
+    broken = first.submit(request, kind="async", key_id=key.id, reserved=1)
+    fine = first.submit(request, kind="async", key_id=key.id, reserved=1)
+    # e.g. written by an older version whose rules differed
+    first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": ""}', broken.id))
+
+    def settle(info) -> None:  # noqa: ANN001 - what the app does
+        if info.status is JobStatus.FAILED:
+            keys.refund(info.key_id, info.reserved)
+
+    second = _queue(tmp_path, ScriptedGenerator(), on_finished=settle)
+    second.start()
+    try:
+        _wait(second, fine.id, JobStatus.COMPLETED)
+        failed = second.get(broken.id)
+        assert failed.status is JobStatus.FAILED and "could not resume this request" in failed.error
+        assert keys.balance(key.id) == 1  # the broken job's credit came back; the finished one is paid for
+    finally:
+        second.stop()

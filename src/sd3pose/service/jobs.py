@@ -194,7 +194,14 @@ class EmbeddedJobQueue:
                 self._finish(job_id, JobStatus.FAILED, error="the server restarted before this request ran and "
                              "its client is gone; submit it again", error_code=500)
             else:
-                request = GenerationRequest.model_validate_json(row["request_json"], context={"max_samples": 1 << 30})
+                try:
+                    request = GenerationRequest.model_validate_json(row["request_json"],
+                                                                    context={"max_samples": 1 << 30})
+                except ValueError as exc:  # stored by an older version with other rules: one job, not the server
+                    log.error("job %s cannot be resumed: %s", job_id, exc)
+                    self._finish(job_id, JobStatus.FAILED, error="the server restarted and could not resume this "
+                                 "request; submit it again", error_code=500)
+                    continue
                 with self._cond:
                     self._requests[job_id] = request
                     self._events[job_id] = threading.Event()
