@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -243,6 +244,24 @@ def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplo
         db.execute = real_execute
         ok = client.post("/v1/sd3-med-pose", json=REQUEST, headers=headers)
         assert ok.status_code == 200 and ok.headers["x-remaining-credits"] == "9"  # the two failures cost nothing
+
+
+def test_a_result_that_cannot_be_written_fails_its_job_refunded_and_the_worker_goes_on(tmp_path) -> None:  # noqa: ANN001
+    with TestClient(make_app(tmp_path, ScriptedGenerator())) as client:
+        wait_ready(client)
+        headers = {"x-api-key": new_key(client, credits=10)}
+        results = tmp_path / "results"
+        shutil.rmtree(results)
+        results.write_text("the results volume is unusable")  # as a full or read-only disk would be
+        lost = client.post("/v2/sd3-med-pose", json=REQUEST, headers=headers).json()
+        status = poll(client, lost["status_url"], headers, {"COMPLETED", "FAILED"})
+        assert status["status"] == "FAILED"
+        assert "could not store the result" in client.get(lost["response_url"], headers=headers).json()["error"]
+        results.unlink()
+        results.mkdir()
+        after = client.post("/v2/sd3-med-pose", json=REQUEST, headers=headers).json()
+        assert poll(client, after["status_url"], headers, {"COMPLETED", "FAILED"})["status"] == "COMPLETED"
+        assert client.post("/v1/sd3-med-pose", json=REQUEST, headers=headers).headers["x-remaining-credits"] == "8"
 
 
 def test_500_is_generic_logged_and_the_server_stays_up(client: TestClient, generator: ScriptedGenerator,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -126,3 +127,25 @@ def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_t
         assert keys.balance(key.id) == 1  # the broken job's credit came back; the finished one is paid for
     finally:
         second.stop()
+
+
+def test_a_job_store_hiccup_while_starting_a_job_delays_it_but_loses_nothing(tmp_path) -> None:  # noqa: ANN001
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
+    queue = _queue(tmp_path, ScriptedGenerator())
+    real_execute, failures = queue.db.execute, []
+
+    def busy_once(sql: str, params: tuple = ()):  # noqa: ANN202
+        if sql.startswith("UPDATE jobs SET status = 'PROCESSING'") and not failures:
+            failures.append(sql)
+            raise sqlite3.OperationalError("database is locked")
+        return real_execute(sql, params)
+
+    queue.db.execute = busy_once
+    queue.start()
+    try:
+        jobs = [queue.submit(request, kind="async", key_id=None, reserved=0) for _ in range(2)]
+        for job in jobs:
+            _wait(queue, job.id, JobStatus.COMPLETED)
+        assert failures  # the hiccup happened, and both jobs still ran
+    finally:
+        queue.stop()

@@ -310,9 +310,16 @@ class EmbeddedJobQueue:
                 job_id = self._pending.popleft()
                 self._progress[job_id] = (0, self._requests[job_id].num_inference_steps)
                 taken.append((job_id, self._requests[job_id]))
-        for job_id, _ in taken:
-            self.db.execute("UPDATE jobs SET status = 'PROCESSING', started_at = ? WHERE id = ?",
-                            (time.time(), job_id))
+        try:
+            for job_id, _ in taken:
+                self.db.execute("UPDATE jobs SET status = 'PROCESSING', started_at = ? WHERE id = ?",
+                                (time.time(), job_id))
+        except sqlite3.Error:
+            with self._cond:  # not started after all: back to the front of the queue, in order
+                for job_id, _ in reversed(taken):
+                    self._progress.pop(job_id, None)
+                    self._pending.appendleft(job_id)
+            raise
         return taken
 
     def report_step(self, job_id: str, step: int, total: int) -> None:

@@ -43,9 +43,13 @@ class Worker:
             return
         log.info("worker on %s: ready after %.1f s", name, time.perf_counter() - start)
         while not self.queue.stopping:
-            jobs = self.queue.take(jobs_per_turn(self.queue))
-            if jobs:
-                run_jobs(self.queue, self.generator, jobs)
+            try:
+                jobs = self.queue.take(jobs_per_turn(self.queue))
+                if jobs:
+                    run_jobs(self.queue, self.generator, jobs)
+            except Exception:  # a failing job store must not end the worker: it would stop taking jobs for good
+                log.exception("worker on %s: unexpected error; carrying on in a second", name)
+                time.sleep(1.0)
 
 
 def jobs_per_turn(queue: EmbeddedJobQueue) -> int:
@@ -120,5 +124,17 @@ def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, req
         log.info("job %s: finished after it was cancelled (%s); result discarded", job_id, reason)
         queue.fail(job_id, reason, GenerationCancelledError.status_code)
         return
-    queue.complete(job_id, result)
+    try:
+        queue.complete(job_id, result)
+    except Exception:  # e.g. a full disk while writing the images: the job fails (refunded), the worker goes on
+        log.exception("job %s: could not store its result", job_id)
+        _fail_quietly(queue, job_id, f"the server could not store the result (request id {job_id}); submit it again")
+        return
     log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
+
+
+def _fail_quietly(queue: EmbeddedJobQueue, job_id: str, error: str) -> None:
+    try:
+        queue.fail(job_id, error, 500)
+    except Exception:  # the store itself is failing; the restart recovery settles the job later
+        log.exception("job %s: could not record its failure either", job_id)
