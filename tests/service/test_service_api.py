@@ -276,6 +276,20 @@ def test_500_is_generic_logged_and_the_server_stays_up(client: TestClient, gener
     assert client.post("/v1/sd3-med-pose", json=REQUEST).status_code == 200
 
 
+def test_an_unexpected_error_in_the_http_layer_still_carries_the_request_id_and_credits(
+        client: TestClient, generator: ScriptedGenerator, monkeypatch) -> None:  # noqa: ANN001
+    headers = {"x-api-key": new_key(client, credits=5)}
+
+    def broken(request) -> None:  # noqa: ANN001
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(generator, "preview_pose", broken)
+    response = client.post("/v1/pose", json={"image": "aGVsbG8="}, headers=headers)
+    assert response.status_code == 500 and "secret internal detail" not in response.text
+    assert f"request id {response.headers['x-request-id']}" in response.json()["error"]
+    assert response.headers["x-remaining-credits"] == "5"
+
+
 def test_504_sync_timeout_cancels_and_refunds(tmp_path) -> None:  # noqa: ANN001
     generator = ScriptedGenerator(gate=threading.Event())
     with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:

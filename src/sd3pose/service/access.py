@@ -21,6 +21,17 @@ def format_credits(credits: float | None) -> str:
     return str(int(credits)) if float(credits).is_integer() else f"{credits:.6g}"
 
 
+async def tracing_headers(services: Any, state: dict[str, Any]) -> dict[str, str]:
+    """x-request-id, and x-remaining-credits when the request came with a key."""
+    headers = {"x-request-id": state.get("request_id", "-")}
+    principal = state.get("principal")
+    if principal is not None and principal.key is not None:
+        # In a worker thread: with Redis this is a network call.
+        balance = await anyio.to_thread.run_sync(services.keys.balance, principal.key.id)
+        headers["x-remaining-credits"] = format_credits(balance)
+    return headers
+
+
 class AccessMiddleware:
     def __init__(self, app: ASGIApp, services: Any) -> None:
         self.app = app
@@ -40,13 +51,7 @@ class AccessMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["x-request-id"] = request_id
-                principal = state.get("principal")
-                if principal is not None and principal.key is not None:
-                    # In a worker thread: with Redis this is a network call.
-                    balance = await anyio.to_thread.run_sync(self.services.keys.balance, principal.key.id)
-                    headers["x-remaining-credits"] = format_credits(balance)
+                MutableHeaders(scope=message).update(await tracing_headers(self.services, state))
             await send(message)
 
         try:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sd3pose.errors import Sd3PoseError
+from sd3pose.service.access import tracing_headers
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.scope.get("state", {}).get("request_id", "-")
+        state = request.scope.get("state", {})
+        request_id = state.get("request_id", "-")
         log.exception("unexpected error handling %s %s (request id %s)", request.method, request.url.path,
                       request_id)
+        # This answer is made outside AccessMiddleware (Starlette's outermost layer), so it adds the headers.
+        try:
+            headers = await tracing_headers(request.app.state.services, state)
+        except Exception:  # the key store may be what failed
+            headers = {"x-request-id": request_id}
         return error_response(
-            500, f"internal server error (request id {request_id}); the server logged the details"
+            500, f"internal server error (request id {request_id}); the server logged the details", headers
         )
