@@ -44,10 +44,11 @@ def test_negative_prompt_is_unused_without_guidance(tiny_engine):
     assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
-def test_sample_i_of_a_batch_equals_single_request_with_seed_plus_i(tiny_engine, sampler):
+@pytest.mark.parametrize(("sampler", "guidance"), [("euler", 7.0), ("euler_ancestral", 7.0),
+                                                  ("dpm_adaptive", 7.0), ("dpm_adaptive", 1.0)])
+def test_sample_i_of_a_batch_equals_single_request_with_seed_plus_i(tiny_engine, sampler, guidance):
     seed = 4242
-    batch_job = job(seeds=[seed, seed + 1, seed + 2], sampler=sampler, steps=3)
+    batch_job = job(seeds=[seed, seed + 1, seed + 2], sampler=sampler, steps=3, guidance_scale=guidance)
     batch = tiny_engine.generate_latents(batch_job)
     batch_images = tiny_engine.decode(batch)
     assert batch.shape == (3, 16, 8, 8)
@@ -69,6 +70,15 @@ def test_progress_is_reported_once_per_step(tiny_engine):
     calls = []
     tiny_engine.generate(job(steps=4), on_step=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_adaptive_progress_climbs_to_the_total_once_and_only_at_the_end(tiny_engine):
+    calls = []
+    tiny_engine.generate(job(steps=5, seeds=[1, 2], sampler="dpm_adaptive"),
+                         on_step=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert {total for _, total in calls} == {10}  # two images of 5 requested steps
+    assert done == sorted(done) and done.count(10) == 1 and calls[-1] == (10, 10)
 
 
 def test_cancel_stops_the_run(tiny_engine):

@@ -434,6 +434,9 @@ class Engine:
         if (cancelled is not None and len(cancelled) != len(jobs)) or len(on_step) != len(jobs):
             raise ValueError("on_step and cancelled need one entry per job")
 
+        if key is None and len(jobs[0].seeds) > 1:
+            return [self._latents_seed_by_seed(jobs[0], on_step[0], (cancelled or [None])[0])]
+
         def all_cancelled() -> bool:
             # Jobs without a cancel check never cancel, so a batch with one of them runs to the end.
             return bool(checks) and len(checks) == len(jobs) and all(check() for check in checks)
@@ -481,6 +484,20 @@ class Engine:
         latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback).float()
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
         return list(latents.split([len(job.seeds) for job in jobs]))
+
+    def _latents_seed_by_seed(self, job: EngineJob, on_step: Callable[[int, int], None] | None,
+                              cancelled: Callable[[], bool] | None) -> torch.Tensor:
+        """dpm_adaptive chooses its steps per image from the model's outputs: each seed runs as its own
+        request (the model rows then always match the latent rows); progress counts all of them."""
+        parts = []
+        for n, seed in enumerate(job.seeds):
+            def report(done: int, total: int, n: int = n) -> None:
+                if on_step is not None:
+                    on_step(n * total + done, total * len(job.seeds))
+
+            single = replace(job, seeds=[seed])
+            parts.append(self.generate_batch_latents([single], on_step=[report], cancelled=[cancelled])[0])
+        return torch.cat(parts)
 
     def generate(
         self,

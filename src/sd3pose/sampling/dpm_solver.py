@@ -132,25 +132,31 @@ def dpm_fast(run: Run, x: torch.Tensor) -> torch.Tensor:
     return denoised
 
 
-def _adaptive_row(run: Run, x: torch.Tensor, counter: list[int]) -> torch.Tensor:
+def _adaptive_row(run: Run, x: torch.Tensor, row: int, rows: int) -> torch.Tensor:
     s = run.sigmas
+    lam_start = lam_end = 0.0
 
-    def report(xr: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float) -> None:
-        run.step_done(
-            counter[0], xr, d, total=max(run.total, counter[0] + 1), sigma=sigma, sigma_next=sigma_next
-        )
-        counter[0] += 1
+    def report(xr: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float, done: float) -> None:
+        # The number of steps is not known in advance: progress is the share of the log-SNR range
+        # covered (all rows together), on the requested step count; only the very end reports the last step.
+        overall = (row + done) / rows
+        i = run.total - 1 if overall >= 1.0 else min(run.total - 2, int(overall * (run.total - 1)))
+        run.step_done(max(i, 0), xr, d, total=run.total, sigma=sigma, sigma_next=sigma_next)
+
+    def share(lam_now: float) -> float:
+        return 0.0 if lam_end <= lam_start else min(1.0, (lam_now - lam_start) / (lam_end - lam_start))
 
     if run.total == 1:
         denoised = run.denoise(x, s[0])
-        report(denoised, denoised, s[0], 0.0)
+        report(denoised, denoised, s[0], 0.0, 1.0)
         return denoised
     x, start, first = _range(run, x)
     if first is not None:
-        report(x, first, s[0], s[1])
+        report(x, first, s[0], s[1], 0.0)
     eps = _Eps(run)
     to_zero = s[-1] == 0.0
     lam, lam_end = half_log_snr(s[start]), half_log_snr(s[-2] if to_zero else s[-1])
+    lam_start = lam
     h, x_prev = H_INIT, x
     budget = max(ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP * run.total)
     for _ in range(budget):
@@ -165,7 +171,7 @@ def _adaptive_row(run: Run, x: torch.Tensor, counter: list[int]) -> torch.Tensor
         if err <= 1.0:
             x_prev = x
             x, lam = x_high, lam + h
-            report(x, denoised, _sigma(lam - h), _sigma(lam))
+            report(x, denoised, _sigma(lam - h), _sigma(lam), min(share(lam), 0.999) if to_zero else share(lam))
         h *= min(5.0, max(0.2, SAFETY * (err if err > 0 else 1e-10) ** (-1 / 3)))
     else:
         if lam_end - lam > 1e-5:
@@ -176,16 +182,16 @@ def _adaptive_row(run: Run, x: torch.Tensor, counter: list[int]) -> torch.Tensor
             for ls, lt in zip(grid[:-1], grid[1:], strict=True):
                 e, denoised = eps(x, ls)
                 x = _step2(eps, x, ls, lt, e)[0]
-                report(x, denoised, _sigma(ls), _sigma(lt))
+                report(x, denoised, _sigma(ls), _sigma(lt), min(share(lt), 0.999) if to_zero else share(lt))
             lam = lam_end
     if not to_zero:
         return x
     sigma_last = _sigma(lam)
     denoised = run.denoise(x, sigma_last)
-    report(denoised, denoised, sigma_last, 0.0)
+    report(denoised, denoised, sigma_last, 0.0, 1.0)
     return denoised
 
 
 def dpm_adaptive(run: Run, x: torch.Tensor) -> torch.Tensor:
-    counter = [0]
-    return torch.cat([_adaptive_row(run, x[b : b + 1], counter) for b in range(x.shape[0])])
+    rows = x.shape[0]
+    return torch.cat([_adaptive_row(run, x[b : b + 1], b, rows) for b in range(rows)])
