@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import pytest
+from tiny_jobs import pose_map
 
 from sd3pose.pipeline import Generator
 from sd3pose.pose.openpose_json import pose_from_openpose_json
@@ -41,3 +45,14 @@ def test_warm_up_loads_the_pose_models_before_the_first_request(tiny_engine) -> 
     assert fresh._detector is None  # lazily: a CLI run on a ready pose map never loads mediapipe
     fresh.warm_up()
     assert fresh._detector is not None
+
+
+def test_a_ready_pose_map_in_auto_mode_never_loads_the_pose_models(tiny_engine) -> None:  # noqa: ANN001
+    buffer = io.BytesIO()
+    pose_map(128, 128).save(buffer, format="PNG")
+    fresh = Generator(tiny_engine)
+    request = parse_request({"image": base64.b64encode(buffer.getvalue()).decode("ascii"), "prompt": "x",
+                             "num_inference_steps": 1, "pose_mode": "auto"})
+    result = fresh.run(request)
+    assert len(result.images) == 1
+    assert fresh._detector is None  # auto mode kept the map as it is, so MediaPipe stayed unloaded

@@ -127,7 +127,7 @@ class Generator:
             width=width,
             height=height,
             resize_mode=request.resize_mode,
-            detector=self.detector if needs_detector else None,
+            detector=_DetectorOnFirstUse(self) if needs_detector else None,
         )
         timings["pose"] = time.perf_counter() - start
         return control
@@ -261,3 +261,14 @@ class Generator:
                 continue
             timings["total"] = time.perf_counter() - batch_start
         return [o if o is not None else RuntimeError("request was not run") for o in outcomes]
+
+
+class _DetectorOnFirstUse:
+    """The generator's detector, loaded only if the image really needs detecting (auto mode keeps
+    ready pose maps as they are, and loading MediaPipe takes about a second)."""
+
+    def __init__(self, generator: Generator) -> None:
+        self._generator = generator
+
+    def detect(self, image: Image.Image) -> Pose:
+        return self._generator.detector.detect(image)
