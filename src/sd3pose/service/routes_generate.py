@@ -31,6 +31,8 @@ router = APIRouter()
 # Status 499 (as nginx logs it): the client went away; nobody reads this answer.
 CLIENT_CLOSED = 499
 WAIT_SLICE_S = 0.25
+# How long a cancelled sync job may take to stop (its next step) before the 504 goes out anyway.
+CANCEL_SETTLE_S = 2.0
 
 SYNC_RESPONSES = {
     200: {
@@ -64,10 +66,16 @@ def _raise_failure(info: JobInfo) -> None:
 
 
 def _cancel(services: Any, job_id: str, reason: str) -> JobInfo | None:
-    """Cancel a sync job; the job instead if it completed meanwhile (it is paid for: deliver it)."""
+    """Cancel a sync job and give a running one a moment to stop, so the answer shows the refund.
+
+    Returns the job instead when it ended by itself first: completed (it is paid for: deliver it) or
+    failed with its own error (which says more than a timeout would).
+    """
     services.queue.cancel(job_id, reason)
-    info = services.queue.get(job_id)
-    return info if info is not None and info.status is JobStatus.COMPLETED else None
+    info = services.queue.wait(job_id, CANCEL_SETTLE_S)
+    if info is None or not info.done:
+        return None
+    return info if info.status is JobStatus.COMPLETED or info.error != reason else None
 
 
 async def _wait_sync(request: Request, job_id: str) -> JobInfo:
