@@ -123,7 +123,8 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
     return data
 
 
-def _read_file(path: Path, max_bytes: int) -> bytes:
+def read_image_file(path: Path, max_bytes: int) -> bytes:
+    """A local image file's bytes (CLI only), refused beyond max_bytes without reading it all."""
     try:
         size = path.stat().st_size
         if size > max_bytes:
@@ -171,14 +172,14 @@ def read_source(source: str, limits: InputLimits = InputLimits()) -> tuple[bytes
             return decode_data_uri(text, limits.max_bytes), None
         if scheme == "file" and limits.allow_local_paths:
             path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(text).path))
-            return _read_file(path, limits.max_bytes), None
+            return read_image_file(path, limits.max_bytes), None
         raise ImageInputError(
             f"image URL scheme '{scheme}' is not supported; send an http(s) URL, base64 or a data: URI"
         )
     if limits.allow_local_paths:
         path = _existing_file(text)
         if path is not None:
-            return _read_file(path, limits.max_bytes), None
+            return read_image_file(path, limits.max_bytes), None
         if not _BASE64_TEXT.match(text):  # '.', '~' or '\\' cannot be base64: the user meant a file
             raise ImageInputError(f"image file '{text[:200]}' does not exist; check the path")
     return decode_base64(text, limits.max_bytes), None

@@ -129,12 +129,15 @@ def non_public_reason(ip: IPAddress) -> str | None:
         ("is_unspecified", "an unspecified address"),
         ("is_loopback", "a loopback address"),
         ("is_link_local", "a link-local address"),
+        # fec0::/10 was deprecated (RFC 3879) but some networks still route it internally; Python
+        # counts it neither private nor reserved. IPv4Address has no such attribute.
+        ("is_site_local", "a site-local address"),
         ("is_multicast", "a multicast address"),
         ("is_private", "a private address"),
         ("is_reserved", "a reserved address"),
     )
     for attribute, reason in checks:
-        if getattr(ip, attribute):
+        if getattr(ip, attribute, False):
             return reason
     if not ip.is_global:  # e.g. 100.64.0.0/10, shared address space of carrier-grade NAT
         return "a non-public address"

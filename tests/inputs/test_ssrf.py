@@ -158,6 +158,18 @@ def test_a_name_with_any_non_public_address_is_refused(stand_in: LoopbackServer,
     assert stand_in.hit_count == 0
 
 
+@pytest.mark.parametrize("address", ["fec0::1", "fed0:1::10"])
+def test_site_local_ipv6_addresses_are_refused(stand_in: LoopbackServer, remap: RemapTransport, address: str) -> None:
+    # fec0::/10 reaches internal hosts on networks that still route it; Python calls it global.
+    with pytest.raises(ImageInputError, match=f"resolves to {address}, a site-local address; only public") as info:
+        fetch_url(f"http://[{address}]/latest/meta-data", max_bytes=2**20, transport=remap, **FAST)
+    assert info.value.status_code == 400
+    with pytest.raises(ImageInputError, match="a site-local address"):
+        fetch_url("http://intranet.example.com/img.png", max_bytes=2**20, resolver=lambda host, port: [address],
+                  transport=remap, **FAST)
+    assert stand_in.hit_count == 0
+
+
 def test_https_keeps_the_host_name_for_sni_and_certificate_checks(remap: RemapTransport) -> None:
     def resolver(host: str, port: int) -> list[str]:
         return [PUBLIC_STAND_IN]
@@ -210,6 +222,8 @@ def test_urls_with_credentials_are_refused(server: LoopbackServer) -> None:
         ("::", "an unspecified address"),
         ("fe80::1", "a link-local address"),
         ("fc00::1", "a private address"),
+        ("fec0::1", "a site-local address"),  # deprecated site-local: Python calls it global
+        ("fed0:1::10", "a site-local address"),
         ("ff02::1", "a multicast address"),
         ("::ffff:127.0.0.1", "a loopback address"),  # IPv4-mapped
         ("::ffff:169.254.169.254", "a link-local address"),

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
+from skimage import data
 from typer.testing import CliRunner
 
 from sd3pose.cli import app
+from sd3pose.errors import ImageInputError
+from sd3pose.images import load_image_bytes
+from sd3pose.pose.cli import open_photo
 from sd3pose.pose.keypoints import BODY
 
 
@@ -41,7 +46,7 @@ def test_pose_command_reports_bad_input_in_one_line(tmp_path, coffee):
     not_image.write_text("hello")
     result = CliRunner().invoke(app, ["pose", str(not_image), "--output", str(tmp_path / "x.png")])
     assert result.exit_code == 1
-    assert "not a readable image" in result.output and "Traceback" not in result.output
+    assert "notes.txt: image could not be decoded" in result.output and "Traceback" not in result.output
 
     photo = tmp_path / "coffee.png"
     coffee.save(photo)
@@ -49,3 +54,23 @@ def test_pose_command_reports_bad_input_in_one_line(tmp_path, coffee):
     assert result.exit_code == 1
     assert "no person found in the image" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_16_bit_greyscale_photo_opens_like_its_8_bit_version(tmp_path):
+    camera8 = data.camera()
+    photo8, photo16 = tmp_path / "camera8.png", tmp_path / "camera16.png"
+    Image.fromarray(camera8).save(photo8)
+    Image.fromarray(camera8.astype(np.uint16) * 257).save(photo16)  # full 16-bit range, same picture
+    with Image.open(photo16) as stored:
+        assert stored.mode.startswith("I")  # really a 16-bit file
+    opened16, opened8 = np.asarray(open_photo(photo16)), np.asarray(open_photo(photo8))
+    assert opened16.shape == (512, 512, 3)
+    assert (opened16 == 255).all(axis=2).mean() < 0.01  # not clipped to white
+    np.testing.assert_array_equal(opened16, opened8)
+    # The same decoding as the API's.
+    np.testing.assert_array_equal(opened16, np.asarray(load_image_bytes(photo16.read_bytes())))
+
+
+def test_open_photo_names_a_missing_file(tmp_path):
+    with pytest.raises(ImageInputError, match="could not read the image file .*missing.png.*; check the path"):
+        open_photo(tmp_path / "missing.png")

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from sd3pose.errors import NoPersonFoundError
 from sd3pose.pose import build_control_image, get_detector
+from sd3pose.pose.detect import MAX_WINDOWS, _windows
 from sd3pose.pose.keypoints import BODY
 from sd3pose.request import PoseMode, ResizeMode
 
@@ -171,3 +172,54 @@ def test_models_load_once_and_calls_from_threads_agree(detector, astronaut, came
     for pose in results:
         np.testing.assert_array_equal(pose.people[0].body, astronaut_pose.people[0].body)
         np.testing.assert_array_equal(pose.people[0].face, astronaut_pose.people[0].face)
+
+
+class _CountingDetector:
+    """Stands in for the person-detector graph and counts its runs (each one holds the shared lock)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.calls = real, 0
+
+    def process(self, inputs):
+        self.calls += 1
+        return self.real.process(inputs)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_runs"),
+    [
+        ((1024, 1), 0),
+        ((4000, 3), 0),
+        ((1, 4000), 0),
+        ((8000, 64), 0),
+        ((1024, 64), 1 + MAX_WINDOWS),
+        ((64, 1024), 1 + MAX_WINDOWS),
+    ],
+)
+def test_thin_images_cost_a_bounded_number_of_detector_runs(detector, monkeypatch, size, max_runs):
+    # An 85-byte 1024x1 PNG used to buy 2048 windows per pass: ~27 s holding the shared detector lock.
+    counting = _CountingDetector(detector._person_detector)
+    monkeypatch.setattr(detector, "_person_detector", counting)
+    pose = detector.detect(Image.new("RGB", size, (90, 90, 90)))
+    assert pose.people == [] and (pose.width, pose.height) == size
+    assert counting.calls <= max_runs
+    if max_runs:
+        assert counting.calls > 0  # the control: a thin but searchable image is still searched
+
+
+@pytest.mark.parametrize("size", [(1024, 1), (4000, 3), (1024, 64), (3, 4000), (1536, 512), (1024, 700)])
+def test_windows_are_capped_and_still_cover_the_long_side(size):
+    whole, *windows = _windows(*size)
+    assert whole == (0, 0, *size)
+    assert len(windows) <= MAX_WINDOWS
+    along = 0 if size[0] > size[1] else 1
+    spans = [(w[along], w[along + 2]) for w in windows]
+    assert spans[0][0] == 0 and spans[-1][1] == max(size)
+    for (start, end), (next_start, _) in zip(spans, spans[1:], strict=False):
+        assert next_start - start <= (end - start) / 2 + 1  # half overlapping: nobody falls between two
+        assert end - start >= min(size)
+
+
+def test_a_wide_strip_still_gets_square_windows_of_its_height():
+    # Below the cap nothing changes: 1536x512 is searched in five 512-pixel squares, half overlapping.
+    assert _windows(1536, 512)[1:] == [(i * 256, 0, i * 256 + 512, 512) for i in range(5)]

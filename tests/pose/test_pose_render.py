@@ -98,3 +98,20 @@ def test_drawn_at_the_generation_size_with_strokes_scaled():
     row = small[345]
     run = np.flatnonzero(np.all(row == tuple(int(c * 0.6) for c in BODY_COLORS[7]), axis=1))
     assert 6 <= len(run) <= 10
+
+
+@pytest.mark.parametrize("far", [1e5, 3e8, float("inf")])
+def test_points_too_far_outside_the_map_are_refused_not_overflowed(far):
+    # cv2 takes 32-bit coordinates: ~1.34e8 pixels used to end in a TypeError (HTTP 500).
+    pose = _standing()
+    pose.people[0].body[BODY["left_wrist"], 0] = far
+    with pytest.raises(InvalidRequestError, match="more than 64 map sides outside the 512x512 pose map") as caught:
+        render_pose(pose, 512, 512)
+    assert caught.value.status_code == 400
+
+
+def test_a_limb_reaching_out_of_the_frame_is_still_drawn():
+    pose = _standing()
+    pose.people[0].body[BODY["left_wrist"], :2] = (5000, 300)  # ten map sides off to the right
+    image = np.asarray(render_pose(pose, 512, 512, ["body"]))
+    assert image[215:230, 500:512].any()  # the forearm (from the elbow at 376, 220) runs to the edge

@@ -7,25 +7,28 @@ import logging
 from pathlib import Path
 
 import typer
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from sd3pose.errors import ImageInputError, Sd3PoseError
+from sd3pose.images import InputLimits, load_image_bytes, read_image_file
 from sd3pose.request import PoseMode, ResizeMode
 
 log = logging.getLogger(__name__)
 
 
 def open_photo(path: Path) -> Image.Image:
-    """The photo at `path`, upright (EXIF orientation applied) and RGB."""
+    """The photo at `path`, decoded exactly as the API decodes uploads: upright, 8-bit RGB.
+
+    Going through sd3pose.images (not Pillow's convert) keeps 16-bit greyscale from clipping to
+    white and composites transparency the same way, so the CLI finds the people the API would.
+    """
+    limits = InputLimits(allow_local_paths=True)
     try:
-        with Image.open(path) as image:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
-    except FileNotFoundError:
-        raise ImageInputError(f"{path}: no such file; give the path of a photo") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageInputError(f"{path}: not a readable image ({exc}); give a JPEG, PNG or WebP file") from None
+        return load_image_bytes(read_image_file(path, limits.max_bytes), limits)
+    except ImageInputError as exc:
+        if str(path) in exc.message:
+            raise
+        raise ImageInputError(f"{path}: {exc.message}") from None
 
 
 def pose_command(

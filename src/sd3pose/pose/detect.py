@@ -41,6 +41,11 @@ HIDE_FACE_SCALE_SEARCH = 1.6
 HIDE_FACE_SCALE_CROP = 1.2
 # Images longer than this many times their short side are also searched in square windows.
 WINDOW_ASPECT = 1.3
+# At most this many windows per pass: each costs a detector run under the shared lock, so a tiny
+# 1024x1 PNG must not buy thousands of them.
+MAX_WINDOWS = 8
+# A working image with a shorter side than this holds nobody the detector could find.
+MIN_DETECT_SIDE = 32
 
 _PERSON_DETECTOR_GRAPH = """
 input_stream: "image"
@@ -147,20 +152,23 @@ def _static_holistic() -> object:
 
 
 def _windows(width: int, height: int) -> list[tuple[int, int, int, int]]:
-    """The whole image, plus overlapping squares along the long side of a wide or tall image.
+    """The whole image, plus overlapping windows along the long side of a wide or tall image.
 
     The detector letterboxes its input to a small square, so in a wide image each person gets few
     pixels; squares the size of the short side (half overlapping) give them the full resolution.
+    Very long images get MAX_WINDOWS longer windows instead, still half overlapping.
     """
     whole = (0, 0, width, height)
     side, long_side = min(width, height), max(width, height)
     if long_side <= WINDOW_ASPECT * side:
         return [whole]
-    count = math.ceil((long_side - side) / (side / 2)) + 1
+    count = min(MAX_WINDOWS, math.ceil((long_side - side) / (side / 2)) + 1)
+    # Without the cap this is the short side; with it, long enough for the windows to still cover everything.
+    length = min(long_side, max(side, math.ceil(2 * long_side / (count + 1))))
     windows = []
     for i in range(count):
-        start = round(i * (long_side - side) / (count - 1))
-        windows.append((start, 0, start + side, height) if width > height else (0, start, width, start + side))
+        start = round(i * (long_side - length) / (count - 1))
+        windows.append((start, 0, start + length, height) if width > height else (0, start, width, start + length))
     return [whole, *windows]
 
 
@@ -211,9 +219,12 @@ class PoseDetector:
         """Keypoints of everybody clearly visible, in pixels of `image`; no people when nobody is found."""
         width, height = image.size
         factor = min(1.0, DETECT_MAX_SIDE / max(width, height))
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        if min(size) < MIN_DETECT_SIDE:
+            log.debug("pose detection: a %dx%d image is too thin to hold a person", width, height)
+            return Pose([], width, height)
         work_image = image.convert("RGB")
         if factor < 1.0:
-            size = (max(1, round(width * factor)), max(1, round(height * factor)))
             work_image = work_image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         work = np.ascontiguousarray(np.asarray(work_image, dtype=np.uint8))
         # Undo the working scale exactly (rounding the size changes the ratio slightly).

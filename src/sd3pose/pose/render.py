@@ -53,6 +53,9 @@ PARTS = ("body", "hands", "face")
 # Subpixel precision for cv2 drawing: coordinates are passed as fixed point with this many bits.
 _SHIFT = 4
 _ONE = 1 << _SHIFT
+# cv2 takes 32-bit integer coordinates (28 integer bits at this shift). Points may lie outside the map
+# (limbs out of frame), but this many map sides away is a broken pose, and would overflow.
+MAX_OUTSIDE_SIDES = 64
 
 
 def normalize_parts(parts: Iterable[object]) -> frozenset[str]:
@@ -121,6 +124,20 @@ def _draw_person(canvas: np.ndarray, person: Person, parts: frozenset[str], scal
         _draw_face(canvas, person.face, scale)
 
 
+def _check_drawable(pose: Pose, width: int, height: int) -> None:
+    limit = MAX_OUTSIDE_SIDES * max(width, height)
+    for person in pose.people:
+        for points in person.parts().values():
+            if points is None:
+                continue
+            present = points[points[:, 2] > 0, :2]
+            if not np.isfinite(present).all() or (np.abs(present) > limit).any():
+                raise InvalidRequestError(
+                    f"pose keypoints lie more than {MAX_OUTSIDE_SIDES} map sides outside the {width}x{height} "
+                    "pose map; send points on or near the canvas they refer to"
+                )
+
+
 def render_pose(
     pose: Pose, width: int, height: int, parts: Iterable[object] = PARTS
 ) -> Image.Image:
@@ -131,6 +148,7 @@ def render_pose(
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     if pose.width and pose.height and (pose.width, pose.height) != (width, height):
         pose = pose.mapped(width / pose.width, height / pose.height, 0.0, 0.0, width, height)
+    _check_drawable(pose, width, height)
     scale = min(width, height) / REFERENCE_SIDE
     for person in pose.people:
         _draw_person(canvas, person, selected, scale)
