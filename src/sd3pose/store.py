@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sd3pose.errors import Sd3PoseError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
@@ -47,15 +49,19 @@ class Database:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        with self._lock:
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+            self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise Sd3PoseError(
+                f"cannot open the database {self.path} ({exc}); check --data-dir (a writable folder)"
+            ) from None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

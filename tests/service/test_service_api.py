@@ -342,6 +342,14 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
     assert client.get("/").headers["content-type"].startswith("text/html")
 
 
+def test_made_up_http_methods_cannot_grow_the_metrics(client: TestClient) -> None:
+    for i in range(20):
+        client.request(f"METHOD{i}", "/health")
+    metrics = client.get("/metrics").text
+    assert "METHOD" not in metrics
+    assert 'sd3pose_http_requests_total{method="other",route="/health",status="405"} 20.0' in metrics
+
+
 def test_openapi_documents_the_real_contract(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["GenerationRequest"]

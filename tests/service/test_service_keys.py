@@ -66,3 +66,43 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path) -> None:  # noqa:
     check_bind_safety(ServiceSettings(host="0.0.0.0"), 1)
     check_bind_safety(ServiceSettings(host="127.0.0.1"), 0)
     check_bind_safety(ServiceSettings(host="::1"), 0)
+
+
+def test_credits_stay_finite_and_never_go_below_zero(tmp_path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path)]
+    # NaN would be stored as NULL, which means "unlimited".
+    nan = runner.invoke(app, ["keys", "create", "--name", "n", "--credits", "nan", *data])
+    assert nan.exit_code == 2 and "--credits must be a finite number" in nan.output
+    assert runner.invoke(app, ["keys", "create", "--name", "bob", "--credits", "5", *data]).exit_code == 0
+    for amount in ("nan", "inf", "-inf"):
+        refused = runner.invoke(app, ["keys", "add-credits", "bob", amount, *data])
+        assert refused.exit_code == 2 and "finite number of credits" in refused.output
+    too_much = runner.invoke(app, ["keys", "add-credits", "bob", "-100", *data])  # a negative amount, not an option
+    assert too_much.exit_code == 2 and "removing 100 would leave it below 0" in too_much.output
+    removed = runner.invoke(app, ["keys", "add-credits", "bob", "-3", *data])
+    assert removed.exit_code == 0 and "now has 2 credits" in removed.output
+
+
+def test_keys_commands_explain_a_bad_data_dir_or_broker_in_one_line(tmp_path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "sd3pose.db").write_text("not a database")
+    for args in (["keys", "list", "--data-dir", str(tmp_path / "a-file")],
+                 ["keys", "list", "--data-dir", str(tmp_path / "corrupt")],
+                 ["keys", "revoke", "x", "--broker", "notaurl"],
+                 ["keys", "add-credits", "x", "1", "--broker", "notaurl"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+        assert "error:" in result.output and ("--data-dir" in result.output or "--broker" in result.output)
+
+
+def test_out_of_range_numbers_are_refused_before_anything_loads(tmp_path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    port = runner.invoke(app, ["serve", "--port", "70000", "--data-dir", str(tmp_path)])
+    assert port.exit_code == 2 and "--port" in port.output
+    rate = runner.invoke(app, ["keys", "create", "--name", "h", "--credits", "1", "--rate-limit", "1" + "0" * 20,
+                               "--data-dir", str(tmp_path)])
+    assert rate.exit_code == 2 and "--rate-limit" in rate.output

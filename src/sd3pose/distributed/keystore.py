@@ -17,7 +17,7 @@ from typing import Any
 from sd3pose.distributed.config import PREFIX
 from sd3pose.distributed.jobstore import as_text, credits_key
 from sd3pose.errors import InvalidRequestError
-from sd3pose.service.keys import ApiKey, _hash, key_id_of, new_key
+from sd3pose.service.keys import ApiKey, _hash, check_credit_change, key_id_of, new_key
 
 ALL_KEYS = f"{PREFIX}:keys"
 ACTIVE_KEYS = f"{PREFIX}:keys:active"
@@ -151,11 +151,7 @@ class RedisKeyStore:
             self.redis.srem(ACTIVE_KEYS, key_id)
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
-        key = self._load(key_id)
-        if key is None:
-            raise InvalidRequestError(f"no key with id {key_id!r}")
-        if key.unlimited:
-            raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
+        check_credit_change(self._load(key_id), key_id, amount)
         self._change(key_id, amount)
         return self._load(key_id)  # type: ignore[return-value]
 

@@ -14,6 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("sd3pose.access")
 
+# Metric labels take only these: a client-chosen method name must not add a time series per request.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 def format_credits(credits: float | None) -> str:
     if credits is None:
@@ -59,7 +62,8 @@ class AccessMiddleware:
         finally:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.services.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.services.metrics.requests.labels(route, method, str(status)).inc()
             self.services.metrics.request_seconds.labels(route).observe(seconds)
             principal = state.get("principal")
             log.info(json.dumps({

@@ -18,6 +18,9 @@ DATA_DIR_OPTION = typer.Option(
     help="Where keys, jobs, results (and the demo model) live.",
 )
 
+# Requests/minute: beyond this, no limit in practice (and SQLite integers stay in range).
+MAX_RATE_LIMIT = 10**6
+
 BROKER_OPTION = typer.Option(
     None, "--broker", envvar="SD3POSE_BROKER",
     help="Redis URL of a scaled-out deployment: keys live there instead of <data-dir>/sd3pose.db.",
@@ -54,7 +57,8 @@ def keys_create(
     credits: float = typer.Option(None, "--credits", help="Starting credits (one image costs --price of serve)."),
     unlimited: bool = typer.Option(False, "--unlimited", help="No credit limit."),
     scope: list[str] = typer.Option(None, "--scope", help="Allowed: generate, async, pose (repeat; default all)."),
-    rate_limit: int = typer.Option(None, "--rate-limit", help="Requests/minute (default: the server's)."),
+    rate_limit: int = typer.Option(None, "--rate-limit", min=0, max=MAX_RATE_LIMIT,
+                                    help="Requests/minute (default: the server's)."),
     data_dir: Path = DATA_DIR_OPTION,
     broker: str = BROKER_OPTION,
 ) -> None:
@@ -74,7 +78,10 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: Path = DATA_DIR_OPTION, broker: str = BROKER_OPTION) -> None:
     """List keys (never the secrets)."""
-    keys = _key_store(data_dir, broker).list()
+    try:
+        keys = _key_store(data_dir, broker).list()
+    except Sd3PoseError as exc:
+        _fail(exc.message)
     if not keys:
         typer.echo("no keys; create one with `sd3pose keys create --name NAME --credits 100`")
         return
@@ -91,16 +98,17 @@ def keys_list(data_dir: Path = DATA_DIR_OPTION, broker: str = BROKER_OPTION) -> 
 def keys_revoke(key: str = typer.Argument(..., help="Key id or name."), data_dir: Path = DATA_DIR_OPTION,
                 broker: str = BROKER_OPTION) -> None:
     """Revoke a key: it stops working at once."""
-    store = _key_store(data_dir, broker)
     try:
+        store = _key_store(data_dir, broker)
         found = store.find(key)
+        store.revoke(found.id)
     except Sd3PoseError as exc:
         _fail(exc.message)
-    store.revoke(found.id)
     typer.echo(f"revoked key {found.id} ({found.name})")
 
 
-@keys_app.command("add-credits")
+# ignore_unknown_options: so a negative amount ("-100") is read as the amount, not as an option
+@keys_app.command("add-credits", context_settings={"ignore_unknown_options": True})
 def keys_add_credits(
     key: str = typer.Argument(..., help="Key id or name."),
     amount: float = typer.Argument(..., help="Credits to add (negative to remove)."),
@@ -108,8 +116,8 @@ def keys_add_credits(
     broker: str = BROKER_OPTION,
 ) -> None:
     """Add credits to a key."""
-    store = _key_store(data_dir, broker)
     try:
+        store = _key_store(data_dir, broker)
         updated = store.add_credits(store.find(key).id, amount)
     except Sd3PoseError as exc:
         _fail(exc.message)
@@ -128,7 +136,7 @@ def check_bind_safety(settings: ServiceSettings, active_keys: int) -> None:
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (another than loopback needs keys)."),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
     model: str = typer.Option(None, "--model", help="Base model folder or hub id (default: the demo model)."),
     controlnet: str = typer.Option(None, "--controlnet", help="ControlNet folder or hub id."),
     device: list[str] = typer.Option(None, "--device", help="Device per worker: cuda:0 --device cuda:1 ..."),
@@ -136,12 +144,14 @@ def serve_command(
     no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
     compile_models: bool = typer.Option(False, "--compile", envvar="SD3POSE_COMPILE",
                                         help="torch.compile the models at start-up (slower start, faster steps)."),
-    price: float = typer.Option(1.0, "--price", help="Credits charged per delivered image."),
-    rate_limit: int = typer.Option(60, "--rate-limit", help="Requests/minute per key (0 = none)."),
-    max_queue: int = typer.Option(32, "--max-queue", help="Waiting jobs before 429."),
-    sync_timeout: float = typer.Option(300.0, "--sync-timeout", help="Seconds a sync request waits before 504."),
-    result_ttl: float = typer.Option(3600.0, "--result-ttl", help="Seconds async results are kept."),
-    max_samples: int = typer.Option(4, "--max-samples", help="Most images per request."),
+    price: float = typer.Option(1.0, "--price", min=0.0, help="Credits charged per delivered image."),
+    rate_limit: int = typer.Option(60, "--rate-limit", min=0, max=MAX_RATE_LIMIT,
+                                   help="Requests/minute per key (0 = none)."),
+    max_queue: int = typer.Option(32, "--max-queue", min=1, help="Waiting jobs before 429."),
+    sync_timeout: float = typer.Option(300.0, "--sync-timeout", min=0.1,
+                                       help="Seconds a sync request waits before 504."),
+    result_ttl: float = typer.Option(3600.0, "--result-ttl", min=1.0, help="Seconds async results are kept."),
+    max_samples: int = typer.Option(4, "--max-samples", min=1, max=64, help="Most images per request."),
     allow_private_urls: bool = typer.Option(False, "--allow-private-urls",
                                             help="Let image URLs point at private/loopback hosts (trusted LANs only)."),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
@@ -198,7 +208,7 @@ def register(app: typer.Typer) -> None:
 
 def demo_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
     data_dir: Path = DATA_DIR_OPTION,
 ) -> None:
     """Serve the built-in demo model (random weights, no download): `make serve` runs this."""

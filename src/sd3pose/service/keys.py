@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -66,13 +67,28 @@ def new_key(
     """Check a new key's settings and draw it: (public id, secret key string, scopes). Shared by the stores."""
     if not name.strip():
         raise InvalidRequestError("a key needs a non-empty --name")
-    if credits is not None and credits < 0:
-        raise InvalidRequestError(f"--credits must be 0 or more (got {credits})")
+    if credits is not None and not (math.isfinite(credits) and credits >= 0):
+        # NaN especially: stored as NULL it would read back as "unlimited"
+        raise InvalidRequestError(f"--credits must be a finite number, 0 or more (got {credits})")
     if rate_limit is not None and rate_limit < 0:
         raise InvalidRequestError(f"--rate-limit must be 0 (none) or more requests/minute (got {rate_limit})")
     scope_tuple = parse_scopes(scopes)
     key_id = secrets.token_hex(6)
     return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}", scope_tuple
+
+
+def check_credit_change(key: ApiKey | None, key_id: str, amount: float) -> None:
+    """What `keys add-credits` may do, shared by the stores: finite amounts, never below 0."""
+    if key is None:
+        raise InvalidRequestError(f"no key with id {key_id!r}")
+    if not math.isfinite(amount):
+        raise InvalidRequestError(f"the amount must be a finite number of credits (got {amount})")
+    if key.unlimited:
+        raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
+    if key.credits + amount < 0:
+        raise InvalidRequestError(
+            f"key {key.name!r} has {key.credits:g} credits; removing {-amount:g} would leave it below 0"
+        )
 
 
 def key_id_of(secret: str) -> str:
@@ -137,11 +153,7 @@ class KeyStore:
                         (time.time(), key_id))
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
-        key = self.get(key_id)
-        if key is None:
-            raise InvalidRequestError(f"no key with id {key_id!r}")
-        if key.unlimited:
-            raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
+        check_credit_change(self.get(key_id), key_id, amount)
         self.db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (amount, key_id))
         return self.get(key_id)  # type: ignore[return-value]
 
