@@ -228,3 +228,44 @@ def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -
     info = store.get(job.id)
     assert info.status is JobStatus.FAILED and info.error == "timed out after 1 s" and info.error_code == 504
     assert keys.balance(key.id) == 3 and store.result(job.id) is None
+
+
+def test_a_replayed_create_does_not_count_the_job_against_itself(client) -> None:  # noqa: ANN001
+    # redis-py retries a script whose reply was lost; the first run may already have recorded the job.
+    store = RedisJobStore(client)
+    args = [1, 3600, repr(time.time()), "replayed", "status", "QUEUED", "kind", "async", "queue", "q"]
+    keys = ["sd3pose:job:replayed", "sd3pose:queued:q"]
+    assert store._create(keys=keys, args=args) == 1
+    assert store._create(keys=keys, args=args) == 1  # not "queue full" (max_queue 1, the job itself)
+    assert store.depth("q") == 1
+
+
+def test_a_duplicate_run_never_replaces_or_revives_delivered_images(client) -> None:  # noqa: ANN001
+    store = RedisJobStore(client)
+    job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
+    assert store.start(job.id, "w1") is not None
+    assert store.start(job.id, "w2").redelivered  # w1 looked dead: the job runs a second time
+
+    def image(data: bytes) -> GenerationResult:
+        return GenerationResult([data], "image/jpeg", [1], 64, 64, None, None, {})
+
+    assert store.complete(job.id, image(b"first"))
+    assert store.result(job.id).images == [b"first"]
+    assert not store.complete(job.id, image(b"second"))  # the later run loses ...
+    assert store.result(job.id).images == [b"first"]  # ... and its bytes are not published
+    store.forget(job.id)  # the sync client has its image
+    assert not store.complete(job.id, image(b"third"))
+    assert client.keys(f"sd3pose:job:{job.id}:data*") == []  # nothing revived, nothing staged left behind
+
+
+def test_a_job_whose_worker_keeps_dying_is_failed_and_refunded_not_retried_forever(client) -> None:  # noqa: ANN001
+    keys, store = RedisKeyStore(client), RedisJobStore(client)
+    key, _ = keys.create("payer", credits=3)
+    assert keys.reserve(key.id, 1.0)
+    job = store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=0)
+    for worker in ("w1", "w2", "w3"):  # each run kills its worker; the broker redelivers the job
+        assert store.start(job.id, worker) is not None
+    assert store.start(job.id, "w4") is None
+    ended = store.get(job.id)
+    assert ended.status is JobStatus.FAILED and "stopped 3 times" in ended.error
+    assert keys.balance(key.id) == 3

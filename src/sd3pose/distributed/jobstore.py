@@ -14,6 +14,7 @@ charged once however many workers touched it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,13 +24,19 @@ from sd3pose.distributed.config import PREFIX
 from sd3pose.results import GenerationResult
 from sd3pose.service.jobs import JobInfo, JobStatus
 
+log = logging.getLogger(__name__)
+
 # A job no worker started within this time ends FAILED (refunded) at the next submit or depth check.
 QUEUED_GRACE_S = 86400
 # Records of unfinished jobs lapse after this long (a safety net for jobs nobody ever settles).
 UNFINISHED_RECORD_S = 7 * 86400
 WAITER_LEASE_S = 15.0
+# A job whose worker dies this many times (crash, OOM kill) is not handed to yet another worker.
+MAX_STARTS = 3
 
 _CREATE = """
+-- A replay of this script (the client retries when a reply is lost) must not count the job against itself.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -37,17 +44,22 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
 
-# -> 'skip' (finished or unknown), else the status it had (QUEUED, or PROCESSING when redelivered).
+# -> 'skip' (finished or unknown), 'exhausted' (redelivered after ARGV[4] starts: its runs keep dying),
+#    else the status it had (QUEUED, or PROCESSING when redelivered).
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'COMPLETED' or status == 'FAILED' then return 'skip' end
+if status == 'PROCESSING' and tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[4]) then
+  return 'exhausted'
+end
 redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'started_at', ARGV[1], 'worker', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZREM', KEYS[2], ARGV[3])
 return status
 """
 
-# KEYS: job, queued set, the job's API key hash, the job's done list.
+# KEYS: job, queued set, the job's API key hash, the job's done list, this attempt's staged result bytes,
+#       the job's result bytes.
 # ARGV: status, finished_at, error, error_code, result_json, ttl, job id.
 # -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown, 2 when a completion
 #    met a cancel recorded first (the job ends FAILED and refunded: nobody is waiting for it).
@@ -67,6 +79,11 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'error', 
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('ZREM', KEYS[2], ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+if ARGV[1] == 'COMPLETED' and redis.call('EXISTS', KEYS[5]) == 1 then
+  -- Only the run that ends the job publishes its bytes: a duplicate run never replaces delivered images.
+  redis.call('RENAME', KEYS[5], KEYS[6])
+  redis.call('EXPIRE', KEYS[6], ARGV[6])
+end
 if redis.call('HGET', KEYS[1], 'kind') == 'sync' then
   redis.call('RPUSH', KEYS[4], ARGV[1])  -- wakes the API process blocked on it (see wait_done)
   redis.call('EXPIRE', KEYS[4], 60)
@@ -231,7 +248,13 @@ class RedisJobStore:
         """Mark the job PROCESSING on `worker`; None when it already ended (a redelivered copy)."""
         raw = self.redis.hget(job_key(job_id), "queue")
         before = as_text(self._start(keys=[job_key(job_id), queued_key(as_text(raw) or "")],
-                                   args=[repr(time.time()), worker, job_id]))
+                                   args=[repr(time.time()), worker, job_id, MAX_STARTS]))
+        if before == "exhausted":
+            log.error("job %s: started %d times and its worker died each time; failing it", job_id, MAX_STARTS)
+            self.finish(job_id, JobStatus.FAILED, error=f"the workers running this request stopped {MAX_STARTS} "
+                        "times without finishing it, so it is not retried; check the request, or tell the operator",
+                        error_code=500)
+            return None
         if before == "skip":
             return None
         kind = as_text(self.redis.hget(job_key(job_id), "kind")) or "async"
@@ -264,24 +287,27 @@ class RedisJobStore:
         data: dict[str, bytes] = {f"image:{i}": image for i, image in enumerate(result.images)}
         if result.pose_png is not None:
             data["pose"] = result.pose_png
+        staged = f"{data_key(job_id)}:{uuid.uuid4().hex}"  # this run's bytes, published by _FINISH if it wins
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(data_key(job_id), mapping=data)
-        pipe.expire(data_key(job_id), int(self.result_ttl_s))
+        pipe.hset(staged, mapping=data)
+        pipe.expire(staged, int(self.result_ttl_s))
         pipe.execute()
-        ended = self.finish(job_id, JobStatus.COMPLETED, result_meta=meta)
-        if not ended:
-            info = self.get(job_id)
-            if info is None or info.status is not JobStatus.COMPLETED:  # cancelled meanwhile: drop the bytes
-                self.redis.delete(data_key(job_id))
-        return ended
+        try:
+            return self.finish(job_id, JobStatus.COMPLETED, result_meta=meta, staged=staged)
+        finally:
+            self.redis.delete(staged)  # gone already when published; otherwise another run ended the job
 
     def finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
-               result_meta: dict[str, Any] | None = None) -> bool:
-        """End the job (refunding a failed job's credits in the same atomic step); False if already ended."""
+               result_meta: dict[str, Any] | None = None, staged: str | None = None) -> bool:
+        """End the job (refunding a failed job's credits in the same atomic step); False if already ended.
+
+        `staged`: a key holding a completing run's result bytes, made the job's result if this call ends it.
+        """
         fields = self.redis.hmget(job_key(job_id), ["queue", "key_id"])
         queue, key_id = (as_text(v) or "" for v in fields)
         ended = self._finish(
-            keys=[job_key(job_id), queued_key(queue), credits_key(key_id), done_key(job_id)],
+            keys=[job_key(job_id), queued_key(queue), credits_key(key_id), done_key(job_id),
+                  staged or f"{data_key(job_id)}:none", data_key(job_id)],
             args=[status.value, repr(time.time()), error or "", error_code or "", json.dumps(result_meta or {}),
                   int(self.result_ttl_s), job_id],
         )
