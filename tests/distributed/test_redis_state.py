@@ -269,3 +269,27 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_refunded_not_retried_forev
     ended = store.get(job.id)
     assert ended.status is JobStatus.FAILED and "stopped 3 times" in ended.error
     assert keys.balance(key.id) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:Sup3rSecret@10.0.0.7:6379/0", "redis://10.0.0.7:6379/0"),
+        ("redis://user:pa@ss-Sup3rSecret@10.0.0.7:6379/0", "redis://10.0.0.7:6379/0"),  # '@' inside the password
+        ("redis://10.0.0.7:6379/0?password=Sup3rSecret", "redis://10.0.0.7:6379/0"),
+        ("rediss://[::1]:6380/2", "rediss://[::1]:6380/2"),
+    ],
+)
+def test_broker_passwords_never_reach_logs_or_answers(url: str, shown: str) -> None:
+    from sd3pose.distributed.config import redacted_url
+
+    assert redacted_url(url) == shown
+
+
+def test_readiness_with_redis_down_says_so_without_hosts_or_passwords(caplog) -> None:  # noqa: ANN001
+    url = "redis://:Sup3rSecret@127.0.0.1:1/0"  # nothing listens on port 1
+    queue = CeleryJobQueue(url, "q", client=redis.Redis.from_url(url))  # no reconnect retries: fails at once
+    ready, detail = queue.readiness()
+    assert not ready and "job store" in detail and "127.0.0.1" not in detail and "Sup3rSecret" not in detail
+    assert "Sup3rSecret" not in caplog.text and "127.0.0.1:1" in caplog.text  # the operator's log has the host
+    queue.stop()

@@ -143,3 +143,44 @@ def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, g
                 release.set()
                 caller.join(30)
                 monkeypatch.undo()
+
+
+def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(tmp_path, generator) -> None:  # noqa: ANN001
+    """With Redis a preview waits up to a minute for a worker, holding a thread: 40 of them used to take
+    the whole shared pool, so sync requests could not renew their waiting lease and were dropped."""
+    import httpx
+    from service_helpers import running_server
+
+    from sd3pose.service.app import PREVIEW_THREADS
+
+    app = make_app(tmp_path, generator, rate_limit_per_minute=0)
+    queue = app.state.services.queue
+    held, running, most = threading.Event(), [], [0]
+    real_preview = queue.preview_pose
+
+    def slow_preview(request):  # noqa: ANN001, ANN202 - as a preview waiting for a busy worker
+        running.append(1)
+        most[0] = max(most[0], len(running))
+        held.wait(20)
+        running.pop()
+        return real_preview(request)
+
+    queue.preview_pose = slow_preview
+    with running_server(app) as url:
+        previews = [threading.Thread(target=httpx.post, args=(f"{url}/v1/pose",),
+                                     kwargs={"json": {"image": "aGVsbG8="}, "timeout": 60}, daemon=True)
+                    for _ in range(45)]
+        for thread in previews:
+            thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(running) < PREVIEW_THREADS:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            answer = httpx.post(f"{url}/v1/sd3-med-pose", json=REQUEST, timeout=20)
+            assert answer.status_code == 200  # while 45 previews wait
+            assert most[0] == PREVIEW_THREADS
+        finally:
+            held.set()
+            for thread in previews:
+                thread.join(30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import urllib.parse
 from pathlib import Path
 
 from sd3pose.errors import InvalidRequestError
@@ -21,9 +22,23 @@ WORKER_STALE_S = 10.0
 def check_broker_url(url: str) -> str:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise InvalidRequestError(
-            f"--broker must be a Redis URL such as redis://HOST:6379/0 (got {url!r}); sd3pose runs Celery over Redis"
+            f"--broker must be a Redis URL such as redis://HOST:6379/0 (got {redacted_url(url)!r}); sd3pose runs "
+            "Celery over Redis"
         )
     return url
+
+
+def redacted_url(url: str) -> str:
+    """The URL without user info or query, where Redis URLs carry passwords: for logs and messages."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: leave it out
+        port = ""
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def _normalise(location: str | Path | None) -> str:

@@ -21,6 +21,7 @@ from sd3pose.distributed.config import (
     DEFAULT_VISIBILITY_TIMEOUT_S,
     PREFIX,
     WORKER_STALE_S,
+    redacted_url,
     redis_client,
 )
 from sd3pose.distributed.jobstore import RedisJobStore
@@ -68,7 +69,7 @@ class CeleryJobQueue:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        log.info("jobs go to Celery queue %s on %s", self.queue, _safe_url(self.broker_url))
+        log.info("jobs go to Celery queue %s on %s", self.queue, redacted_url(self.broker_url))
 
     def stop(self) -> None:
         self.celery.close()
@@ -83,8 +84,9 @@ class CeleryJobQueue:
     def readiness(self) -> tuple[bool, str]:
         try:
             workers = self.live_workers()
-        except Exception as exc:  # Redis down: not ready, and say why
-            return False, f"cannot reach Redis at {_safe_url(self.broker_url)}: {exc}"
+        except Exception as exc:  # Redis down: not ready; the details (hosts) are for the log, not the public
+            log.warning("readiness: cannot reach Redis at %s: %s", redacted_url(self.broker_url), exc)
+            return False, "cannot reach the job store (Redis); the server log has the details"
         if not workers:
             return False, f"no worker serves this model yet (queue {self.queue}); start `sd3pose worker`"
         return True, f"{len(workers)} worker(s) ready on queue {self.queue}"
@@ -168,11 +170,3 @@ class CeleryJobQueue:
             time.sleep(POLL_S * 5)
         raise QueueFullError(f"no worker answered the pose preview within {PREVIEW_TIMEOUT_S:g} s; the workers are "
                              "busy or down: retry later")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

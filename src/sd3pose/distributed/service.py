@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sd3pose.distributed.config import queue_name, redis_client
+from sd3pose.distributed.config import queue_name, redacted_url, redis_client
 from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
 from sd3pose.distributed.queue import CeleryJobQueue
 from sd3pose.errors import Sd3PoseError
@@ -20,8 +20,8 @@ def _connect(broker_url: str):  # noqa: ANN202 - redis.Redis
     try:
         client.ping()
     except redis.exceptions.ConnectionError as exc:
-        raise Sd3PoseError(f"cannot reach Redis at --broker {broker_url} ({exc}); start redis-server or fix "
-                           "the URL") from None
+        raise Sd3PoseError(f"cannot reach Redis at --broker {redacted_url(broker_url)} ({exc}); start redis-server "
+                           "or fix the URL") from None
     return client
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -35,6 +36,9 @@ from sd3pose.store import Database
 log = logging.getLogger(__name__)
 
 
+PREVIEW_THREADS = 8
+
+
 class Services:
     """Everything the routes share; one per app."""
 
@@ -44,6 +48,9 @@ class Services:
         self.db = db
         self.keys = KeyStore(db)
         self.limiter = RateLimiter()
+        # Pose previews wait for a worker (up to a minute with Redis) in threads of their own: a burst of
+        # them must not take the shared thread pool that sync waits, auth and job lookups need.
+        self.preview_limiter = anyio.CapacityLimiter(PREVIEW_THREADS)
         self.metrics = Metrics(lambda: self.queue.depth())
         if queue is None and settings.broker_url:
             # Stateless replica: keys, credits, rate limits and jobs are shared through Redis; the job

@@ -35,7 +35,8 @@ async def preview_pose(request: Request, principal: Principal = Depends(require(
     fields = {name: body[name] for name in POSE_FIELDS if name in body}
     gen_request = parse_request({**fields, "prompt": "pose preview"}, max_samples=services.settings.max_samples)
     try:
-        preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request)
+        preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request,
+                                                 limiter=services.preview_limiter)
     except QueueFullError as exc:
         raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
     return PoseResponse(pose_image=base64.b64encode(preview.pose_png).decode("ascii"), keypoints=preview.keypoints,
