@@ -159,11 +159,13 @@ def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:  # noqa
     store = RedisJobStore(client)
     job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
     image = GenerationResult([b"png"], "image/png", [3], 64, 64, None, None, {})
-    threading.Timer(0.3, lambda: store.complete(job.id, image)).start()
+    worker = threading.Timer(0.3, lambda: store.complete(job.id, image))
+    worker.start()
     start = time.monotonic()
     store.wait_done(job.id, 10.0)
     assert 0.2 < time.monotonic() - start < 5.0  # woken by the finish, long before the 10 s timeout
     assert store.get(job.id).status is JobStatus.COMPLETED
+    worker.join(10)  # it still tidies up after the finish; the connection closes after the test
 
 
 class _OneImageGenerator:
