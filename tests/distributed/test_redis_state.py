@@ -72,6 +72,22 @@ def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_serv
         queue.submit(request, kind="async", key_id=key.id, reserved=1.0)
     assert "store is unreachable" in refused.value.message and "10.0.0.7" not in refused.value.message
 
+    # The record is made but its reply is lost: the queue finds and settles it, so the app must not refund.
+    lost = []
+
+    def reply_lost(**fields) -> None:  # noqa: ANN003
+        lost.append(real_create(**fields))
+        raise redis.exceptions.ConnectionError("Connection reset by peer")
+
+    queue.store.create = reply_lost
+    assert keys.reserve(key.id, 1.0)
+    with pytest.raises(Sd3PoseError) as refused:
+        queue.submit(request, kind="async", key_id=key.id, reserved=1.0)
+    assert not isinstance(refused.value, JobNotRecordedError) and "store is unreachable" in refused.value.message
+    assert keys.balance(key.id) == 3 and queue.get(lost[0].id).status is JobStatus.FAILED
+    client.zadd("sd3pose:queued:q", {lost[0].id: 0})  # even if it were still listed as waiting a day later ...
+    assert queue.depth() == 0 and keys.balance(key.id) == 3  # ... it is not refunded a second time
+
     # The record is made but the broker refuses the task: the queue ends the job FAILED and refunds it.
     created = []
     queue.store.create = lambda **fields: created.append(real_create(**fields)) or created[-1]

@@ -256,7 +256,7 @@ def test_a_result_that_cannot_be_written_fails_its_job_refunded_and_the_worker_g
         lost = client.post("/v2/sd3-med-pose", json=REQUEST, headers=headers).json()
         status = poll(client, lost["status_url"], headers, {"COMPLETED", "FAILED"})
         assert status["status"] == "FAILED"
-        assert "could not store the result" in client.get(lost["response_url"], headers=headers).json()["error"]
+        assert "could not store the outcome" in client.get(lost["response_url"], headers=headers).json()["error"]
         results.unlink()
         results.mkdir()
         after = client.post("/v2/sd3-med-pose", json=REQUEST, headers=headers).json()

@@ -106,13 +106,15 @@ def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> Non
 def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_the_restart(tmp_path) -> None:  # noqa: ANN001
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
     keys = KeyStore(Database(tmp_path / "db.sqlite"))
-    key, _ = keys.create("alice", credits=2)
-    assert keys.reserve(key.id, 2)
-    first = _queue(tmp_path, ScriptedGenerator(gate=threading.Event()))  # never started: both jobs stay queued
+    key, _ = keys.create("alice", credits=3)
+    assert keys.reserve(key.id, 3)
+    first = _queue(tmp_path, ScriptedGenerator(gate=threading.Event()))  # never started: the jobs stay queued
     broken = first.submit(request, kind="async", key_id=key.id, reserved=1)
+    inconsistent = first.submit(request, kind="async", key_id=key.id, reserved=1)
     fine = first.submit(request, kind="async", key_id=key.id, reserved=1)
-    # e.g. written by an older version whose rules differed
+    # e.g. written by an older version whose rules differed: a field rule, and a whole-request rule
     first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": ""}', broken.id))
+    first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": "x"}', inconsistent.id))
 
     def settle(info) -> None:  # noqa: ANN001 - what the app does
         if info.status is JobStatus.FAILED:
@@ -122,9 +124,10 @@ def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_t
     second.start()
     try:
         _wait(second, fine.id, JobStatus.COMPLETED)
-        failed = second.get(broken.id)
-        assert failed.status is JobStatus.FAILED and "could not resume this request" in failed.error
-        assert keys.balance(key.id) == 1  # the broken job's credit came back; the finished one is paid for
+        for job in (broken, inconsistent):
+            failed = second.get(job.id)
+            assert failed.status is JobStatus.FAILED and "could not resume this request" in failed.error
+        assert keys.balance(key.id) == 2  # the two broken jobs' credits came back; the finished one is paid for
     finally:
         second.stop()
 
@@ -149,3 +152,32 @@ def test_a_job_store_hiccup_while_starting_a_job_delays_it_but_loses_nothing(tmp
         assert failures  # the hiccup happened, and both jobs still ran
     finally:
         queue.stop()
+
+
+def test_a_store_error_recording_one_job_of_a_batch_leaves_the_others_recorded(tmp_path) -> None:  # noqa: ANN001
+    from sd3pose.errors import NoPersonFoundError
+    from sd3pose.service.worker import run_jobs
+
+    request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
+    queue = _queue(tmp_path, ScriptedGenerator())  # not started: this test plays the worker itself
+    first, second = (queue.submit(request, kind="async", key_id=None, reserved=0) for _ in range(2))
+    taken = queue.take(2)
+    done = ScriptedGenerator().run(request)
+
+    class Batch:
+        def run_batch(self, requests, *, on_step, cancelled):  # noqa: ANN001, ANN201
+            return [NoPersonFoundError(), done]
+
+    real_finish, hiccups = queue._finish, []
+
+    def locked_once(job_id: str, status: JobStatus, **fields) -> None:  # noqa: ANN003
+        if not hiccups:
+            hiccups.append(job_id)
+            raise sqlite3.OperationalError("database is locked")
+        real_finish(job_id, status, **fields)
+
+    queue._finish = locked_once
+    run_jobs(queue, Batch(), taken)  # never raises
+    assert hiccups
+    assert queue.get(first.id).status is JobStatus.FAILED  # recorded on the second try
+    assert queue.get(second.id).status is JobStatus.COMPLETED  # and its neighbour was not skipped

@@ -160,9 +160,9 @@ class RedisJobStore:
     # --- API side ------------------------------------------------------------------------------------
 
     def create(self, *, queue: str, kind: str, key_id: str | None, reserved: float, samples: int,
-               max_queue: int) -> JobInfo | None:
+               max_queue: int, job_id: str | None = None) -> JobInfo | None:
         """Record a QUEUED job; None when `queue` already holds max_queue waiting jobs (0 = no cap)."""
-        job_id = uuid.uuid4().hex
+        job_id = job_id or uuid.uuid4().hex
         now = time.time()
         fields = {"kind": kind, "status": JobStatus.QUEUED.value, "key_id": key_id or "", "reserved": repr(reserved),
                   "samples": samples, "created_at": repr(now), "queue": queue}

@@ -96,13 +96,15 @@ class CeleryJobQueue:
     def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
+        job_id = uuid.uuid4().hex
         try:
             info = self.store.create(queue=self.queue, kind=kind, key_id=key_id, reserved=reserved,
-                                     samples=request.samples, max_queue=self.max_queue)
-        except (RedisError, OSError) as exc:  # Redis unreachable: nothing recorded; the detail goes to the log
-            log.error("could not record a job in Redis: %s", exc)
-            raise JobNotRecordedError("the job store is unreachable; retry shortly, and tell the operator if "
-                                      "this persists") from exc
+                                     samples=request.samples, max_queue=self.max_queue, job_id=job_id)
+        except (RedisError, OSError) as exc:  # the detail goes to the log
+            log.error("could not record job %s in Redis: %s", job_id, exc)
+            self._settle_unknown(job_id)
+            raise Sd3PoseError("the job store is unreachable; retry shortly, and tell the operator if this "
+                               "persists") from exc
         if info is None:
             raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); retry after the "
                                  "Retry-After delay")
@@ -117,6 +119,20 @@ class CeleryJobQueue:
             raise Sd3PoseError("the job broker is unreachable, so the job was not queued; retry shortly, and tell "
                                "the operator if this persists") from exc
         return info
+
+    def _settle_unknown(self, job_id: str) -> None:
+        """After a failed create, whose script may have run with only its reply lost: a recorded job is
+        ended and refunded here, atomically; JobNotRecordedError (the caller refunds) when none exists."""
+        try:
+            ended = self.store.finish(job_id, JobStatus.FAILED, error="the job store was unreachable while "
+                                      "queuing this request; submit it again", error_code=500)
+        except (RedisError, OSError):
+            # Still down: most likely nothing was recorded. (Were it recorded, its expiry would refund it
+            # a second time; the alternative, keeping the credits, loses them in the likely case.)
+            ended = False
+        if not ended:
+            raise JobNotRecordedError("the job store is unreachable; retry shortly, and tell the operator if "
+                                      "this persists")
 
     def get(self, job_id: str) -> JobInfo | None:
         return self.store.get(job_id)

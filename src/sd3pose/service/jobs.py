@@ -197,7 +197,7 @@ class EmbeddedJobQueue:
                 try:
                     request = GenerationRequest.model_validate_json(row["request_json"],
                                                                     context={"max_samples": 1 << 30})
-                except ValueError as exc:  # stored by an older version with other rules: one job, not the server
+                except (ValueError, Sd3PoseError) as exc:  # e.g. stored under other rules: fails alone
                     log.error("job %s cannot be resumed: %s", job_id, exc)
                     self._finish(job_id, JobStatus.FAILED, error="the server restarted and could not resume this "
                                  "request; submit it again", error_code=500)

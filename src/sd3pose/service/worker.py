@@ -97,6 +97,22 @@ class _Finished:
 
 
 def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, request: GenerationRequest) -> None:
+    """Run one job and record its outcome. A job-store error (a full disk, a locked database) ends this
+    job as failed where it can, and never escapes: the other jobs of a batch still get theirs."""
+    try:
+        _run_and_record(queue, generator, job_id, request)
+    except Exception:
+        log.exception("job %s: could not record its outcome", job_id)
+        try:
+            queue.fail(job_id, f"the server could not store the outcome of this request (request id {job_id}); "
+                       "submit it again", 500)
+        except Exception:  # the store itself is failing: the restart recovery fails and refunds it
+            log.exception("job %s: could not record its failure either", job_id)
+
+
+def _run_and_record(
+    queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, request: GenerationRequest
+) -> None:
     start = time.perf_counter()
     log.info("job %s: started (%d step(s), %d sample(s))", job_id, request.num_inference_steps, request.samples)
     try:
@@ -124,17 +140,6 @@ def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, req
         log.info("job %s: finished after it was cancelled (%s); result discarded", job_id, reason)
         queue.fail(job_id, reason, GenerationCancelledError.status_code)
         return
-    try:
-        queue.complete(job_id, result)
-    except Exception:  # e.g. a full disk while writing the images: the job fails (refunded), the worker goes on
-        log.exception("job %s: could not store its result", job_id)
-        _fail_quietly(queue, job_id, f"the server could not store the result (request id {job_id}); submit it again")
-        return
+    queue.complete(job_id, result)
     log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
 
-
-def _fail_quietly(queue: EmbeddedJobQueue, job_id: str, error: str) -> None:
-    try:
-        queue.fail(job_id, error, 500)
-    except Exception:  # the store itself is failing; the restart recovery settles the job later
-        log.exception("job %s: could not record its failure either", job_id)
