@@ -113,3 +113,24 @@ def test_ancestral_spread_shortfall_shrinks_with_steps() -> None:
         return float(((data.c - out.std(0)) / data.c).mean())
 
     assert shortfall(100) < 0.6 * shortfall(25)
+
+
+@pytest.mark.parametrize("name", ["uni_pc", "uni_pc_bh2"])
+def test_unipc_is_not_thrown_off_by_the_jump_into_sigma_min(gaussian, name: str) -> None:
+    # SD3's normal schedule jumps from ~0.28 to sigma_min 0.009 at 10 steps (4.6x the previous step in
+    # log-SNR); UniPC's order-2 step across it used to end 5.5 (bh1) and 1.4 (bh2) away, euler 0.62.
+    eps = gaussian.noise(4)
+    euler = sample("euler", gaussian, eps, get_sigmas("normal", 10).double())
+    out = sample(name, gaussian, eps, get_sigmas("normal", 10).double())
+    exact = gaussian.exact(eps)
+    assert float((out - exact).abs().max()) < 0.5 * float((euler - exact).abs().max())
+
+
+@pytest.mark.parametrize("scheduler", ["karras", "exponential"])
+@pytest.mark.parametrize("name", ["ipndm_v", "deis"])
+def test_many_steps_in_float32_keep_converging(gaussian, scheduler: str, name: str) -> None:
+    # These schedules end with gaps of ~1e-5 before a final step of ~3e-3 to 0; extrapolating the
+    # order-3/4 history across it multiplied float32 rounding (errors up to 0.5 at 1000 steps).
+    eps = gaussian.noise(4)
+    out = sample(name, gaussian, eps.float(), get_sigmas(scheduler, 1000).float())
+    assert float((out.double() - gaussian.exact(eps)).abs().max()) < 1e-3

@@ -9,8 +9,8 @@ Forms (flow notation of ``core``; lambda = log((1-sigma)/sigma), VE level s = si
 * ipndm_v -- the variable-step iPNDM: Adams-Bashforth weights for the actual (uneven) step sizes,
   order 4, natively in flow sigma.
 * deis -- DEIS "logrho" multistep (order 3), as diffusers' DEISMultistepScheduler: eps interpolated
-  by a polynomial in log s and integrated exactly over s (int P(u) e^u du). Last step to 0 is a
-  first-order step when there are fewer than 15 steps, as in diffusers.
+  by a polynomial in log s and integrated exactly over s (int P(u) e^u du); diffusers' lower order
+  on the last steps below 15 steps.
 * dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde -- DPM-Solver++ in data prediction for general (alpha, sigma)
   (Lu et al. 2022), which is the exact image of k-diffusion's VE formulas:
   x' = (sigma'/sigma) e^{-eta h} x + alpha' (1 - e^{-(1+eta) h}) D + ... + sigma' sqrt(1 - e^{-2 eta h}) z,
@@ -20,10 +20,18 @@ Forms (flow notation of ``core``; lambda = log((1-sigma)/sigma), VE level s = si
   diffusers' UniPCMultistepScheduler.
 
 The step into the last sigma before 0 (sigma_min on SD3's schedules) is taken at first order by
-the DPM-Solver++ multisteps: in lambda it is a large jump (e.g. sigma 0.067 -> 0.009 at 50 normal
-steps, h = 2.1 after h = 0.6), across which the 2M/3M extrapolation amplifies the difference of
-the last predictions -- on the Gaussian test it tripled dpmpp_2m's error and doubled the SDE
-variants' spread. diffusers takes its final step at first order too, so the cross-check holds.
+the DPM-Solver++ multisteps and UniPC: in lambda it is a large jump (e.g. sigma 0.067 -> 0.009 at
+50 normal steps, h = 2.1 after h = 0.6), across which the 2M/3M extrapolation amplifies the
+difference of the last predictions -- on the Gaussian test it tripled dpmpp_2m's error and doubled
+the SDE variants' spread, and UniPC's order-2 step (whose weight 1/2 is exact only as h -> 0) made
+its 10-step error 5.5 against euler's 0.6. diffusers takes its final step at first order too, so
+the cross-checks (which keep the last sigma above 0) hold. For UniPC the rule applies only where
+that step is a jump (UNIPC_MAX_STEP_RATIO): on evenly spaced schedules (sgm_uniform) dropping the
+order there cost accuracy. Likewise ipndm_v and deis land their final step to 0 on the data
+prediction D (the exact first-order step) when that gap is much wider than the step before
+(FINAL_GAP_MAX_RATIO): on karras or exponential schedules with many steps it is up to 1000x wider,
+and the order-4/3 extrapolation across it multiplied float32 rounding until the error grew with
+the step count.
 
 dpmpp_3m_sde differs from diffusers' SDE-DPM-Solver++(3M): diffusers weights the second difference
 by alpha*((1 - e^{-2h} - 2h)/(2h)^2 - 0.5) (-> -alpha as h -> 0, not a consistent third-order
@@ -48,6 +56,28 @@ import numpy as np
 import torch
 
 from sd3pose.sampling.core import Run, eps_hat, half_log_snr, sigma_ve, velocity
+
+# Multistep extrapolation is only stable for bounded ratios of a step to the steps before it. Wider
+# steps are taken at first order: UniPC's step into the last sigma before 0 when it is this many
+# times the previous step in lambda (SD3's normal schedule: 3.2-4.6x up to 50 steps, 2.6x at 100;
+# sgm_uniform, simple, karras: <= 1.7x) ...
+UNIPC_MAX_STEP_RATIO = 3.0
+# ... and ipndm_v's and deis' final step to 0 when it is this many times the previous step in sigma
+# (karras and exponential from ~50 steps: 5-50x; normal, sgm_uniform, simple: < 2x).
+FINAL_GAP_MAX_RATIO = 4.0
+
+
+def _jump_in_lambda(s: list[float], i: int) -> float:
+    """How many times the log-SNR step s[i] -> s[i+1] is the step before it (0 when there is none)."""
+    if i < 1 or s[i - 1] >= 1.0:
+        return 0.0
+    before = half_log_snr(s[i]) - half_log_snr(s[i - 1])
+    return (half_log_snr(s[i + 1]) - half_log_snr(s[i])) / before
+
+
+def _final_gap_too_wide(s: list[float], i: int) -> bool:
+    """Whether s[i] -> 0 is the final step and much wider than the step before it."""
+    return s[i + 1] == 0.0 and i >= 1 and s[i] > FINAL_GAP_MAX_RATIO * (s[i - 1] - s[i])
 
 
 # Tiny polynomials (degree <= 3) as ascending coefficient lists: plain Python is several times
@@ -124,8 +154,11 @@ def ipndm_v(run: Run, x: torch.Tensor, order: int = 4) -> torch.Tensor:
         denoised = run.denoise(x, s[i])
         hist.insert(0, (s[i], velocity(x, denoised, s[i])))
         del hist[order:]
-        w = _ab_weights([n for n, _ in hist], s[i], s[i + 1])
-        x = x + sum(wj * d for wj, (_, d) in zip(w, hist, strict=True))
+        if _final_gap_too_wide(s, i):
+            x = denoised  # first order: lands on D (see the module docstring)
+        else:
+            w = _ab_weights([n for n, _ in hist], s[i], s[i + 1])
+            x = x + sum(wj * d for wj, (_, d) in zip(w, hist, strict=True))
         run.step_done(i, x, denoised)
     return x
 
@@ -149,6 +182,8 @@ def deis(run: Run, x: torch.Tensor, order: int = 3) -> torch.Tensor:
         denoised = run.denoise(x, s[i])
         if s[i] >= 1.0:
             x = _ddim(x, denoised, s[i], s[i + 1])
+        elif _final_gap_too_wide(s, i):
+            x = denoised  # first order: lands on D (see the module docstring)
         else:
             hist.insert(0, (math.log(sigma_ve(s[i])), eps_hat(x, denoised, s[i])))
             del hist[order:]
@@ -321,6 +356,8 @@ def _unipc(run: Run, x: torch.Tensor, bh2: bool, order: int = 3) -> torch.Tensor
         idx.append(i)
         del outs[:-order], idx[:-order]
         this_order = min(order, n - i, len(outs))  # warm-up and lower order at the end
+        if i + 2 <= n and s[i + 2] == 0.0 and _jump_in_lambda(s, i) > UNIPC_MAX_STEP_RATIO:
+            this_order = 1  # first order across the jump into sigma_min (see the module docstring)
         last_x, last_order = x, this_order
         # On the last step the order-1 predictor lands exactly on D.
         x = denoised if s[i + 1] == 0.0 else update(x, i, this_order, None)
