@@ -43,6 +43,7 @@ import platform
 import re
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,8 @@ class Arm:
     name: str
     run: Callable[[], object]
     times: list[float] = field(default_factory=list)
-    peak_gb: float = 0.0  # most GPU memory allocated during a run
+    peak_gb: float = 0.0  # most GPU memory allocated during a run (models of both sides included)
+    own_gb: float = 0.0  # of which the run itself added, above what was resident when it started
 
 
 def measure(arms: list[Arm], rounds: int, device: torch.device) -> None:
@@ -165,13 +167,16 @@ def measure(arms: list[Arm], rounds: int, device: torch.device) -> None:
         for arm in arms[i % len(arms):] + arms[: i % len(arms)]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)
             sync(device)
             started = time.perf_counter()
             arm.run()
             sync(device)
             arm.times.append(time.perf_counter() - started)
             if device.type == "cuda":
-                arm.peak_gb = max(arm.peak_gb, torch.cuda.max_memory_allocated(device) / 2**30)
+                peak = torch.cuda.max_memory_allocated(device)
+                arm.peak_gb = max(arm.peak_gb, peak / 2**30)
+                arm.own_gb = max(arm.own_gb, (peak - resident) / 2**30)
 
 
 def pose_map(size: int) -> PIL.Image.Image:
@@ -277,8 +282,8 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
     try:
         # A whole request with a photo (pose detection on the CPU included): first time vs again.
         generator, request = photo_request(engine, size, steps) if name == args.dtypes.split(",")[0] else (None, None)
-    except ImportError as exc:  # the GPU image may lack mediapipe/pydantic: the engine arms still run
-        cache_rows.append(f"{name}: whole-request cache arms skipped ({exc})")
+    except Exception as exc:  # e.g. no mediapipe/pydantic on the GPU image: the engine arms still count
+        cache_rows.append(f"{name}: whole-request cache arms skipped ({type(exc).__name__}: {exc})")
         generator = None
     if generator is not None:
 
@@ -307,15 +312,21 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
     if want_compile:
         print(f"   compiling ours ({args.compile_backend}, mode {args.compile_mode or 'default'})...", flush=True)
         compile_started = time.perf_counter()
-        engine.compile(backend=args.compile_backend, mode=args.compile_mode)
-        compile_note = f"compile + warm-up took {time.perf_counter() - compile_started:.0f} s at start-up"
-        print(f"   {compile_note}", flush=True)
-        compiled = Arm("ours compiled cold", ours_cold)
-        reference_arm = Arm("diffusers", diffusers_run)
-        measure([reference_arm, compiled], args.rounds, device)
-        # Ratios against diffusers measured in the same alternating run as the compiled arm.
-        compiled.times_reference = reference_arm.times  # type: ignore[attr-defined]
-        arms.append(compiled)
+        try:
+            engine.compile(backend=args.compile_backend, mode=args.compile_mode)
+            compile_note = f"compile + warm-up took {time.perf_counter() - compile_started:.0f} s at start-up"
+            print(f"   {compile_note}", flush=True)
+            compiled = Arm("ours compiled cold", ours_cold)
+            reference_arm = Arm("diffusers", diffusers_run)
+            measure([reference_arm, compiled], args.rounds, device)
+            # Ratios against diffusers measured in the same alternating run as the compiled arm.
+            compiled.times_reference = reference_arm.times  # type: ignore[attr-defined]
+            arms.append(compiled)
+        except Exception as exc:  # the eager numbers above still count
+            compile_note = f"the compiled arm failed after {time.perf_counter() - compile_started:.0f} s: " + (
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
+            print(f"   {compile_note}", flush=True)
 
     base = arms[0].times
     rows = []
@@ -325,7 +336,7 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
         median = statistics.median(arm.times)
         speedup = statistics.median(r / t for r, t in zip(reference, arm.times, strict=True))
         runs = ", ".join(f"{t:.3f}" for t in arm.times)
-        peak = f"{arm.peak_gb:.1f}" if device.type == "cuda" else "n/a"
+        peak = f"{arm.peak_gb:.1f} ({arm.own_gb:.1f})" if device.type == "cuda" else "n/a"
         rows.append(f"| {name} | {arm.name} | {median:.3f} | {speedup:.2f}x | {peak} | {runs} |")
         if arm.name.endswith("cold") and arm.name != "diffusers":
             met = median <= TARGET_S_PER_IMAGE and speedup >= TARGET_SPEEDUP
@@ -394,10 +405,22 @@ def main() -> None:
         if rows and time.perf_counter() > deadline - args.dtype_budget_s:
             rows.append(f"NOTE {name}: skipped, less than {args.dtype_budget_s:.0f} s of the time budget left")
             continue
-        rows += run_dtype(name, config, args, device, deadline)
+        try:
+            rows += run_dtype(name, config, args, device, deadline)
+        except Exception as exc:  # keep what the other dtypes measured
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            rows.append(f"NOTE {name}: failed with {type(exc).__name__}: {first_line}")
+            print(f"{name} failed:", flush=True)
+            traceback.print_exc()
         gc.collect()  # the dtype's models are unreachable now: free them before the next build
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        # Written after every dtype: a run cut off at the device's time limit keeps what it measured.
+        write_results(args.results, report(rows, config, args, device, started))
+
+
+def report(rows: list[str], config: dict, args: argparse.Namespace, device: torch.device, started: float) -> str:
+    """The GPU section of RESULTS.md from the rows measured so far."""
     table = [r for r in rows if not r.startswith("NOTE ")]
     notes = [r.removeprefix("NOTE ") for r in rows if r.startswith("NOTE ")]
     scale = "SD3 Medium size"
@@ -412,7 +435,7 @@ def main() -> None:
         f"evaluation per step each); {args.rounds} alternating rounds after a warm-up; speed-up = median of "
         "per-round ratios diffusers/ours (the compiled arm against a diffusers arm timed in the same rounds)",
         "",
-        "| dtype | arm | s/image (median) | speed-up vs diffusers | peak GPU GB | runs (s) |",
+        "| dtype | arm | s/image (median) | speed-up vs diffusers | peak GPU GB (the run's own) | runs (s) |",
         "|---|---|---|---|---|---|",
         *table,
         "",
@@ -420,7 +443,7 @@ def main() -> None:
         f"- total script time {time.perf_counter() - started:.0f} s",
     ])  # fmt: skip
     print("\n" + text)
-    write_results(args.results, text)
+    return text
 
 
 if __name__ == "__main__":

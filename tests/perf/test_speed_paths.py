@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from perf_helpers import pixels
-from tiny_jobs import job
+from tiny_jobs import job, pose_map
 
 from sd3pose.engine import Engine
 from sd3pose.engine.loading import load_components
@@ -105,3 +105,22 @@ def test_compile_is_a_generate_and_serve_option(monkeypatch):
     assert EngineSettings().compile is False
     monkeypatch.setenv("SD3POSE_COMPILE", "1")  # for entry points without the flag (the Celery worker)
     assert EngineSettings().compile is True
+
+
+def test_a_compiled_engine_does_not_recompile_for_new_strengths_or_guidance_1(tiny_model_dir):
+    # Each recompile stalls a request (about a minute with inductor on a GPU), and diffusers' two models
+    # share one cache of compiled graphs: strengths as graph constants would soon exhaust it.
+    engine = Engine.load(tiny_model_dir / "base", tiny_model_dir / "controlnet", device="cpu", dtype="fp32")
+    compiles = []
+
+    def counting_backend(graph, example_inputs):  # noqa: ANN001, ANN202
+        compiles.append(graph)
+        return graph.forward
+
+    engine.compile(backend=counting_backend)
+    after_warm_up = len(compiles)
+    size = engine.native_resolution
+    for strength, guidance in ((0.5, 7.0), (0.9, 4.0), (1.0, 1.0), (0.3, 1.0)):
+        engine.generate_latents(job(width=size, height=size, strength=strength, guidance_scale=guidance,
+                                    control_image=pose_map(size, size)))
+    assert after_warm_up > 0 and len(compiles) == after_warm_up

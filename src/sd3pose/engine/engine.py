@@ -169,7 +169,9 @@ class Sd3Denoiser:
         scales = self.row_control_scales(sigma)
         if not any(scales):  # at scale 0 the ControlNet adds exact zeros: skip it
             return None
-        uniform = len(set(scales)) == 1
+        # A compiled ControlNet always runs at scale 1 (scaled per row below): a Python float argument
+        # would be a guard, and every new strength would compile another graph.
+        uniform = len(set(scales)) == 1 and not self.engine.compiled
         blocks = self.engine.controlnet(
             hidden_states=model_in,
             timestep=timestep,
@@ -194,8 +196,9 @@ class Sd3Denoiser:
         if self.cfg:
             uncond_in = model_in if self.all_guided else model_in.index_select(0, self.guided_rows)
             model_in = torch.cat([uncond_in, model_in])
-        timestep = torch.tensor(sigma, dtype=torch.float32).mul(NUM_TRAIN_TIMESTEPS)
-        timestep = timestep.to(engine.device).expand(self.rows)
+        # The float32 product diffusers forms, filled on the device without a blocking host-to-device copy.
+        value = torch.tensor(sigma, dtype=torch.float32).mul(NUM_TRAIN_TIMESTEPS).item()
+        timestep = torch.full((self.rows,), value, dtype=torch.float32, device=engine.device)
         velocity = engine.transformer(
             hidden_states=model_in,
             timestep=timestep,
@@ -313,10 +316,12 @@ class Engine:
         self.compiled = True
         size = self.native_resolution
         black = PIL.Image.new("RGB", (size, size))
-        # One and two images with guidance (2 and 4 model rows): the second makes the batch size dynamic.
-        for seeds in ([0], [0, 1]):
-            warmup = EngineJob("warm-up", "", 2, 7.0, seeds, 0.8, "euler", "normal", size, size, black)
-            logger.info("compile warm-up: %d image(s) of %dx%d, 2 steps", len(seeds), size, size)
+        # One and two images with guidance (2 and 4 model rows; the second makes the batch size dynamic),
+        # and one without (1 row: torch.compile always specialises a batch of 1).
+        for seeds, guidance in (([0], 7.0), ([0, 1], 7.0), ([0], 1.0)):
+            warmup = EngineJob("warm-up", "", 2, guidance, seeds, 0.8, "euler", "normal", size, size, black)
+            logger.info("compile warm-up: %d image(s) of %dx%d, guidance %g, 2 steps", len(seeds), size, size,
+                        guidance)
             self.generate_latents(warmup)
         logger.info("models compiled and warmed up in %.1f s", time.perf_counter() - started)
 

@@ -21,6 +21,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# Compiled graphs kept per forward function: two models x (1, 2, dynamic rows) x a few image sizes.
+COMPILED_GRAPHS_LIMIT = 64
+
 
 class PassThrough(torch.nn.Module):
     """Returns its first input unchanged: stands in for a layer whose output nobody reads."""
@@ -98,5 +101,8 @@ def compile_models(transformer: torch.nn.Module, controlnet: torch.nn.Module, *,
                    mode: str | None = None) -> None:
     """torch.compile the two models in place (nn.Module.compile keeps their attributes and configs)."""
     logger.info("compiling the transformer and the ControlNet with torch.compile (%s)", backend)
+    # Both models' forwards pass through one diffusers wrapper function, so they share its cache of
+    # compiled graphs (8 by default): sizes and batch shapes would soon fall back to uncompiled runs.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_LIMIT)
     for model in (transformer, controlnet):
         model.compile(backend=backend, mode=mode)
