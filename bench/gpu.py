@@ -404,6 +404,7 @@ def main() -> None:
     for name in args.dtypes.split(","):
         if rows and time.perf_counter() > deadline - args.dtype_budget_s:
             rows.append(f"NOTE {name}: skipped, less than {args.dtype_budget_s:.0f} s of the time budget left")
+            write_results(args.results, report(rows, config, args, device, started))
             continue
         try:
             rows += run_dtype(name, config, args, device, deadline)

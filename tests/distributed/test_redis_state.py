@@ -296,6 +296,7 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_refunded_not_retried_forev
         ("redis://user:pa@ss-Sup3rSecret@10.0.0.7:6379/0", "redis://10.0.0.7:6379/0"),  # '@' inside the password
         ("redis://10.0.0.7:6379/0?password=Sup3rSecret", "redis://10.0.0.7:6379/0"),
         ("rediss://[::1]:6380/2", "rediss://[::1]:6380/2"),
+        ("redis://:Sup3rSecret@[::1:6379/0", "redis://..."),  # unparseable: the scheme only, never a traceback
     ],
 )
 def test_broker_passwords_never_reach_logs_or_answers(url: str, shown: str) -> None:
@@ -311,3 +312,23 @@ def test_readiness_with_redis_down_says_so_without_hosts_or_passwords(caplog) ->
     assert not ready and "job store" in detail and "127.0.0.1" not in detail and "Sup3rSecret" not in detail
     assert "Sup3rSecret" not in caplog.text and "127.0.0.1:1" in caplog.text  # the operator's log has the host
     queue.stop()
+
+
+def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client) -> None:  # noqa: ANN001
+    keys = RedisKeyStore(client)
+    key, _ = keys.create("bob", credits=5)
+    real_load = keys._load
+
+    def load_then_a_request_reserves(key_id: str):  # noqa: ANN202 - a request lands between check and update
+        found = real_load(key_id)
+        assert keys.reserve(key_id, 3)
+        return found
+
+    keys._load = load_then_a_request_reserves
+    with pytest.raises(InvalidRequestError, match="has 2 credits; removing 5 would leave it below 0"):
+        keys.add_credits(key.id, -5)
+    keys._load = real_load
+    assert keys.balance(key.id) == 2
+    keys.add_credits(key.id, 1e308)
+    with pytest.raises(InvalidRequestError, match="cannot hold more"):
+        keys.add_credits(key.id, 1e308)

@@ -106,3 +106,27 @@ def test_out_of_range_numbers_are_refused_before_anything_loads(tmp_path) -> Non
     rate = runner.invoke(app, ["keys", "create", "--name", "h", "--credits", "1", "--rate-limit", "1" + "0" * 20,
                                "--data-dir", str(tmp_path)])
     assert rate.exit_code == 2 and "--rate-limit" in rate.output
+
+
+def test_removing_credits_checks_the_floor_atomically_and_balances_stay_finite(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+
+    from sd3pose.errors import InvalidRequestError
+
+    store = KeyStore(Database(tmp_path / "db.sqlite"))
+    key, _ = store.create("bob", credits=5)
+    real_get = store.get
+
+    def get_then_a_request_reserves(key_id: str):  # noqa: ANN202 - a request lands between check and update
+        found = real_get(key_id)
+        assert store.reserve(key_id, 3)
+        return found
+
+    store.get = get_then_a_request_reserves
+    with pytest.raises(InvalidRequestError, match="has 2 credits; removing 5 would leave it below 0"):
+        store.add_credits(key.id, -5)
+    store.get = real_get
+    assert store.balance(key.id) == 2
+    store.add_credits(key.id, 1e308)
+    with pytest.raises(InvalidRequestError, match="cannot hold more"):
+        store.add_credits(key.id, 1e308)  # inf would read as "never runs out"

@@ -30,8 +30,11 @@ def check_broker_url(url: str) -> str:
 
 def redacted_url(url: str) -> str:
     """The URL without user info or query, where Redis URLs carry passwords: for logs and messages."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # e.g. a broken IPv6 host: show the scheme only
+        return f"{url.split(':', 1)[0]}://..."
     if ":" in host:
         host = f"[{host}]"
     try:

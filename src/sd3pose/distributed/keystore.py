@@ -17,7 +17,7 @@ from typing import Any
 from sd3pose.distributed.config import PREFIX
 from sd3pose.distributed.jobstore import as_text, credits_key
 from sd3pose.errors import InvalidRequestError
-from sd3pose.service.keys import ApiKey, _hash, check_credit_change, key_id_of, new_key
+from sd3pose.service.keys import ApiKey, _hash, below_zero, check_credit_change, key_id_of, new_key
 
 ALL_KEYS = f"{PREFIX}:keys"
 ACTIVE_KEYS = f"{PREFIX}:keys:active"
@@ -44,6 +44,19 @@ return outcome
 # KEYS: key hash, token. ARGV: amount (may be negative), token ttl. Unlimited keys are left alone.
 _ADD = """
 if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[2]) and redis.call('HEXISTS', KEYS[1], 'credits') == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
+end
+return 1
+"""
+
+# An operator's change of a balance: never below 0, checked atomically (a request may reserve meanwhile).
+# KEYS: the key's hash, a one-off token (a replay after a lost reply applies nothing). ARGV: amount, ttl.
+# -> 1 applied (or already applied), 0 it would go below 0.
+_ADJUST = """
+local credits = redis.call('HGET', KEYS[1], 'credits')
+if not credits then return 1 end
+if tonumber(credits) + tonumber(ARGV[1]) < 0 then return 0 end
+if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[2]) then
   redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
 end
 return 1
@@ -77,6 +90,7 @@ class RedisKeyStore:
         self.redis = client
         self._reserve = client.register_script(_RESERVE)
         self._add = client.register_script(_ADD)
+        self._adjust = client.register_script(_ADJUST)
 
     def _key(self, key_id: str) -> str:
         return credits_key(key_id)
@@ -151,8 +165,11 @@ class RedisKeyStore:
             self.redis.srem(ACTIVE_KEYS, key_id)
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
-        check_credit_change(self._load(key_id), key_id, amount)
-        self._change(key_id, amount)
+        key = self._load(key_id)
+        check_credit_change(key, key_id, amount)
+        token = f"{PREFIX}:op:{uuid.uuid4().hex}"
+        if not int(self._adjust(keys=[self._key(key_id), token], args=[_amount(amount), TOKEN_TTL_S])):
+            raise below_zero(key, self.balance(key_id) or 0.0, amount)  # type: ignore[arg-type]
         return self._load(key_id)  # type: ignore[return-value]
 
     def balance(self, key_id: str) -> float | None:

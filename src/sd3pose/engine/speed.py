@@ -103,6 +103,8 @@ def compile_models(transformer: torch.nn.Module, controlnet: torch.nn.Module, *,
     logger.info("compiling the transformer and the ControlNet with torch.compile (%s)", backend)
     # Both models' forwards pass through one diffusers wrapper function, so they share its cache of
     # compiled graphs (8 by default): sizes and batch shapes would soon fall back to uncompiled runs.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_LIMIT)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # before torch 2.7
+    setattr(config, name, max(getattr(config, name), COMPILED_GRAPHS_LIMIT))
     for model in (transformer, controlnet):
         model.compile(backend=backend, mode=mode)

@@ -118,9 +118,8 @@ class Run:
         self.evals = 0
 
     def sigma_tensor(self, sigma: float) -> torch.Tensor:
-        # On the CPU: a 0-dim tensor mixes with CUDA tensors, and reading it back (float(sigma), as the
-        # engine does) must not wait for the GPU's queue to drain at every step.
-        return torch.tensor(sigma, dtype=self.dtype)
+        # Filled on x's device (the Denoiser contract), without a blocking host-to-device copy.
+        return torch.full((), sigma, dtype=self.dtype, device=self.device)
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """x0 prediction at ``sigma`` (guided when CFG is on), in the working dtype."""

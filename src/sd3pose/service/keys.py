@@ -86,9 +86,13 @@ def check_credit_change(key: ApiKey | None, key_id: str, amount: float) -> None:
     if key.unlimited:
         raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
     if key.credits + amount < 0:
-        raise InvalidRequestError(
-            f"key {key.name!r} has {key.credits:g} credits; removing {-amount:g} would leave it below 0"
-        )
+        raise below_zero(key, key.credits, amount)
+    if not math.isfinite(key.credits + amount):
+        raise InvalidRequestError(f"key {key.name!r} cannot hold more than {key.credits:g} + {amount:g} credits")
+
+
+def below_zero(key: ApiKey, balance: float, amount: float) -> InvalidRequestError:
+    return InvalidRequestError(f"key {key.name!r} has {balance:g} credits; removing {-amount:g} would leave it below 0")
 
 
 def key_id_of(secret: str) -> str:
@@ -153,8 +157,15 @@ class KeyStore:
                         (time.time(), key_id))
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
-        check_credit_change(self.get(key_id), key_id, amount)
-        self.db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (amount, key_id))
+        key = self.get(key_id)
+        check_credit_change(key, key_id, amount)
+        # The floor is checked in the update itself: a request may reserve credits since the check.
+        cursor = self.db.execute(
+            "UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL AND credits + ? >= 0",
+            (amount, key_id, amount),
+        )
+        if cursor.rowcount != 1:
+            raise below_zero(key, self.balance(key_id) or 0.0, amount)  # type: ignore[arg-type]
         return self.get(key_id)  # type: ignore[return-value]
 
     def balance(self, key_id: str) -> float | None:
