@@ -332,3 +332,14 @@ def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client)
     keys.add_credits(key.id, 1e308)
     with pytest.raises(InvalidRequestError, match="cannot hold more"):
         keys.add_credits(key.id, 1e308)
+
+
+def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client) -> None:  # noqa: ANN001
+    # redis-py replays a script whose reply was lost: the replay must neither apply it again nor, now
+    # that the balance is lower, report the change as refused.
+    keys = RedisKeyStore(client)
+    key, _ = keys.create("bob", credits=5)
+    call = {"keys": [f"sd3pose:key:{key.id}", "sd3pose:op:replayed"], "args": ["-5", 60]}
+    assert keys._add(**call) == 1
+    assert keys._add(**call) == 1
+    assert keys.balance(key.id) == 0

@@ -45,56 +45,48 @@ def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient) -> None:
     assert "nested" in response.json()["error"]
 
 
+def _sync_request_whose_job_ends_just_before_the_timeout_cancel(tmp_path, monkeypatch,  # noqa: ANN001, ANN202
+                                                                generator: ScriptedGenerator):
+    """POST a sync request (1 credit) whose held job is released and ends between the route's last wait
+    and its cancel at the 0.3 s timeout: the race. Returns the response and the queue."""
+    with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
+        wait_ready(client)
+        key = new_key(client, credits=1)
+        queue = client.app.state.services.queue
+        real_cancel = queue.cancel
+
+        def cancel_too_late(job_id: str, reason: str) -> None:
+            generator.gate.set()
+            deadline = time.monotonic() + 10
+            while not queue.get(job_id).done:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            real_cancel(job_id, reason)
+
+        monkeypatch.setattr(queue, "cancel", cancel_too_late)
+        return client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key}), queue
+
+
 def test_a_job_that_completes_as_the_sync_timeout_fires_is_delivered_not_charged_for_nothing(
     tmp_path, monkeypatch  # noqa: ANN001
 ) -> None:
-    generator = ScriptedGenerator(gate=threading.Event())
-    with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
-        wait_ready(client)
-        key = new_key(client, credits=1)
-        queue = client.app.state.services.queue
-        real_cancel = queue.cancel
-
-        def cancel_too_late(job_id: str, reason: str) -> None:
-            # The race: the image is finished between the route's last wait and its cancel.
-            generator.gate.set()
-            deadline = time.monotonic() + 10
-            while not queue.get(job_id).done:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            real_cancel(job_id, reason)
-
-        monkeypatch.setattr(queue, "cancel", cancel_too_late)
-        response = client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key})
-        # The credit was spent on this image, so the client gets it (not a 504 for a paid image).
-        assert response.status_code == 200, response.text
-        assert response.headers["content-type"] == "image/jpeg"
-        assert response.headers["x-remaining-credits"] == "0"
-        assert queue._sync_results == {}  # nothing left behind in memory
+    response, queue = _sync_request_whose_job_ends_just_before_the_timeout_cancel(
+        tmp_path, monkeypatch, ScriptedGenerator(gate=threading.Event())
+    )
+    # The credit was spent on this image, so the client gets it (not a 504 for a paid image).
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.headers["x-remaining-credits"] == "0"
+    assert queue._sync_results == {}  # nothing left behind in memory
 
 
 def test_a_job_that_fails_as_the_sync_timeout_fires_reports_its_own_error(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    generator = ScriptedGenerator(gate=threading.Event(), error=NoPersonFoundError())
-    with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
-        wait_ready(client)
-        key = new_key(client, credits=1)
-        queue = client.app.state.services.queue
-        real_cancel = queue.cancel
-
-        def cancel_too_late(job_id: str, reason: str) -> None:
-            # The race: the job fails between the route's last wait and its cancel.
-            generator.gate.set()
-            deadline = time.monotonic() + 10
-            while not queue.get(job_id).done:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            real_cancel(job_id, reason)
-
-        monkeypatch.setattr(queue, "cancel", cancel_too_late)
-        response = client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key})
-        # Its real error (a retry would never help), not "not ready in time".
-        assert response.status_code == 400 and "no person found" in response.json()["error"]
-        assert response.headers["x-remaining-credits"] == "1"
+    response, _ = _sync_request_whose_job_ends_just_before_the_timeout_cancel(
+        tmp_path, monkeypatch, ScriptedGenerator(gate=threading.Event(), error=NoPersonFoundError())
+    )
+    # Its real error (a retry would never help), not "not ready in time".
+    assert response.status_code == 400 and "no person found" in response.json()["error"]
+    assert response.headers["x-remaining-credits"] == "1"
 
 
 def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, generator, monkeypatch) -> None:  # noqa: ANN001

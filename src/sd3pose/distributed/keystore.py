@@ -41,24 +41,16 @@ redis.call('SET', KEYS[2], outcome, 'EX', ARGV[2])
 return outcome
 """
 
-# KEYS: key hash, token. ARGV: amount (may be negative), token ttl. Unlimited keys are left alone.
+# Refunds and an operator's changes of a balance. KEYS: key hash, one-off token. ARGV: amount (may be
+# negative), token ttl. -> 1 applied (or applied before: a replay after a lost reply changes nothing),
+# 0 refused: it would take the balance below 0 (checked here, atomically: a request may reserve meanwhile).
+# Unlimited keys are left alone.
 _ADD = """
-if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[2]) and redis.call('HEXISTS', KEYS[1], 'credits') == 1 then
-  redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
-end
-return 1
-"""
-
-# An operator's change of a balance: never below 0, checked atomically (a request may reserve meanwhile).
-# KEYS: the key's hash, a one-off token (a replay after a lost reply applies nothing). ARGV: amount, ttl.
-# -> 1 applied (or already applied), 0 it would go below 0.
-_ADJUST = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local credits = redis.call('HGET', KEYS[1], 'credits')
-if not credits then return 1 end
-if tonumber(credits) + tonumber(ARGV[1]) < 0 then return 0 end
-if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[2]) then
-  redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
-end
+if credits and tonumber(credits) + tonumber(ARGV[1]) < 0 then return 0 end
+redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
+if credits then redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1]) end
 return 1
 """
 
@@ -90,7 +82,6 @@ class RedisKeyStore:
         self.redis = client
         self._reserve = client.register_script(_RESERVE)
         self._add = client.register_script(_ADD)
-        self._adjust = client.register_script(_ADJUST)
 
     def _key(self, key_id: str) -> str:
         return credits_key(key_id)
@@ -167,8 +158,7 @@ class RedisKeyStore:
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
         key = self._load(key_id)
         check_credit_change(key, key_id, amount)
-        token = f"{PREFIX}:op:{uuid.uuid4().hex}"
-        if not int(self._adjust(keys=[self._key(key_id), token], args=[_amount(amount), TOKEN_TTL_S])):
+        if not self._change(key_id, amount):
             raise below_zero(key, self.balance(key_id) or 0.0, amount)  # type: ignore[arg-type]
         return self._load(key_id)  # type: ignore[return-value]
 
@@ -187,9 +177,10 @@ class RedisKeyStore:
         if amount > 0:
             self._change(key_id, amount)
 
-    def _change(self, key_id: str, amount: float) -> None:
+    def _change(self, key_id: str, amount: float) -> bool:
+        """Add `amount` (once, even if the call is replayed); False when it would go below 0."""
         token = f"{PREFIX}:op:{uuid.uuid4().hex}"
-        self._add(keys=[self._key(key_id), token], args=[_amount(amount), TOKEN_TTL_S])
+        return bool(int(self._add(keys=[self._key(key_id), token], args=[_amount(amount), TOKEN_TTL_S])))
 
 
 class RedisRateLimiter:

@@ -102,9 +102,7 @@ class CeleryJobQueue:
                                      samples=request.samples, max_queue=self.max_queue, job_id=job_id)
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
-            self._settle_unknown(job_id)
-            raise Sd3PoseError("the job store is unreachable; retry shortly, and tell the operator if this "
-                               "persists") from exc
+            raise self._settle_unknown(job_id) from exc
         if info is None:
             raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); retry after the "
                                  "Retry-After delay")
@@ -120,9 +118,10 @@ class CeleryJobQueue:
                                "the operator if this persists") from exc
         return info
 
-    def _settle_unknown(self, job_id: str) -> None:
+    def _settle_unknown(self, job_id: str) -> Sd3PoseError:
         """After a failed create, whose script may have run with only its reply lost: a recorded job is
-        ended and refunded here, atomically; JobNotRecordedError (the caller refunds) when none exists."""
+        ended and refunded here, atomically. The error to raise: JobNotRecordedError (the caller refunds)
+        when none exists."""
         try:
             ended = self.store.finish(job_id, JobStatus.FAILED, error="the job store was unreachable while "
                                       "queuing this request; submit it again", error_code=500)
@@ -130,9 +129,8 @@ class CeleryJobQueue:
             # Still down: most likely nothing was recorded. (Were it recorded, its expiry would refund it
             # a second time; the alternative, keeping the credits, loses them in the likely case.)
             ended = False
-        if not ended:
-            raise JobNotRecordedError("the job store is unreachable; retry shortly, and tell the operator if "
-                                      "this persists")
+        message = "the job store is unreachable; retry shortly, and tell the operator if this persists"
+        return Sd3PoseError(message) if ended else JobNotRecordedError(message)
 
     def get(self, job_id: str) -> JobInfo | None:
         return self.store.get(job_id)

@@ -144,7 +144,9 @@ def _adaptive_row(run: Run, x: torch.Tensor, row: int, rows: int) -> torch.Tenso
         run.step_done(max(i, 0), xr, d, total=run.total, sigma=sigma, sigma_next=sigma_next)
 
     def share(lam_now: float) -> float:
-        return 0.0 if lam_end <= lam_start else min(1.0, (lam_now - lam_start) / (lam_end - lam_start))
+        # Short of the end while the final denoise to 0 is still to come: that step reports the end.
+        covered = 0.0 if lam_end <= lam_start else (lam_now - lam_start) / (lam_end - lam_start)
+        return min(0.999 if to_zero else 1.0, covered)
 
     if run.total == 1:
         denoised = run.denoise(x, s[0])
@@ -171,7 +173,7 @@ def _adaptive_row(run: Run, x: torch.Tensor, row: int, rows: int) -> torch.Tenso
         if err <= 1.0:
             x_prev = x
             x, lam = x_high, lam + h
-            report(x, denoised, _sigma(lam - h), _sigma(lam), min(share(lam), 0.999) if to_zero else share(lam))
+            report(x, denoised, _sigma(lam - h), _sigma(lam), share(lam))
         h *= min(5.0, max(0.2, SAFETY * (err if err > 0 else 1e-10) ** (-1 / 3)))
     else:
         if lam_end - lam > 1e-5:
@@ -182,7 +184,7 @@ def _adaptive_row(run: Run, x: torch.Tensor, row: int, rows: int) -> torch.Tenso
             for ls, lt in zip(grid[:-1], grid[1:], strict=True):
                 e, denoised = eps(x, ls)
                 x = _step2(eps, x, ls, lt, e)[0]
-                report(x, denoised, _sigma(ls), _sigma(lt), min(share(lt), 0.999) if to_zero else share(lt))
+                report(x, denoised, _sigma(ls), _sigma(lt), share(lt))
             lam = lam_end
     if not to_zero:
         return x

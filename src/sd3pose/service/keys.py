@@ -78,15 +78,14 @@ def new_key(
 
 
 def check_credit_change(key: ApiKey | None, key_id: str, amount: float) -> None:
-    """What `keys add-credits` may do, shared by the stores: finite amounts, never below 0."""
+    """What `keys add-credits` may do, shared by the stores: a finite change to a limited key's finite
+    balance. (The stores check the floor of 0 in the update itself.)"""
     if key is None:
         raise InvalidRequestError(f"no key with id {key_id!r}")
     if not math.isfinite(amount):
         raise InvalidRequestError(f"the amount must be a finite number of credits (got {amount})")
     if key.unlimited:
         raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
-    if key.credits + amount < 0:
-        raise below_zero(key, key.credits, amount)
     if not math.isfinite(key.credits + amount):
         raise InvalidRequestError(f"key {key.name!r} cannot hold more than {key.credits:g} + {amount:g} credits")
 

@@ -142,4 +142,3 @@ def _run_and_record(
         return
     queue.complete(job_id, result)
     log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
-
