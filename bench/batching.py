@@ -65,14 +65,27 @@ def main() -> None:
         engine = Engine.load(base, control, device="cpu", dtype="fp32")
         generator = Generator(engine)
         size = engine.native_resolution
-        knobs = [("a dancer in a red dress", 7.0, 0.8), ("an astronaut", 5.0, 0.6),
-                 ("a knight in armor", 7.0, 1.0), ("a chef in a kitchen", 3.0, 0.8)]  # fmt: skip
+        knobs = [
+            ("a dancer in a red dress", 7.0, 0.8),
+            ("an astronaut", 5.0, 0.6),
+            ("a knight in armor", 7.0, 1.0),
+            ("a chef in a kitchen", 3.0, 0.8),
+        ]
         requests = [
-            parse_request({
-                "image": pose_png(i, size), "prompt": prompt, "guidance_scale": guidance, "strength": strength,
-                "seed": 1000 + i, "width": size, "height": size, "num_inference_steps": args.steps,
-                "pose_mode": "none", "output_format": "png",
-            })  # fmt: skip
+            parse_request(
+                {
+                    "image": pose_png(i, size),
+                    "prompt": prompt,
+                    "guidance_scale": guidance,
+                    "strength": strength,
+                    "seed": 1000 + i,
+                    "width": size,
+                    "height": size,
+                    "num_inference_steps": args.steps,
+                    "pose_mode": "none",
+                    "output_format": "png",
+                }
+            )
             for i, (prompt, guidance, strength) in enumerate(knobs)
         ]
 
@@ -81,16 +94,20 @@ def main() -> None:
         worst = max(int(np.abs(decoded(a.images) - decoded(b.images)).max()) for a, b in zip(alone, batch, strict=True))
 
         times: dict[str, list[float]] = {"one after another": [], "one batch": []}
-        arms = {"one after another": lambda: [generator.run(r) for r in requests],
-                "one batch": lambda: generator.run_batch(requests)}  # fmt: skip
+        arms = {
+            "one after another": lambda: [generator.run(r) for r in requests],
+            "one batch": lambda: generator.run_batch(requests),
+        }
         for i in range(args.rounds):
-            for name in (list(arms) if i % 2 == 0 else list(arms)[::-1]):
+            for name in list(arms) if i % 2 == 0 else list(arms)[::-1]:
                 started = time.perf_counter()
                 arms[name]()
                 times[name].append(time.perf_counter() - started)
 
-        print(f"4 requests, {size}x{size}, {args.steps} steps dpmpp_2m/sgm_uniform, tiny model, cpu "
-              f"({torch.get_num_threads()} thread); {args.rounds} alternating rounds")  # fmt: skip
+        print(
+            f"4 requests, {size}x{size}, {args.steps} steps dpmpp_2m/sgm_uniform, tiny model, cpu "
+            f"({torch.get_num_threads()} thread); {args.rounds} alternating rounds"
+        )
         for name, values in times.items():
             runs = ", ".join(f"{t * 1000:.0f}" for t in values)
             print(f"  median {name:<18} {statistics.median(values) * 1000:8.1f} ms for 4 requests   (runs: {runs})")

@@ -58,32 +58,78 @@ SEED, STRENGTH, GUIDANCE = 698845, 0.8, 7.0
 
 # Published configs (stabilityai/stable-diffusion-3-medium-diffusers, InstantX/SD3-Controlnet-Pose).
 SD3_MEDIUM = dict(
-    transformer=dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-                     num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                     pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192),
+    transformer=dict(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        out_channels=16,
+        pos_embed_max_size=192,
+    ),
     controlnet_layers=6,
     vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32, sample_size=1024),
-    clip_l=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                projection_dim=768, hidden_act="quick_gelu"),
-    clip_g=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                projection_dim=1280, hidden_act="gelu"),
+    clip_l=dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    ),
+    clip_g=dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        projection_dim=1280,
+        hidden_act="gelu",
+    ),
     t5=dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, relative_attention_num_buckets=32),
-    size=1024, steps=20,
-)  # fmt: skip
+    size=1024,
+    steps=20,
+)
 # The same recipe at toy scale, for --smoke on a CPU.
 SMOKE = dict(
-    transformer=dict(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=16,
-                     num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32,
-                     pooled_projection_dim=64, out_channels=16, pos_embed_max_size=16),
+    transformer=dict(
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        out_channels=16,
+        pos_embed_max_size=16,
+    ),
     controlnet_layers=1,
     vae=dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, sample_size=64),
-    clip_l=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                projection_dim=32, hidden_act="quick_gelu"),
-    clip_g=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                projection_dim=32, hidden_act="gelu"),
+    clip_l=dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+    ),
+    clip_g=dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+        hidden_act="gelu",
+    ),
     t5=dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, relative_attention_num_buckets=8),
-    size=64, steps=3,
-)  # fmt: skip
+    size=64,
+    steps=3,
+)
 
 TARGET_S_PER_IMAGE, TARGET_SPEEDUP = 1.5, 1.3  # issue 7, for an H100 at SD3 Medium size
 LATENT_RTOL_HALF, PIXEL_MEAN_TOL_HALF = 0.05, 2.0  # "images match" in fp16/bf16 (see run_dtype)
@@ -119,27 +165,53 @@ def build_models(config: dict, device: torch.device, dtype: torch.dtype) -> dict
             for param in module.parameters():
                 torch.nn.init.normal_(param, std=0.02)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, scaling_factor=1.5305,
-            shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False, **config["vae"],
-        )  # fmt: skip
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=16,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            **config["vae"],
+        )
         with torch.no_grad():  # a trained VAE's posterior is nearly a point: make sample() ~ mean
             vae.encoder.conv_out.weight[16:].zero_()
             vae.encoder.conv_out.bias[16:].fill_(-30.0)
 
         def clip(tokenizer, sizes: dict) -> CLIPTextModelWithProjection:
-            return CLIPTextModelWithProjection(CLIPTextConfig(
-                vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes,
-            ))  # fmt: skip
+            return CLIPTextModelWithProjection(
+                CLIPTextConfig(
+                    vocab_size=len(tokenizer),
+                    max_position_embeddings=77,
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **sizes,
+                )
+            )
 
         clip_l, clip_g = clip(tokenizers[0], config["clip_l"]), clip(tokenizers[1], config["clip_g"])
-        t5 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizers[2]), feed_forward_proj="gated-gelu", is_encoder_decoder=False,
-            use_cache=False, pad_token_id=0, eos_token_id=1, **config["t5"],
-        ))  # fmt: skip
-    models = dict(transformer=transformer, controlnet=controlnet, vae=vae, text_encoder=clip_l,
-                  text_encoder_2=clip_g, text_encoder_3=t5)  # fmt: skip
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizers[2]),
+                feed_forward_proj="gated-gelu",
+                is_encoder_decoder=False,
+                use_cache=False,
+                pad_token_id=0,
+                eos_token_id=1,
+                **config["t5"],
+            )
+        )
+    models = dict(
+        transformer=transformer,
+        controlnet=controlnet,
+        vae=vae,
+        text_encoder=clip_l,
+        text_encoder_2=clip_g,
+        text_encoder_3=t5,
+    )
     for model in models.values():
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return dict(models, tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], tokenizer_3=tokenizers[2])
@@ -164,7 +236,7 @@ def measure(arms: list[Arm], rounds: int, device: torch.device) -> None:
     for arm in arms:
         arm.run()
     for i in range(rounds):
-        for arm in arms[i % len(arms):] + arms[: i % len(arms)]:
+        for arm in arms[i % len(arms) :] + arms[: i % len(arms)]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 resident = torch.cuda.memory_allocated(device)
@@ -205,10 +277,18 @@ def photo_request(engine: object, size: int, steps: int) -> tuple:
 
     buffer = io.BytesIO()
     PIL.Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=95)
-    request = parse_request({
-        "image": base64.b64encode(buffer.getvalue()).decode("ascii"), "prompt": PROMPT, "negative_prompt": NEGATIVE,
-        "width": size, "height": size, "num_inference_steps": steps, "seed": SEED, "strength": STRENGTH,
-    })  # fmt: skip
+    request = parse_request(
+        {
+            "image": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE,
+            "width": size,
+            "height": size,
+            "num_inference_steps": steps,
+            "seed": SEED,
+            "strength": STRENGTH,
+        }
+    )
     return Generator(engine, detector=get_detector()), request
 
 
@@ -218,8 +298,10 @@ def versions(device: torch.device) -> str:
 
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
-    return (f"{card}; torch {torch.__version__}{cuda}, diffusers {diffusers.__version__}, "
-            f"transformers {transformers.__version__}, Python {platform.python_version()}")  # fmt: skip
+    return (
+        f"{card}; torch {torch.__version__}{cuda}, diffusers {diffusers.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}"
+    )
 
 
 def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.device, deadline: float) -> list[str]:
@@ -235,11 +317,15 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
     parts = build_models(config, device, dtype)
     # diffusers gets pristine copies of what our engine changes in place (fused QKV, trim, channels-last VAE).
     pipe = StableDiffusion3ControlNetPipeline(
-        transformer=copy.deepcopy(parts["transformer"]), controlnet=copy.deepcopy(parts["controlnet"]),
-        vae=copy.deepcopy(parts["vae"]), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        **{k: parts[k] for k in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
-                                 "tokenizer_3")},
-    )  # fmt: skip
+        transformer=copy.deepcopy(parts["transformer"]),
+        controlnet=copy.deepcopy(parts["controlnet"]),
+        vae=copy.deepcopy(parts["vae"]),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        **{
+            k: parts[k]
+            for k in ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+        },
+    )
     pipe.set_progress_bar_config(disable=True)
     engine = Engine(Components(**parts, shift=3.0, is_demo=False), device, dtype)
     print(f"   built in {time.perf_counter() - started:.0f} s", flush=True)
@@ -251,10 +337,18 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
     def diffusers_run(output_type: str = "pil", **extra) -> object:
         with torch.no_grad():
             return pipe(
-                prompt=PROMPT, negative_prompt=NEGATIVE, control_image=pose, controlnet_conditioning_scale=STRENGTH,
-                num_inference_steps=steps, guidance_scale=GUIDANCE, height=size, width=size,
-                latents=noise.to(dtype), output_type=output_type, **extra,
-            ).images  # fmt: skip
+                prompt=PROMPT,
+                negative_prompt=NEGATIVE,
+                control_image=pose,
+                controlnet_conditioning_scale=STRENGTH,
+                num_inference_steps=steps,
+                guidance_scale=GUIDANCE,
+                height=size,
+                width=size,
+                latents=noise.to(dtype),
+                output_type=output_type,
+                **extra,
+            ).images
 
     def ours_cold() -> object:
         engine.text.cache.clear()
@@ -273,8 +367,11 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
     ours_img = np.asarray(engine.decode(ours_latents)[0], dtype=np.int16)
     ref_img = np.asarray(diffusers_run()[0], dtype=np.int16)
     pixel_mean = float(np.abs(ours_img - ref_img).mean())
-    print(f"   ours vs diffusers (euler, same noise): latent relative difference {rel:.2e}, "
-          f"mean |pixel difference| {pixel_mean:.2f}/255, finite {finite}", flush=True)  # fmt: skip
+    print(
+        f"   ours vs diffusers (euler, same noise): latent relative difference {rel:.2e}, "
+        f"mean |pixel difference| {pixel_mean:.2f}/255, finite {finite}",
+        flush=True,
+    )
 
     arms = [Arm("diffusers", diffusers_run), Arm("ours cold", ours_cold), Arm("ours warm", ours_warm)]
     measure(arms, args.rounds, device)
@@ -302,7 +399,7 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
             f"{name}: whole request (512 px photo -> pose -> {size}x{size}, {steps} steps -> JPEG): first "
             f"{first:.3f} s, same request again {again:.3f} s, repeat/first {ratio:.3f} (median of per-round "
             f"ratios; target <= 0.85); first-time stages: {stages}"
-        )  # fmt: skip
+        )
         print(f"   {cache_rows[-1]}", flush=True)
     compile_note = ""
     want_compile = name in args.compile_dtypes.split(",") and not args.no_compile
@@ -427,22 +524,24 @@ def report(rows: list[str], config: dict, args: argparse.Namespace, device: torc
     scale = "SD3 Medium size"
     if args.smoke:
         scale = "TOY SCALE (--smoke): not a GPU result, only proof that the script runs"
-    text = "\n".join([
-        f"### bench/gpu.py — {scale}",
-        "",
-        f"- Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {versions(device)}",
-        f"- {config['size']}x{config['size']}, {config['steps']} steps, guidance {GUIDANCE:g}, ControlNet strength "
-        f"{STRENGTH:g}, 1 image; diffusers: its default FlowMatchEuler; ours: dpmpp_2m + sgm_uniform (1 model "
-        f"evaluation per step each); {args.rounds} alternating rounds after a warm-up; speed-up = median of "
-        "per-round ratios diffusers/ours (the compiled arm against a diffusers arm timed in the same rounds)",
-        "",
-        "| dtype | arm | s/image (median) | speed-up vs diffusers | peak GPU GB (the run's own) | runs (s) |",
-        "|---|---|---|---|---|---|",
-        *table,
-        "",
-        *[f"- {n}" for n in notes],
-        f"- total script time {time.perf_counter() - started:.0f} s",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            f"### bench/gpu.py — {scale}",
+            "",
+            f"- Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {versions(device)}",
+            f"- {config['size']}x{config['size']}, {config['steps']} steps, guidance {GUIDANCE:g}, ControlNet strength "
+            f"{STRENGTH:g}, 1 image; diffusers: its default FlowMatchEuler; ours: dpmpp_2m + sgm_uniform (1 model "
+            f"evaluation per step each); {args.rounds} alternating rounds after a warm-up; speed-up = median of "
+            "per-round ratios diffusers/ours (the compiled arm against a diffusers arm timed in the same rounds)",
+            "",
+            "| dtype | arm | s/image (median) | speed-up vs diffusers | peak GPU GB (the run's own) | runs (s) |",
+            "|---|---|---|---|---|---|",
+            *table,
+            "",
+            *[f"- {n}" for n in notes],
+            f"- total script time {time.perf_counter() - started:.0f} s",
+        ]
+    )
     print("\n" + text)
     return text
 

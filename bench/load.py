@@ -39,7 +39,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(check, what: str, timeout_s: float = 180.0) -> None:  # noqa: ANN001
+def wait_for(check, what: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
@@ -95,8 +95,24 @@ def main() -> None:
         try:
             port = free_port()
             broker = f"redis://127.0.0.1:{port}/0"
-            procs.append(subprocess.Popen([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
-                                           "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        redis_bin,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        tmp,
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
             print("building the tiny model ...", flush=True)
             write_tiny_model(work / "model")
             model = ["--model", str(work / "model/base"), "--controlnet", str(work / "model/controlnet")]
@@ -104,15 +120,49 @@ def main() -> None:
             log = open(work / "processes.log", "ab")  # noqa: SIM115 - closed with the temp dir
             workers = []
             for name in ("w1", "w2"):
-                workers.append(subprocess.Popen(
-                    [SD3POSE, "worker", "--broker", broker, *model, "--name", name, "--threads", "1",
-                     "--data-dir", str(work / name)], stdout=log, stderr=log, env=env))
+                workers.append(
+                    subprocess.Popen(
+                        [
+                            SD3POSE,
+                            "worker",
+                            "--broker",
+                            broker,
+                            *model,
+                            "--name",
+                            name,
+                            "--threads",
+                            "1",
+                            "--data-dir",
+                            str(work / name),
+                        ],
+                        stdout=log,
+                        stderr=log,
+                        env=env,
+                    )
+                )
             procs.extend(workers)
             api_port = free_port()
             url = f"http://127.0.0.1:{api_port}"
-            procs.append(subprocess.Popen([SD3POSE, "serve", "--broker", broker, *model, "--port", str(api_port),
-                                           "--data-dir", str(work / "api"), "--rate-limit", "0"],
-                                          stdout=log, stderr=log, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        SD3POSE,
+                        "serve",
+                        "--broker",
+                        broker,
+                        *model,
+                        "--port",
+                        str(api_port),
+                        "--data-dir",
+                        str(work / "api"),
+                        "--rate-limit",
+                        "0",
+                    ],
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                )
+            )
             print("starting 1 API and 2 workers ...", flush=True)
 
             def ready() -> bool:
@@ -144,8 +194,15 @@ def main() -> None:
 
             buffer = io.BytesIO()
             Image.new("RGB", (64, 64)).save(buffer, format="PNG")
-            body = {"image": base64.b64encode(buffer.getvalue()).decode(), "pose_mode": "none", "prompt": "a dancer",
-                    "width": args.size, "height": args.size, "num_inference_steps": args.steps, "sampler": "euler"}
+            body = {
+                "image": base64.b64encode(buffer.getvalue()).decode(),
+                "pose_mode": "none",
+                "prompt": "a dancer",
+                "width": args.size,
+                "height": args.size,
+                "num_inference_steps": args.steps,
+                "sampler": "euler",
+            }
 
             results: dict[int, list[tuple[float, list[float]]]] = {1: [], 2: []}
             for n in (1, 2):  # warm-up of each configuration
@@ -159,18 +216,24 @@ def main() -> None:
                     results[n].append((throughput, latencies))
                     after = tasks_done()
                     shares = ", ".join(f"{w} ran {after.get(w, 0) - before.get(w, 0)}" for w in sorted(after))
-                    print(f"round {round_index + 1}, {n} worker(s): {throughput:.2f} req/s, p50 "
-                          f"{percentile(latencies, 0.5):.3f} s, p95 {percentile(latencies, 0.95):.3f} s ({shares})",
-                          flush=True)
+                    print(
+                        f"round {round_index + 1}, {n} worker(s): {throughput:.2f} req/s, p50 "
+                        f"{percentile(latencies, 0.5):.3f} s, p95 {percentile(latencies, 0.95):.3f} s ({shares})",
+                        flush=True,
+                    )
 
-            print(f"\n{args.clients} clients, {args.requests} requests per round, {args.size}x{args.size} px, "
-                  f"{args.steps} steps, median of {args.rounds} rounds:")
+            print(
+                f"\n{args.clients} clients, {args.requests} requests per round, {args.size}x{args.size} px, "
+                f"{args.steps} steps, median of {args.rounds} rounds:"
+            )
             medians = {}
             for n in (1, 2):
                 medians[n] = statistics.median(t for t, _ in results[n])
                 latencies = [lat for _, lats in results[n] for lat in lats]
-                print(f"  {n} worker(s): {medians[n]:.2f} req/s, p50 {percentile(latencies, 0.5):.3f} s, "
-                      f"p95 {percentile(latencies, 0.95):.3f} s")
+                print(
+                    f"  {n} worker(s): {medians[n]:.2f} req/s, p50 {percentile(latencies, 0.5):.3f} s, "
+                    f"p95 {percentile(latencies, 0.95):.3f} s"
+                )
             print(f"throughput ratio 2 workers / 1 worker: {medians[2] / medians[1]:.2f}x (target >= 1.6x)")
         finally:
             for proc in reversed(procs):

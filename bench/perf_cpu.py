@@ -42,7 +42,7 @@ def alternate(arms: dict[str, Callable[[], object]], rounds: int) -> dict[str, l
         fn()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(rounds):
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
             started = time.perf_counter()
             arms[name]()
@@ -108,17 +108,28 @@ def main() -> None:
         def reference() -> object:
             with torch.no_grad():
                 return pipe(
-                    prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.0,
-                    control_image=pose, controlnet_conditioning_scale=0.8, latents=noise, height=SIZE, width=SIZE,
-                ).images  # fmt: skip
+                    prompt=PROMPT,
+                    negative_prompt=NEGATIVE,
+                    num_inference_steps=STEPS,
+                    guidance_scale=7.0,
+                    control_image=pose,
+                    controlnet_conditioning_scale=0.8,
+                    latents=noise,
+                    height=SIZE,
+                    width=SIZE,
+                ).images
 
         ours_pixels = np.asarray(cold(engine)()[0], dtype=np.int16)
         ref_pixels = np.asarray(reference()[0], dtype=np.int16)
-        print(f"\n[1] engine vs diffusers, cpu ({torch.get_num_threads()} thread), {SIZE}x{SIZE}, {STEPS} euler steps, "
-              f"guidance 7, ControlNet 0.8; {args.rounds} alternating rounds")  # fmt: skip
+        print(
+            f"\n[1] engine vs diffusers, cpu ({torch.get_num_threads()} thread), {SIZE}x{SIZE}, {STEPS} euler steps, "
+            f"guidance 7, ControlNet 0.8; {args.rounds} alternating rounds"
+        )
         print(f"  images: max |ours - diffusers| = {np.abs(ours_pixels - ref_pixels).max()} / 255")
-        times = alternate({"diffusers": reference, "ours (cold caches)": cold(engine),
-                           "ours, model speed-ups off": cold(plain)}, args.rounds)  # fmt: skip
+        times = alternate(
+            {"diffusers": reference, "ours (cold caches)": cold(engine), "ours, model speed-ups off": cold(plain)},
+            args.rounds,
+        )
         ratios = report(times, "diffusers")
         target = ratios["ours (cold caches)"]
         print(f"  target ours/diffusers <= 0.95: {'met' if target <= 0.95 else 'NOT met'} ({target:.3f})")
@@ -128,11 +139,19 @@ def main() -> None:
 
         buffer = io.BytesIO()
         PIL.Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=95)
-        request = parse_request({
-            "image": base64.b64encode(buffer.getvalue()).decode("ascii"), "prompt": PROMPT, "negative_prompt": NEGATIVE,
-            "width": SIZE, "height": SIZE, "num_inference_steps": STEPS, "sampler": "euler", "scheduler": "normal",
-            "output_format": "png",
-        })  # fmt: skip
+        request = parse_request(
+            {
+                "image": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                "prompt": PROMPT,
+                "negative_prompt": NEGATIVE,
+                "width": SIZE,
+                "height": SIZE,
+                "num_inference_steps": STEPS,
+                "sampler": "euler",
+                "scheduler": "normal",
+                "output_format": "png",
+            }
+        )
         generator = Generator(engine, detector=get_detector())
 
         def first() -> object:
@@ -146,10 +165,14 @@ def main() -> None:
 
         a, b = first(), repeat()
         same = a.images == b.images
-        print(f"\n[2] whole request (512x512 JPEG photo -> pose -> {SIZE}x{SIZE}, {STEPS} steps -> PNG): "
-              f"first time vs the same request again; {args.rounds} alternating rounds")  # fmt: skip
-        print(f"  repeat gives byte-identical PNGs: {same}; stage times of a first run: "
-              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in a.timings.items()))
+        print(
+            f"\n[2] whole request (512x512 JPEG photo -> pose -> {SIZE}x{SIZE}, {STEPS} steps -> PNG): "
+            f"first time vs the same request again; {args.rounds} alternating rounds"
+        )
+        print(
+            f"  repeat gives byte-identical PNGs: {same}; stage times of a first run: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in a.timings.items())
+        )
         times = alternate({"first (caches empty)": first, "repeat (caches warm)": repeat}, args.rounds)
         ratio = report(times, "first (caches empty)")["repeat (caches warm)"]
         print(f"  target repeat/first <= 0.85: {'met' if ratio <= 0.85 else 'NOT met'} ({ratio:.3f})")

@@ -18,7 +18,7 @@ def canvas(width: int, height: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_engine) -> Generator:  # noqa: ANN001
+def generator(tiny_engine) -> Generator:
     return Generator(tiny_engine)
 
 
@@ -40,19 +40,25 @@ def test_output_size_follows_the_input_aspect_ratio(
     assert generator._output_size(request, None, keypoints) == expected
 
 
-def test_warm_up_loads_the_pose_models_before_the_first_request(tiny_engine) -> None:  # noqa: ANN001
+def test_warm_up_loads_the_pose_models_before_the_first_request(tiny_engine) -> None:
     fresh = Generator(tiny_engine)
     assert fresh._detector is None  # lazily: a CLI run on a ready pose map never loads mediapipe
     fresh.warm_up()
     assert fresh._detector is not None
 
 
-def test_a_ready_pose_map_in_auto_mode_never_loads_the_pose_models(tiny_engine) -> None:  # noqa: ANN001
+def test_a_ready_pose_map_in_auto_mode_never_loads_the_pose_models(tiny_engine) -> None:
     buffer = io.BytesIO()
     pose_map(128, 128).save(buffer, format="PNG")
     fresh = Generator(tiny_engine)
-    request = parse_request({"image": base64.b64encode(buffer.getvalue()).decode("ascii"), "prompt": "x",
-                             "num_inference_steps": 1, "pose_mode": "auto"})
+    request = parse_request(
+        {
+            "image": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            "prompt": "x",
+            "num_inference_steps": 1,
+            "pose_mode": "auto",
+        }
+    )
     result = fresh.run(request)
     assert len(result.images) == 1
     assert fresh._detector is None  # auto mode kept the map as it is, so MediaPipe stayed unloaded

@@ -55,8 +55,12 @@ def generate_command(
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu... (default: best available)."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
     no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
-    compile_models: bool = typer.Option(False, "--compile", envvar="SD3POSE_COMPILE",
-                                        help="torch.compile the models (slow start, faster steps; pays off on GPUs)."),
+    compile_models: bool = typer.Option(
+        False,
+        "--compile",
+        envvar="SD3POSE_COMPILE",
+        help="torch.compile the models (slow start, faster steps; pays off on GPUs).",
+    ),
     data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Where the demo model is built."),
 ) -> None:
     """Generate images in the pose of a photo (or pose map) from the command line."""
@@ -70,13 +74,26 @@ def generate_command(
     if fmt is None:
         fail(f"output file {output} has an unknown extension; use .png, .jpg or .webp")
     body: dict = {
-        "image": image, "prompt": prompt, "negative_prompt": negative_prompt,
-        "num_inference_steps": steps, "guidance_scale": guidance_scale, "seed": seed, "samples": samples,
-        "strength": strength, "sampler": sampler, "scheduler": scheduler, "width": width, "height": height,
-        "pose_mode": pose_mode, "pose_parts": [p.strip() for p in parts.split(",") if p.strip()],
-        "control_start": control_start, "control_end": control_end, "resize_mode": resize_mode,
-        "output_format": fmt.value, "return_pose": save_pose is not None,
-    }  # fmt: skip
+        "image": image,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+        "samples": samples,
+        "strength": strength,
+        "sampler": sampler,
+        "scheduler": scheduler,
+        "width": width,
+        "height": height,
+        "pose_mode": pose_mode,
+        "pose_parts": [p.strip() for p in parts.split(",") if p.strip()],
+        "control_start": control_start,
+        "control_end": control_end,
+        "resize_mode": resize_mode,
+        "output_format": fmt.value,
+        "return_pose": save_pose is not None,
+    }
     if image is None and keypoints is None:
         fail("give --image PATH|URL (a photo or pose map) or --keypoints FILE.json")
     for target in (output, save_pose):  # before the (long) generation, not after it
@@ -93,9 +110,15 @@ def generate_command(
     try:
         request = parse_request(body).with_seed_resolved()
         settings = EngineSettings(
-            model=model, controlnet=controlnet, device=device, dtype=dtype, use_t5=not no_t5, compile=compile_models,
-            data_dir=data_dir, input_limits=InputLimits(allow_local_paths=True, allow_private_urls=True),
-        )  # fmt: skip
+            model=model,
+            controlnet=controlnet,
+            device=device,
+            dtype=dtype,
+            use_t5=not no_t5,
+            compile=compile_models,
+            data_dir=data_dir,
+            input_limits=InputLimits(allow_local_paths=True, allow_private_urls=True),
+        )
         log.info("loading models")
         generator = Generator.create(settings)
         with tqdm(total=request.num_inference_steps, desc="sampling", unit="step") as bar:
@@ -122,8 +145,10 @@ def generate_command(
     if save_pose is not None and result.pose_png is not None:
         typer.echo(f"wrote pose map {save_pose}")
     if generator.engine.is_demo:
-        typer.echo("note: this is the random-weight demo model, so the images are noise; "
-                   "use --model/--controlnet with real weights (sd3pose download DIR)")  # fmt: skip
+        typer.echo(
+            "note: this is the random-weight demo model, so the images are noise; "
+            "use --model/--controlnet with real weights (sd3pose download DIR)"
+        )
 
 
 def sample_photo_command(

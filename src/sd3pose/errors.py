@@ -32,8 +32,7 @@ class NoPersonFoundError(InvalidRequestError):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(
-            message
-            or "no person found in the image; send a clearer photo, or pose_mode=none for a ready pose map"
+            message or "no person found in the image; send a clearer photo, or pose_mode=none for a ready pose map"
         )
 
 

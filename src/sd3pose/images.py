@@ -190,9 +190,7 @@ def read_source(source: str, limits: InputLimits = InputLimits()) -> tuple[bytes
 
 def _too_many_pixels(pixel_count: int | None, limit: int, dimensions: str = "") -> ImageInputError:
     size = f"{dimensions}{pixel_count / 1e6:,.1f} megapixels" if pixel_count else "too many pixels"
-    return ImageInputError(
-        f"image is {size}; the limit is {limit / 1e6:,.1f} megapixels: send a smaller image"
-    )
+    return ImageInputError(f"image is {size}; the limit is {limit / 1e6:,.1f} megapixels: send a smaller image")
 
 
 class _UndecodableError(ImageInputError):
@@ -290,7 +288,7 @@ def _upright(im: Image.Image) -> Image.Image:
         orientation = im.getexif().get(0x0112, 1)
         if orientation in (2, 3, 4, 5, 6, 7, 8):
             return ImageOps.exif_transpose(im)
-    except Exception as exc:  # noqa: BLE001 - broken EXIF must not cost the user the image
+    except Exception as exc:
         log.warning("ignoring unreadable EXIF orientation: %s", exc)
     return im
 
@@ -325,9 +323,7 @@ def output_format(fmt: OutputFormat | str) -> OutputFormat:
     try:
         return OutputFormat(name)
     except ValueError:
-        raise InvalidRequestError(
-            f"output_format '{fmt}' is not supported; use one of jpeg, png, webp"
-        ) from None
+        raise InvalidRequestError(f"output_format '{fmt}' is not supported; use one of jpeg, png, webp") from None
 
 
 def media_type(fmt: OutputFormat | str) -> str:

@@ -86,9 +86,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
         try:
             return ipaddress.IPv6Address(urllib.parse.unquote(host.strip("[]")))
         except ValueError:
-            raise ImageInputError(
-                f"image URL host '{host}' is not a valid IPv6 address; check the URL"
-            ) from None
+            raise ImageInputError(f"image URL host '{host}' is not a valid IPv6 address; check the URL") from None
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     if not labels or not _NUMBER.match(labels[-1]):
         return None
@@ -277,9 +275,7 @@ def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, tota
     return bytes(body)
 
 
-def _get(
-    client: httpx.Client, hop: _Hop, max_bytes: int, deadline: float, total_timeout: float
-) -> FetchedBody | str:
+def _get(client: httpx.Client, hop: _Hop, max_bytes: int, deadline: float, total_timeout: float) -> FetchedBody | str:
     """One hop: the body of a 2xx answer, or the absolute URL a redirect points to."""
     response = _open(client, hop)
     try:

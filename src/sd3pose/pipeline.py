@@ -90,7 +90,11 @@ class Generator:
         """Load the models; `warm_up` also loads the pose models now (servers and workers do)."""
         model, controlnet = settings.resolved_model_paths()
         engine = Engine.load(
-            model, controlnet, device=settings.device, dtype=settings.dtype, use_t5=settings.use_t5,
+            model,
+            controlnet,
+            device=settings.device,
+            dtype=settings.dtype,
+            use_t5=settings.use_t5,
             compile=settings.compile,
         )
         generator = cls(engine, input_limits=settings.input_limits)
@@ -239,7 +243,7 @@ class Generator:
             try:
                 control = self._control(request, timings)
                 prepared.append((i, control, self._engine_job(request, control), timings))
-            except Exception as exc:  # noqa: BLE001 - this request's outcome, not the batch's
+            except Exception as exc:
                 outcomes[i] = exc
         start = time.perf_counter()
         generated = self.engine.generate_batch(
@@ -256,7 +260,7 @@ class Generator:
             timings["generate"] = generate_s  # shared: the requests ran together
             try:
                 outcomes[i] = self._result(requests[i], control, images, timings)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 outcomes[i] = exc
                 continue
             timings["total"] = time.perf_counter() - batch_start

@@ -72,17 +72,19 @@ class GenerationRequest(BaseModel):
     num_inference_steps: int = Field(20, ge=1, le=100, description="Denoising steps.")
     guidance_scale: float = Field(7.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     seed: int = Field(
-        DEFAULT_SEED, ge=-1, le=MAX_SEED,
+        DEFAULT_SEED,
+        ge=-1,
+        le=MAX_SEED,
         description="Seed of sample 0 (sample i uses seed+i, modulo 2^32); -1 = random.",
     )
     samples: int = Field(
-        1, ge=1, description="Number of images (1 to the server's cap, 4 by default).",
+        1,
+        ge=1,
+        description="Number of images (1 to the server's cap, 4 by default).",
         json_schema_extra={"maximum": DEFAULT_MAX_SAMPLES},
     )
     strength: float = Field(0.8, ge=0.0, le=1.0, description="ControlNet conditioning strength.")
-    sampler: str = Field(
-        "dpmpp_2m", description="Sampler.", json_schema_extra={"enum": list(SAMPLER_NAMES)}
-    )
+    sampler: str = Field("dpmpp_2m", description="Sampler.", json_schema_extra={"enum": list(SAMPLER_NAMES)})
     scheduler: str = Field(
         "sgm_uniform", description="Sigma schedule.", json_schema_extra={"enum": list(SCHEDULER_NAMES)}
     )
@@ -92,7 +94,10 @@ class GenerationRequest(BaseModel):
 
     # Extensions beyond the hosted API.
     width: int | None = Field(
-        None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIZE_MULTIPLE,
+        None,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        multiple_of=SIZE_MULTIPLE,
         description="Output width, a multiple of 16. Default: the input's aspect ratio at the model's native size.",
     )
     height: int | None = Field(
@@ -184,8 +189,7 @@ class GenerationRequest(BaseModel):
             raise InvalidRequestError("field 'image' is required (or send 'pose_keypoints' instead)")
         if self.control_start >= self.control_end:
             raise InvalidRequestError(
-                "control_start must be smaller than control_end "
-                f"(got {self.control_start} and {self.control_end})"
+                f"control_start must be smaller than control_end (got {self.control_start} and {self.control_end})"
             )
         return self
 
@@ -212,14 +216,17 @@ def _check_text(value: str) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("contains a lone surrogate escape such as \\ud800, which is not text; send valid "
-                             "UTF-8") from None
+            raise ValueError(
+                "contains a lone surrogate escape such as \\ud800, which is not text; send valid UTF-8"
+            ) from None
 
 
 def _check_json(value: Any, depth: int) -> None:
     if depth > MAX_KEYPOINTS_DEPTH:
-        raise ValueError(f"is nested deeper than {MAX_KEYPOINTS_DEPTH} levels; send OpenPose JSON "
-                         "({people: [{pose_keypoints_2d: [...]}], canvas_width, canvas_height})")
+        raise ValueError(
+            f"is nested deeper than {MAX_KEYPOINTS_DEPTH} levels; send OpenPose JSON "
+            "({people: [{pose_keypoints_2d: [...]}], canvas_width, canvas_height})"
+        )
     if isinstance(value, str):
         _check_text(value)
     elif isinstance(value, dict):
@@ -259,9 +266,7 @@ def parse_request(data: Any, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> Gener
         raise InvalidRequestError("; ".join(_describe(e) for e in exc.errors())) from None
 
 
-def default_size(
-    source_width: int, source_height: int, native: int = 1024, multiple: int = 64
-) -> tuple[int, int]:
+def default_size(source_width: int, source_height: int, native: int = 1024, multiple: int = 64) -> tuple[int, int]:
     """The output size for an input of this shape: same aspect ratio, about native² pixels.
 
     Sides are multiples of `multiple`; the aspect ratio is clamped to 1:4..4:1.

@@ -26,8 +26,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_server: RedisServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Cluster]:
+def cluster(
+    redis_server: RedisServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     """Two workers and two API processes on the tiny model, started once for the module."""
     cluster = Cluster(redis_server, tiny_model_dir, tmp_path_factory.mktemp("cluster"))
     try:

@@ -45,8 +45,16 @@ def pose_map_b64(size: int = 64) -> str:
 
 def body(steps: int = 2, size: int = 64, seed: int = 1) -> dict:
     """A request that skips pose detection (a ready, blank pose map) on the tiny model."""
-    return {"image": pose_map_b64(), "pose_mode": "none", "prompt": "a dancer", "width": size, "height": size,
-            "num_inference_steps": steps, "sampler": "euler", "seed": seed}
+    return {
+        "image": pose_map_b64(),
+        "pose_mode": "none",
+        "prompt": "a dancer",
+        "width": size,
+        "height": size,
+        "num_inference_steps": steps,
+        "sampler": "euler",
+        "seed": seed,
+    }
 
 
 class Proc:
@@ -56,8 +64,7 @@ class Proc:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     @property
     def alive(self) -> bool:
@@ -96,9 +103,25 @@ class RedisServer:
 
     def start(self) -> None:
         assert REDIS_SERVER is not None
-        self.proc = Proc("redis", [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                                   str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
-                                   "--save", ""], self.directory / "redis.log")
+        self.proc = Proc(
+            "redis",
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            self.directory / "redis.log",
+        )
         deadline = time.monotonic() + 30
         while not self._answers():
             assert self.proc.alive and time.monotonic() < deadline, self.proc.tail()
@@ -121,7 +144,7 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def client(self):  # noqa: ANN201 - redis.Redis
+    def client(self):
         from sd3pose.distributed.config import redis_client
 
         return redis_client(self.url)
@@ -141,18 +164,50 @@ class Cluster:
         self.env.pop("SD3POSE_BROKER", None)
 
     def start_worker(self, name: str) -> Proc:
-        proc = Proc(name, [SD3POSE, "worker", "--broker", self.redis.url, *self.model_args, "--name", name,
-                           "--threads", "1", "--data-dir", str(self.directory / name), "--visibility-timeout",
-                           str(VISIBILITY_TIMEOUT_S), "--restore-interval", "1"],
-                    self.directory / f"{name}.log", self.env)
+        proc = Proc(
+            name,
+            [
+                SD3POSE,
+                "worker",
+                "--broker",
+                self.redis.url,
+                *self.model_args,
+                "--name",
+                name,
+                "--threads",
+                "1",
+                "--data-dir",
+                str(self.directory / name),
+                "--visibility-timeout",
+                str(VISIBILITY_TIMEOUT_S),
+                "--restore-interval",
+                "1",
+            ],
+            self.directory / f"{name}.log",
+            self.env,
+        )
         self.workers[name] = proc
         return proc
 
     def start_api(self, name: str, *extra: str) -> str:
         port = free_port()
-        proc = Proc(name, [SD3POSE, "serve", "--broker", self.redis.url, *self.model_args, "--port", str(port),
-                           "--data-dir", str(self.directory / name), *extra],
-                    self.directory / f"{name}.log", self.env)
+        proc = Proc(
+            name,
+            [
+                SD3POSE,
+                "serve",
+                "--broker",
+                self.redis.url,
+                *self.model_args,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(self.directory / name),
+                *extra,
+            ],
+            self.directory / f"{name}.log",
+            self.env,
+        )
         self.apis[name] = proc
         self.urls[name] = f"http://127.0.0.1:{port}"
         return self.urls[name]

@@ -19,13 +19,13 @@ from sd3pose.service.jobs import JobNotRecordedError, JobStatus
 
 
 @pytest.fixture
-def client(redis_server):  # noqa: ANN001, ANN201
+def client(redis_server):
     with redis_server.client() as connection:
         connection.flushdb()
         yield connection
 
 
-def test_two_replicas_never_spend_the_same_credit(redis_server, client) -> None:  # noqa: ANN001
+def test_two_replicas_never_spend_the_same_credit(redis_server, client) -> None:
     key, _ = RedisKeyStore(client).create("shared", credits=15)
     replicas = [RedisKeyStore(redis_server.client()) for _ in range(2)]  # separate connections, like two APIs
     with ThreadPoolExecutor(8) as pool:
@@ -34,7 +34,7 @@ def test_two_replicas_never_spend_the_same_credit(redis_server, client) -> None:
     assert RedisKeyStore(client).balance(key.id) == 0
 
 
-def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None:  # noqa: ANN001
+def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None:
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("payer", credits=10)
     assert keys.reserve(key.id, 2.0) and keys.reserve(key.id, 2.0)
@@ -56,14 +56,14 @@ def test_a_failed_job_is_refunded_once_and_a_completed_one_never(client) -> None
     assert store.get(failed.id).error == "boom" and store.depth("q") == 0
 
 
-def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_server, client) -> None:  # noqa: ANN001
+def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_server, client) -> None:
     keys = RedisKeyStore(client)
     key, _ = keys.create("payer", credits=3)
     queue = CeleryJobQueue(redis_server.url, "q", client=client)
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "seed": 5})
     real_create = queue.store.create
 
-    def unreachable(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def unreachable(*args, **kwargs) -> None:
         raise redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.7:6379")
 
     # Redis refuses the record: nothing of the job exists, so the caller (the app) returns the reservation.
@@ -75,7 +75,7 @@ def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_serv
     # The record is made but its reply is lost: the queue finds and settles it, so the app must not refund.
     lost = []
 
-    def reply_lost(**fields) -> None:  # noqa: ANN003
+    def reply_lost(**fields) -> None:
         lost.append(real_create(**fields))
         raise redis.exceptions.ConnectionError("Connection reset by peer")
 
@@ -102,7 +102,7 @@ def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_serv
     queue.stop()
 
 
-def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:  # noqa: ANN001
+def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("capped", credits=5)
     assert keys.reserve(key.id, 1.0)
@@ -113,7 +113,7 @@ def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:  # noqa: ANN001
     assert store.get(first.id).status is JobStatus.FAILED and keys.balance(key.id) == 5
 
 
-def test_a_job_no_worker_takes_for_a_day_ends_refunded_and_frees_its_place(client) -> None:  # noqa: ANN001
+def test_a_job_no_worker_takes_for_a_day_ends_refunded_and_frees_its_place(client) -> None:
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("patient", credits=5)
     assert keys.reserve(key.id, 2.0) and keys.reserve(key.id, 1.0)
@@ -132,7 +132,7 @@ def test_a_job_no_worker_takes_for_a_day_ends_refunded_and_frees_its_place(clien
     assert store.start(stale.id, "late-worker") is None  # a worker arriving later does not run it
 
 
-def test_sync_job_without_a_waiting_api_is_dropped_by_the_worker(client) -> None:  # noqa: ANN001
+def test_sync_job_without_a_waiting_api_is_dropped_by_the_worker(client) -> None:
     store = RedisJobStore(client)
     job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
     assert store.cancel_reason(job.id) is None  # the submitting API holds the waiter lease
@@ -140,7 +140,7 @@ def test_sync_job_without_a_waiting_api_is_dropped_by_the_worker(client) -> None
     assert "went away" in store.cancel_reason(job.id)
 
 
-def test_rate_limit_window_is_shared(redis_server, client) -> None:  # noqa: ANN001
+def test_rate_limit_window_is_shared(redis_server, client) -> None:
     limiters = [RedisRateLimiter(redis_server.client()) for _ in range(2)]
     assert [limiters[i % 2].check("k", 3) for i in range(3)] == [0.0, 0.0, 0.0]
     wait = limiters[1].check("k", 3)
@@ -148,7 +148,7 @@ def test_rate_limit_window_is_shared(redis_server, client) -> None:  # noqa: ANN
     assert limiters[0].check("other", 3) == 0.0 and limiters[0].check("k", 0) == 0.0
 
 
-def test_keys_behave_like_the_sqlite_store(client) -> None:  # noqa: ANN001
+def test_keys_behave_like_the_sqlite_store(client) -> None:
     keys = RedisKeyStore(client)
     key, secret = keys.create("alice", credits=None, scopes=["generate"])
     assert keys.verify(secret) == key and key.unlimited and key.scopes == ("generate",)
@@ -168,7 +168,7 @@ def test_queue_names_route_by_model() -> None:
         check_broker_url("amqp://localhost")
 
 
-def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:  # noqa: ANN001
+def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:
     import threading
     import time
 
@@ -187,13 +187,14 @@ def test_a_waiting_sync_request_wakes_when_its_job_ends(client) -> None:  # noqa
 class _OneImageGenerator:
     """Stands in for pipeline.Generator: one fixed image per sample, with stage timings."""
 
-    def run(self, request, *, on_step=None, cancelled=None) -> GenerationResult:  # noqa: ANN001
+    def run(self, request, *, on_step=None, cancelled=None) -> GenerationResult:
         on_step(1, 1)
-        return GenerationResult([b"img"] * request.samples, "image/jpeg", request.seeds, 64, 64, None, None,
-                                {"generate": 0.3, "pose": 0.02})
+        return GenerationResult(
+            [b"img"] * request.samples, "image/jpeg", request.seeds, 64, 64, None, None, {"generate": 0.3, "pose": 0.02}
+        )
 
 
-def test_a_worker_exports_job_timings_for_prometheus(client) -> None:  # noqa: ANN001
+def test_a_worker_exports_job_timings_for_prometheus(client) -> None:
     from sd3pose.distributed.worker import JobRunner
     from sd3pose.request import parse_request
 
@@ -211,7 +212,7 @@ def test_a_worker_exports_job_timings_for_prometheus(client) -> None:  # noqa: A
     assert "sd3pose_generation_seconds_count 1.0" in text and "sd3pose_generation_seconds_sum 0.3" in text
 
 
-def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_server, client, monkeypatch) -> None:  # noqa: ANN001
+def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_server, client, monkeypatch) -> None:
     """No worker answered in time and the client got its 429: a worker that comes up later must not
     still run the preview (downloading the image, detecting the pose) for nobody."""
     import json
@@ -233,7 +234,7 @@ def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_serve
         jobs.stop()
 
 
-def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -> None:  # noqa: ANN001
+def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -> None:
     """The race of a sync timeout with the last step, on Redis: the cancel recorded first wins."""
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("payer", credits=3)
@@ -248,7 +249,7 @@ def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -
     assert keys.balance(key.id) == 3 and store.result(job.id) is None
 
 
-def test_a_replayed_create_does_not_count_the_job_against_itself(client) -> None:  # noqa: ANN001
+def test_a_replayed_create_does_not_count_the_job_against_itself(client) -> None:
     # redis-py retries a script whose reply was lost; the first run may already have recorded the job.
     store = RedisJobStore(client)
     args = [1, 3600, repr(time.time()), "replayed", "status", "QUEUED", "kind", "async", "queue", "q"]
@@ -258,7 +259,7 @@ def test_a_replayed_create_does_not_count_the_job_against_itself(client) -> None
     assert store.depth("q") == 1
 
 
-def test_a_duplicate_run_never_replaces_or_revives_delivered_images(client) -> None:  # noqa: ANN001
+def test_a_duplicate_run_never_replaces_or_revives_delivered_images(client) -> None:
     store = RedisJobStore(client)
     job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
     assert store.start(job.id, "w1") is not None
@@ -276,7 +277,7 @@ def test_a_duplicate_run_never_replaces_or_revives_delivered_images(client) -> N
     assert client.keys(f"sd3pose:job:{job.id}:data*") == []  # nothing revived, nothing staged left behind
 
 
-def test_a_job_whose_worker_keeps_dying_is_failed_and_refunded_not_retried_forever(client) -> None:  # noqa: ANN001
+def test_a_job_whose_worker_keeps_dying_is_failed_and_refunded_not_retried_forever(client) -> None:
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("payer", credits=3)
     assert keys.reserve(key.id, 1.0)
@@ -305,7 +306,7 @@ def test_broker_passwords_never_reach_logs_or_answers(url: str, shown: str) -> N
     assert redacted_url(url) == shown
 
 
-def test_readiness_with_redis_down_says_so_without_hosts_or_passwords(caplog) -> None:  # noqa: ANN001
+def test_readiness_with_redis_down_says_so_without_hosts_or_passwords(caplog) -> None:
     url = "redis://:Sup3rSecret@127.0.0.1:1/0"  # nothing listens on port 1
     queue = CeleryJobQueue(url, "q", client=redis.Redis.from_url(url))  # no reconnect retries: fails at once
     ready, detail = queue.readiness()
@@ -314,12 +315,12 @@ def test_readiness_with_redis_down_says_so_without_hosts_or_passwords(caplog) ->
     queue.stop()
 
 
-def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client) -> None:  # noqa: ANN001
+def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client) -> None:
     keys = RedisKeyStore(client)
     key, _ = keys.create("bob", credits=5)
     real_load = keys._load
 
-    def load_then_a_request_reserves(key_id: str):  # noqa: ANN202 - a request lands between check and update
+    def load_then_a_request_reserves(key_id: str):
         found = real_load(key_id)
         assert keys.reserve(key_id, 3)
         return found
@@ -334,7 +335,7 @@ def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client)
         keys.add_credits(key.id, 1e308)
 
 
-def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client) -> None:  # noqa: ANN001
+def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client) -> None:
     # redis-py replays a script whose reply was lost: the replay must neither apply it again nor, now
     # that the balance is lower, report the change as refused.
     keys = RedisKeyStore(client)

@@ -21,18 +21,18 @@ from sd3pose.distributed.keystore import RedisKeyStore
 JOB_TIMEOUT_S = 120.0
 
 
-def new_key(cluster, credits: float, rate_limit: int | None = 10_000) -> tuple[str, str]:  # noqa: ANN001
+def new_key(cluster, credits: float, rate_limit: int | None = 10_000) -> tuple[str, str]:
     with cluster.redis.client() as client:
         key, secret = RedisKeyStore(client).create("client", credits=credits, rate_limit=rate_limit)
     return key.id, secret
 
 
-def balance(cluster, key_id: str) -> float | None:  # noqa: ANN001
+def balance(cluster, key_id: str) -> float | None:
     with cluster.redis.client() as client:
         return RedisKeyStore(client).balance(key_id)
 
 
-def job_field(cluster, job_id: str, field: str) -> str | None:  # noqa: ANN001
+def job_field(cluster, job_id: str, field: str) -> str | None:
     with cluster.redis.client() as client:
         value = client.hget(job_key(job_id), field)
     return value.decode() if value is not None else None
@@ -52,7 +52,7 @@ def get_json(url: str, headers: dict, timeout_s: float = 10.0) -> dict:
         time.sleep(0.2)
 
 
-def wait_status(url: str, headers: dict, until: set[str], timeout_s: float = JOB_TIMEOUT_S, logs=None) -> dict:  # noqa: ANN001
+def wait_status(url: str, headers: dict, until: set[str], timeout_s: float = JOB_TIMEOUT_S, logs=None) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         status = get_json(url, headers)
@@ -67,7 +67,7 @@ def on(url: str, other_url: str, path_url: str) -> str:
     return path_url.replace(url, other_url, 1)
 
 
-def test_two_apis_two_workers_serve_40_requests_from_8_clients_with_exact_credits(cluster) -> None:  # noqa: ANN001
+def test_two_apis_two_workers_serve_40_requests_from_8_clients_with_exact_credits(cluster) -> None:
     cluster.ensure_running()
     key_id, secret = new_key(cluster, credits=100)
     headers = {"x-api-key": secret}
@@ -108,13 +108,15 @@ def test_two_apis_two_workers_serve_40_requests_from_8_clients_with_exact_credit
         assert response.status_code == 400 and response.headers["x-remaining-credits"] == "60"
 
 
-def test_both_workers_take_jobs_and_progress_reaches_the_other_api(cluster) -> None:  # noqa: ANN001
+def test_both_workers_take_jobs_and_progress_reaches_the_other_api(cluster) -> None:
     cluster.ensure_running()
     _, secret = new_key(cluster, credits=10)
     headers = {"x-api-key": secret}
     a, b = cluster.urls["a"], cluster.urls["b"]
-    submitted = [httpx.post(f"{a}/v2/sd3-med-pose", json=body(steps=30, size=128, seed=i), headers=headers).json()
-                 for i in range(2)]
+    submitted = [
+        httpx.post(f"{a}/v2/sd3-med-pose", json=body(steps=30, size=128, seed=i), headers=headers).json()
+        for i in range(2)
+    ]
     seen: list[dict] = []
     for job in submitted:
         url = on(a, b, job["status_url"])
@@ -131,33 +133,39 @@ def test_both_workers_take_jobs_and_progress_reaches_the_other_api(cluster) -> N
     assert {job_field(cluster, job["request_id"], "worker") for job in submitted} == {"w1", "w2"}
 
 
-def test_rate_limit_is_shared_by_the_api_replicas(cluster) -> None:  # noqa: ANN001
+def test_rate_limit_is_shared_by_the_api_replicas(cluster) -> None:
     cluster.ensure_running()
     _, secret = new_key(cluster, credits=10, rate_limit=3)
     headers = {"x-api-key": secret}
     a, b = cluster.urls["a"], cluster.urls["b"]
     # Invalid bodies still count against the limit (checked first) and cost nothing.
-    codes = [httpx.post(f"{url}/v1/sd3-med-pose", json={"prompt": ""}, headers=headers).status_code
-             for url in (a, b, a)]
+    codes = [
+        httpx.post(f"{url}/v1/sd3-med-pose", json={"prompt": ""}, headers=headers).status_code for url in (a, b, a)
+    ]
     assert codes == [400, 400, 400]
     limited = httpx.post(f"{b}/v1/sd3-med-pose", json={"prompt": ""}, headers=headers)
     assert limited.status_code == 429 and 0 < int(limited.headers["retry-after"]) <= 60
 
 
-def test_api_replica_killed_while_clients_wait_async_jobs_stay_retrievable(cluster) -> None:  # noqa: ANN001
+def test_api_replica_killed_while_clients_wait_async_jobs_stay_retrievable(cluster) -> None:
     cluster.ensure_running()
     key_id, secret = new_key(cluster, credits=10)
     headers = {"x-api-key": secret}
     a, b = cluster.urls["a"], cluster.urls["b"]
-    jobs = [httpx.post(f"{a}/v2/sd3-med-pose", json=body(steps=10, size=128, seed=i), headers=headers).json()
-            for i in range(4)]
+    jobs = [
+        httpx.post(f"{a}/v2/sd3-med-pose", json=body(steps=10, size=128, seed=i), headers=headers).json()
+        for i in range(4)
+    ]
     sync_outcome: list[object] = []
 
     def sync_client() -> None:
         try:
             # Long enough (behind the 4 queued jobs) that it is surely still waiting when the API dies.
-            sync_outcome.append(httpx.post(f"{a}/v1/sd3-med-pose", json=body(steps=80, size=128), headers=headers,
-                                           timeout=60).status_code)
+            sync_outcome.append(
+                httpx.post(
+                    f"{a}/v1/sd3-med-pose", json=body(steps=80, size=128), headers=headers, timeout=60
+                ).status_code
+            )
         except httpx.HTTPError as exc:
             sync_outcome.append(exc)
 
@@ -178,7 +186,7 @@ def test_api_replica_killed_while_clients_wait_async_jobs_stay_retrievable(clust
     assert balance(cluster, key_id) in (5, 6)
 
 
-def test_worker_killed_mid_job_the_job_completes_on_the_other_worker_charged_once(cluster) -> None:  # noqa: ANN001
+def test_worker_killed_mid_job_the_job_completes_on_the_other_worker_charged_once(cluster) -> None:
     cluster.ensure_running()
     key_id, secret = new_key(cluster, credits=5)
     headers = {"x-api-key": secret}
@@ -202,13 +210,15 @@ def test_worker_killed_mid_job_the_job_completes_on_the_other_worker_charged_onc
     assert balance(cluster, key_id) == 4  # charged once
 
 
-def test_redis_restart_with_queued_jobs_they_still_complete(cluster) -> None:  # noqa: ANN001
+def test_redis_restart_with_queued_jobs_they_still_complete(cluster) -> None:
     cluster.ensure_running()
     key_id, secret = new_key(cluster, credits=20)
     headers = {"x-api-key": secret}
     a, b = cluster.urls["a"], cluster.urls["b"]
-    jobs = [httpx.post(f"{(a, b)[i % 2]}/v2/sd3-med-pose", json=body(steps=30, size=128, seed=i),
-                       headers=headers).json() for i in range(8)]
+    jobs = [
+        httpx.post(f"{(a, b)[i % 2]}/v2/sd3-med-pose", json=body(steps=30, size=128, seed=i), headers=headers).json()
+        for i in range(8)
+    ]
     with cluster.redis.client() as client:
         queued = sum(client.zcard(name) for name in client.scan_iter("sd3pose:queued:*"))
     assert queued >= 2, "the scenario needs jobs still waiting in the queue when Redis goes down"
@@ -221,7 +231,7 @@ def test_redis_restart_with_queued_jobs_they_still_complete(cluster) -> None:  #
     assert all(w.alive for w in cluster.workers.values()) and all(p.alive for p in cluster.apis.values())
 
 
-def test_a_request_for_a_model_no_worker_loaded_is_not_taken(cluster) -> None:  # noqa: ANN001
+def test_a_request_for_a_model_no_worker_loaded_is_not_taken(cluster) -> None:
     cluster.ensure_running()
     _, secret = new_key(cluster, credits=5)
     headers = {"x-api-key": secret}
@@ -243,9 +253,14 @@ def test_a_request_for_a_model_no_worker_loaded_is_not_taken(cluster) -> None:  
         cluster.apis.pop("no-t5").stop()
 
 
-def test_keys_cli_manages_the_shared_key_store(cluster) -> None:  # noqa: ANN001
-    created = subprocess.run([SD3POSE, "keys", "create", "--name", "cli-key", "--credits", "3", "--broker",
-                              cluster.redis.url], capture_output=True, text=True, timeout=120, env=cluster.env)
+def test_keys_cli_manages_the_shared_key_store(cluster) -> None:
+    created = subprocess.run(
+        [SD3POSE, "keys", "create", "--name", "cli-key", "--credits", "3", "--broker", cluster.redis.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cluster.env,
+    )
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
     response = httpx.post(f"{cluster.urls['b']}/v2/sd3-med-pose", json={"prompt": ""}, headers={"x-api-key": secret})

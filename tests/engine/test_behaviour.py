@@ -44,8 +44,9 @@ def test_negative_prompt_is_unused_without_guidance(tiny_engine):
     assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize(("sampler", "guidance"), [("euler", 7.0), ("euler_ancestral", 7.0),
-                                                  ("dpm_adaptive", 7.0), ("dpm_adaptive", 1.0)])
+@pytest.mark.parametrize(
+    ("sampler", "guidance"), [("euler", 7.0), ("euler_ancestral", 7.0), ("dpm_adaptive", 7.0), ("dpm_adaptive", 1.0)]
+)
 def test_sample_i_of_a_batch_equals_single_request_with_seed_plus_i(tiny_engine, sampler, guidance):
     seed = 4242
     batch_job = job(seeds=[seed, seed + 1, seed + 2], sampler=sampler, steps=3, guidance_scale=guidance)
@@ -74,8 +75,9 @@ def test_progress_is_reported_once_per_step(tiny_engine):
 
 def test_adaptive_progress_climbs_to_the_total_once_and_only_at_the_end(tiny_engine):
     calls = []
-    tiny_engine.generate(job(steps=5, seeds=[1, 2], sampler="dpm_adaptive"),
-                         on_step=lambda done, total: calls.append((done, total)))
+    tiny_engine.generate(
+        job(steps=5, seeds=[1, 2], sampler="dpm_adaptive"), on_step=lambda done, total: calls.append((done, total))
+    )
     done = [d for d, _ in calls]
     assert {total for _, total in calls} == {10}  # two images of 5 requested steps
     assert done == sorted(done) and done.count(10) == 1 and calls[-1] == (10, 10)
@@ -97,4 +99,3 @@ def test_native_resolution_and_demo_flag(tiny_engine):
     assert tiny_engine.native_resolution == 128
     assert tiny_engine.is_demo is True
     assert tiny_engine.device == torch.device("cpu") and tiny_engine.dtype == torch.float32
-

@@ -113,7 +113,10 @@ def test_strength_zero_is_plain_sd3(tiny_engine, tiny_model_dir):
     other_pose = pose_map(seed=7)
     assert torch.equal(tiny_engine.generate_latents(dataclasses.replace(the_job, control_image=other_pose)), ours)
     posed = dataclasses.replace(the_job, strength=0.8)
-    assert relative_difference(
-        tiny_engine.generate_latents(dataclasses.replace(posed, control_image=other_pose)),
-        tiny_engine.generate_latents(posed),
-    ) > 1e-2
+    assert (
+        relative_difference(
+            tiny_engine.generate_latents(dataclasses.replace(posed, control_image=other_pose)),
+            tiny_engine.generate_latents(posed),
+        )
+        > 1e-2
+    )

@@ -11,9 +11,16 @@ from typer.testing import CliRunner
 from sd3pose.engine.tiny import INSTANTX_CLASS_NAME, INSTANTX_CONFIG_KEYS
 
 BASE_PARTS = (
-    "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
-    "tokenizer", "tokenizer_2", "tokenizer_3", "scheduler",
-)  # fmt: skip
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "scheduler",
+)
 
 
 def test_layout_matches_the_real_folders(tiny_model_dir):
@@ -93,9 +100,12 @@ def test_transformer_is_conditioned_on_sigma(tiny_engine):
     with torch.no_grad():
         outs = [
             tiny_engine.transformer(
-                hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=tokens,
-                pooled_projections=pooled, return_dict=False,
+                hidden_states=x,
+                timestep=torch.tensor([t]),
+                encoder_hidden_states=tokens,
+                pooled_projections=pooled,
+                return_dict=False,
             )[0]
             for t in (900.0, 100.0)
-        ]  # fmt: skip
+        ]
     assert (outs[0] - outs[1]).abs().max() > 1e-3

@@ -77,7 +77,7 @@ class LoopbackServer:
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 with owner._lock:
                     owner.hits.append((self.path, self.headers.get("Host", "")))
                 url = urllib.parse.urlsplit(self.path)

@@ -144,8 +144,8 @@ def _png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
 
 
@@ -283,8 +283,9 @@ def test_an_animation_gives_its_first_frame(fmt: str) -> None:
     assert np.abs(pixels(load_image_bytes(data))[4, 4] - [255, 0, 0]).max() <= 2  # MPO is JPEG: off by 1
 
 
-@pytest.mark.parametrize(("fmt", "lossless"), [("PNG", True), ("BMP", True), ("TIFF", True), ("WEBP", False),
-                                               ("JPEG", False)])
+@pytest.mark.parametrize(
+    ("fmt", "lossless"), [("PNG", True), ("BMP", True), ("TIFF", True), ("WEBP", False), ("JPEG", False)]
+)
 def test_accepted_formats_decode(photo: Image.Image, fmt: str, lossless: bool) -> None:
     image = load_image_bytes(encode(photo, fmt, quality=95) if fmt in ("JPEG", "WEBP") else encode(photo, fmt))
     error = np.abs(pixels(image) - pixels(photo)).mean()

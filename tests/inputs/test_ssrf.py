@@ -165,8 +165,13 @@ def test_site_local_ipv6_addresses_are_refused(stand_in: LoopbackServer, remap: 
         fetch_url(f"http://[{address}]/latest/meta-data", max_bytes=2**20, transport=remap, **FAST)
     assert info.value.status_code == 400
     with pytest.raises(ImageInputError, match="a site-local address"):
-        fetch_url("http://intranet.example.com/img.png", max_bytes=2**20, resolver=lambda host, port: [address],
-                  transport=remap, **FAST)
+        fetch_url(
+            "http://intranet.example.com/img.png",
+            max_bytes=2**20,
+            resolver=lambda host, port: [address],
+            transport=remap,
+            **FAST,
+        )
     assert stand_in.hit_count == 0
 
 
@@ -186,8 +191,15 @@ def test_https_keeps_the_host_name_for_sni_and_certificate_checks(remap: RemapTr
 # --- schemes ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("template", ["file:///etc/passwd", "ftp://127.0.0.1:{port}/img.png",
-                                      "gopher://127.0.0.1:{port}/_GET%20/img.png", "dict://127.0.0.1:{port}/"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1:{port}/img.png",
+        "gopher://127.0.0.1:{port}/_GET%20/img.png",
+        "dict://127.0.0.1:{port}/",
+    ],
+)
 def test_non_http_schemes_are_refused(server: LoopbackServer, template: str) -> None:
     scheme = template.split(":")[0]
     with pytest.raises(ImageInputError, match=f"scheme '{scheme}' is not supported"):
@@ -269,8 +281,10 @@ def test_ip_literals_in_every_spelling_are_normalised(host: str, expected: str |
     assert (str(parsed) if parsed is not None else None) == expected
 
 
-@pytest.mark.parametrize("host", ["1.2.3.4.5", "256.1.1.1", "1.2.3.256", "1.2.16777216", "08.1.1.1", "4294967296",
-                                  "example.123", "1..1", "::g"])
+@pytest.mark.parametrize(
+    "host",
+    ["1.2.3.4.5", "256.1.1.1", "1.2.3.256", "1.2.16777216", "08.1.1.1", "4294967296", "example.123", "1..1", "::g"],
+)
 def test_malformed_ip_literals_are_refused(host: str) -> None:
     with pytest.raises(ImageInputError, match="is not a valid IPv[46] address"):
         parse_ip_literal(host)

@@ -20,8 +20,13 @@ from sd3pose.errors import GenerationCancelledError, InvalidRequestError
 # guidance (including 1 = no unconditional rows), strength (including 0), control window and pose map.
 MIXED = [
     job(),
-    job(prompt="an astronaut sitting", negative_prompt="blurry", seeds=[5, 9], guidance_scale=3.0,
-        control_image=pose_map(seed=3)),
+    job(
+        prompt="an astronaut sitting",
+        negative_prompt="blurry",
+        seeds=[5, 9],
+        guidance_scale=3.0,
+        control_image=pose_map(seed=3),
+    ),
     job(prompt="a knight", guidance_scale=1.0, strength=0.0, seeds=[11]),
     job(prompt="a chef", strength=0.5, control_start=0.3, control_end=0.7, seeds=[12], control_image=pose_map(seed=4)),
 ]

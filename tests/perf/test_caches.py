@@ -87,11 +87,19 @@ def test_pose_cache_hit_gives_the_same_keypoints_and_images(tiny_engine, photo):
 
     generator = Generator(tiny_engine, detector=get_detector())
     cache = generator.detector.cache
-    request = parse_request({
-        "image": png_base64(photo), "prompt": "an astronaut", "width": 64, "height": 64,
-        "num_inference_steps": 2, "sampler": "euler", "scheduler": "normal", "return_pose": True,
-        "output_format": "png",
-    })  # fmt: skip
+    request = parse_request(
+        {
+            "image": png_base64(photo),
+            "prompt": "an astronaut",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 2,
+            "sampler": "euler",
+            "scheduler": "normal",
+            "return_pose": True,
+            "output_format": "png",
+        }
+    )
     first = generator.run(request)
     assert cache.misses == 1 and cache.hits == 0
     second = generator.run(request)

@@ -98,8 +98,12 @@ def test_several_devices_share_a_burst_of_jobs(tmp_path, generator):
     from sd3pose.store import Database
 
     def queue(devices):
-        return EmbeddedJobQueue(Database(tmp_path / f"{len(devices)}.sqlite"), lambda device: generator,
-                                results_dir=tmp_path, devices=devices)
+        return EmbeddedJobQueue(
+            Database(tmp_path / f"{len(devices)}.sqlite"),
+            lambda device: generator,
+            results_dir=tmp_path,
+            devices=devices,
+        )
 
     assert jobs_per_turn(queue([None])) == MAX_JOBS_PER_TURN
     assert jobs_per_turn(queue(["cuda:0", "cuda:1"])) == MAX_JOBS_PER_TURN // 2

@@ -38,10 +38,19 @@ def test_fusing_is_refused_where_diffusers_fused_processor_would_skip_qk_norm():
     from diffusers import SD3Transformer2DModel
 
     model = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
-        pos_embed_max_size=16, qk_norm="rms_norm",
-    )  # fmt: skip
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+        out_channels=4,
+        pos_embed_max_size=16,
+        qk_norm="rms_norm",
+    )
     assert fuse_qkv(model) is False
     assert all(type(p).__name__ == "JointAttnProcessor2_0" for p in model.attn_processors.values())
 
@@ -113,7 +122,7 @@ def test_a_compiled_engine_does_not_recompile_for_new_strengths_or_guidance_1(ti
     engine = Engine.load(tiny_model_dir / "base", tiny_model_dir / "controlnet", device="cpu", dtype="fp32")
     compiles = []
 
-    def counting_backend(graph, example_inputs):  # noqa: ANN001, ANN202
+    def counting_backend(graph, example_inputs):
         compiles.append(graph)
         return graph.forward
 
@@ -121,6 +130,7 @@ def test_a_compiled_engine_does_not_recompile_for_new_strengths_or_guidance_1(ti
     after_warm_up = len(compiles)
     size = engine.native_resolution
     for strength, guidance in ((0.5, 7.0), (0.9, 4.0), (1.0, 1.0), (0.3, 1.0)):
-        engine.generate_latents(job(width=size, height=size, strength=strength, guidance_scale=guidance,
-                                    control_image=pose_map(size, size)))
+        engine.generate_latents(
+            job(width=size, height=size, strength=strength, guidance_scale=guidance, control_image=pose_map(size, size))
+        )
     assert after_warm_up > 0 and len(compiles) == after_warm_up

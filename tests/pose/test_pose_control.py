@@ -37,25 +37,43 @@ def test_pose_maps_are_recognised_and_photos_are_not(astronaut_pose, astronaut, 
 def test_auto_uses_a_rendered_map_as_is_and_detects_a_photo(detector, astronaut, astronaut_pose):
     pose_map = render_pose(astronaut_pose, 512, 512)
     kept = build_control_image(
-        pose_map, None, mode=PoseMode.auto, parts=["body", "hands", "face"], width=512, height=512,
-        resize_mode=ResizeMode.crop, detector=detector,
-    )  # fmt: skip
+        pose_map,
+        None,
+        mode=PoseMode.auto,
+        parts=["body", "hands", "face"],
+        width=512,
+        height=512,
+        resize_mode=ResizeMode.crop,
+        detector=detector,
+    )
     assert not kept.detected and kept.pose is None
     assert np.array_equal(np.asarray(kept.image), np.asarray(pose_map))
 
     detected = build_control_image(
-        astronaut, None, mode=PoseMode.auto, parts=["body", "hands", "face"], width=512, height=512,
-        resize_mode=ResizeMode.crop, detector=detector,
-    )  # fmt: skip
+        astronaut,
+        None,
+        mode=PoseMode.auto,
+        parts=["body", "hands", "face"],
+        width=512,
+        height=512,
+        resize_mode=ResizeMode.crop,
+        detector=detector,
+    )
     assert detected.detected and len(detected.pose.people) == 1
     assert np.array_equal(np.asarray(detected.image), np.asarray(pose_map))
 
 
 def test_mode_none_fits_the_input_and_detect_sees_no_person_in_a_map(detector, astronaut, astronaut_pose):
     none = build_control_image(
-        astronaut, None, mode=PoseMode.none, parts=["body"], width=256, height=128,
-        resize_mode=ResizeMode.stretch, detector=detector,
-    )  # fmt: skip
+        astronaut,
+        None,
+        mode=PoseMode.none,
+        parts=["body"],
+        width=256,
+        height=128,
+        resize_mode=ResizeMode.stretch,
+        detector=detector,
+    )
     assert none.image.size == (256, 128) and none.image.mode == "RGB" and not none.detected
     expected = astronaut.resize((256, 128), Image.Resampling.BILINEAR)
     assert np.abs(np.asarray(none.image, np.int16) - np.asarray(expected, np.int16)).mean() < 6
@@ -63,9 +81,15 @@ def test_mode_none_fits_the_input_and_detect_sees_no_person_in_a_map(detector, a
 
 def test_parts_limit_both_the_map_and_the_returned_keypoints(detector, astronaut):
     result = build_control_image(
-        astronaut, None, mode=PoseMode.detect, parts=["body"], width=512, height=512,
-        resize_mode=ResizeMode.crop, detector=detector,
-    )  # fmt: skip
+        astronaut,
+        None,
+        mode=PoseMode.detect,
+        parts=["body"],
+        width=512,
+        height=512,
+        resize_mode=ResizeMode.crop,
+        detector=detector,
+    )
     person = result.pose.people[0]
     assert person.face is None and person.left_hand is None
     assert person.body[BODY["nose"], 2] > 0
@@ -79,9 +103,14 @@ def test_keypoints_and_images_are_fitted_the_same_way(astronaut_pose, mode):
     width, height = 768, 384
     via_image = Fit.between(512, 512, width, height, mode).image(render_pose(astronaut_pose, 512, 512, ["body"]))
     result = build_control_image(
-        None, pose_to_openpose_json(astronaut_pose), mode=PoseMode.auto, parts=["body"], width=width,
-        height=height, resize_mode=mode,
-    )  # fmt: skip
+        None,
+        pose_to_openpose_json(astronaut_pose),
+        mode=PoseMode.auto,
+        parts=["body"],
+        width=width,
+        height=height,
+        resize_mode=mode,
+    )
     assert result.image.size == (width, height) and result.pose.width == width
     a = np.asarray(via_image).any(axis=2)
     b = np.asarray(result.image).any(axis=2)
@@ -109,11 +138,19 @@ def test_fill_pads_with_black_and_crop_cuts_the_sides(astronaut):
 
 def test_missing_input_and_bad_parts_are_clear_errors():
     with pytest.raises(InvalidRequestError, match="send an image"):
-        build_control_image(None, None, mode=PoseMode.auto, parts=["body"], width=64, height=64,
-                            resize_mode=ResizeMode.crop)  # fmt: skip
+        build_control_image(
+            None, None, mode=PoseMode.auto, parts=["body"], width=64, height=64, resize_mode=ResizeMode.crop
+        )
     with pytest.raises(InvalidRequestError, match="unknown pose part"):
-        build_control_image(Image.new("RGB", (8, 8)), None, mode=PoseMode.none, parts=["tail"], width=64,
-                            height=64, resize_mode=ResizeMode.crop)  # fmt: skip
+        build_control_image(
+            Image.new("RGB", (8, 8)),
+            None,
+            mode=PoseMode.none,
+            parts=["tail"],
+            width=64,
+            height=64,
+            resize_mode=ResizeMode.crop,
+        )
 
 
 def test_large_pose_map_shrinks_without_losing_its_lines(astronaut_pose):

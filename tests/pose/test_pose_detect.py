@@ -125,9 +125,15 @@ def test_photo_without_a_person(detector, request, photo):
     assert detector.detect(image).people == []
     with pytest.raises(NoPersonFoundError) as caught:
         build_control_image(
-            image, None, mode=PoseMode.detect, parts=["body"], width=256, height=256,
-            resize_mode=ResizeMode.crop, detector=detector,
-        )  # fmt: skip
+            image,
+            None,
+            mode=PoseMode.detect,
+            parts=["body"],
+            width=256,
+            height=256,
+            resize_mode=ResizeMode.crop,
+            detector=detector,
+        )
     assert caught.value.status_code == 400
     assert caught.value.message == (
         "no person found in the image; send a clearer photo, or pose_mode=none for a ready pose map"

@@ -17,8 +17,11 @@ def test_round_trip_of_a_detected_pose_renders_the_same_map(astronaut_pose):
     text = json.dumps(pose_to_openpose_json(astronaut_pose))
     data = json.loads(text)
     assert set(data["people"][0]) == {
-        "pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d",
-    }  # fmt: skip
+        "pose_keypoints_2d",
+        "hand_left_keypoints_2d",
+        "hand_right_keypoints_2d",
+        "face_keypoints_2d",
+    }
     assert (data["canvas_width"], data["canvas_height"]) == (512, 512)
     assert len(data["people"][0]["pose_keypoints_2d"]) == 54
     assert len(data["people"][0]["face_keypoints_2d"]) == 210
@@ -85,18 +88,70 @@ def test_malformed_json_says_what_is_wrong(data, message):
 
 # A standing figure as the ControlNet OpenPose preprocessors write it: x / canvas_width, y / canvas_height.
 NORMALISED_BODY = [
-    0.5, 0.2, 1, 0.5, 0.3, 1, 0.4, 0.3, 1, 0.35, 0.45, 1, 0.33, 0.6, 1, 0.6, 0.3, 1, 0.65, 0.45, 1, 0.67, 0.6, 1,
-    0.45, 0.6, 1, 0.45, 0.8, 1, 0.45, 0.95, 1, 0.55, 0.6, 1, 0.55, 0.8, 1, 0.55, 0.95, 1, 0.48, 0.18, 1,
-    0.52, 0.18, 1, 0.46, 0.19, 1, 0.54, 0.19, 1,
-]  # fmt: skip
+    0.5,
+    0.2,
+    1,
+    0.5,
+    0.3,
+    1,
+    0.4,
+    0.3,
+    1,
+    0.35,
+    0.45,
+    1,
+    0.33,
+    0.6,
+    1,
+    0.6,
+    0.3,
+    1,
+    0.65,
+    0.45,
+    1,
+    0.67,
+    0.6,
+    1,
+    0.45,
+    0.6,
+    1,
+    0.45,
+    0.8,
+    1,
+    0.45,
+    0.95,
+    1,
+    0.55,
+    0.6,
+    1,
+    0.55,
+    0.8,
+    1,
+    0.55,
+    0.95,
+    1,
+    0.48,
+    0.18,
+    1,
+    0.52,
+    0.18,
+    1,
+    0.46,
+    0.19,
+    1,
+    0.54,
+    0.19,
+    1,
+]
 NORMALISED_HAND = [v for i in range(21) for v in (0.33 + 0.002 * i, 0.6 + 0.003 * i, 0.9)]
 
 
 def _document(body: list[float], hand: list[float], width: int, height: int) -> dict:
     return {
         "people": [{"pose_keypoints_2d": body, "hand_left_keypoints_2d": hand, "face_keypoints_2d": None}],
-        "canvas_width": width, "canvas_height": height,
-    }  # fmt: skip
+        "canvas_width": width,
+        "canvas_height": height,
+    }
 
 
 def _in_pixels(values: list[float], width: int, height: int) -> list[float]:
@@ -171,7 +226,12 @@ def test_non_finite_and_absurd_numbers_are_refused_with_a_400(text, message):
     # ValueError or a cv2 TypeError (HTTP 500).
     with pytest.raises(InvalidRequestError, match=message) as caught:
         build_control_image(
-            None, json.loads(text), mode=PoseMode.auto, parts=["body"], width=512, height=512,
+            None,
+            json.loads(text),
+            mode=PoseMode.auto,
+            parts=["body"],
+            width=512,
+            height=512,
             resize_mode=ResizeMode.crop,
-        )  # fmt: skip
+        )
     assert caught.value.status_code == 400

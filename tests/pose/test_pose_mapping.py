@@ -9,11 +9,24 @@ from sd3pose.pose.mediapipe_map import MIN_VISIBILITY, body_from_blazepose, face
 
 # BlazePose indices of the points OpenPose keeps.
 BLAZEPOSE = {
-    "nose": 0, "left_eye": 2, "right_eye": 5, "left_ear": 7, "right_ear": 8,
-    "left_shoulder": 11, "right_shoulder": 12, "left_elbow": 13, "right_elbow": 14,
-    "left_wrist": 15, "right_wrist": 16, "left_hip": 23, "right_hip": 24,
-    "left_knee": 25, "right_knee": 26, "left_ankle": 27, "right_ankle": 28,
-}  # fmt: skip
+    "nose": 0,
+    "left_eye": 2,
+    "right_eye": 5,
+    "left_ear": 7,
+    "right_ear": 8,
+    "left_shoulder": 11,
+    "right_shoulder": 12,
+    "left_elbow": 13,
+    "right_elbow": 14,
+    "left_wrist": 15,
+    "right_wrist": 16,
+    "left_hip": 23,
+    "right_hip": 24,
+    "left_knee": 25,
+    "right_knee": 26,
+    "left_ankle": 27,
+    "right_ankle": 28,
+}
 
 
 def _blazepose() -> np.ndarray:

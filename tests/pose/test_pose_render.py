@@ -14,12 +14,25 @@ from sd3pose.pose.render import BODY_COLORS, BODY_LIMBS, HAND_EDGE_COLORS
 def _standing(width: int = 512, height: int = 512) -> Pose:
     """A front-facing figure with arms out, in a 512x512 frame scaled to width x height."""
     points = {
-        "nose": (256, 100), "neck": (256, 160), "right_shoulder": (196, 160), "right_elbow": (136, 220),
-        "right_wrist": (96, 300), "left_shoulder": (316, 160), "left_elbow": (376, 220), "left_wrist": (416, 300),
-        "right_hip": (221, 300), "right_knee": (211, 390), "right_ankle": (206, 470), "left_hip": (291, 300),
-        "left_knee": (301, 390), "left_ankle": (306, 470), "right_eye": (241, 88), "left_eye": (271, 88),
-        "right_ear": (226, 96), "left_ear": (286, 96),
-    }  # fmt: skip
+        "nose": (256, 100),
+        "neck": (256, 160),
+        "right_shoulder": (196, 160),
+        "right_elbow": (136, 220),
+        "right_wrist": (96, 300),
+        "left_shoulder": (316, 160),
+        "left_elbow": (376, 220),
+        "left_wrist": (416, 300),
+        "right_hip": (221, 300),
+        "right_knee": (211, 390),
+        "right_ankle": (206, 470),
+        "left_hip": (291, 300),
+        "left_knee": (301, 390),
+        "left_ankle": (306, 470),
+        "right_eye": (241, 88),
+        "left_eye": (271, 88),
+        "right_ear": (226, 96),
+        "left_ear": (286, 96),
+    }
     body = np.zeros((18, 3))
     for name, (x, y) in points.items():
         body[BODY[name]] = (x * width / 512, y * height / 512, 1.0)

@@ -24,10 +24,21 @@ STOCHASTIC = [n for n, info in SAMPLERS.items() if info.stochastic]
 # but lowers its order on the last steps (as diffusers does), which caps the global order at 2;
 # ipndm's fixed weights assume even steps; heunpp2 is a first-order weighting.
 MIN_ORDER = {
-    "euler": 0.9, "euler_pp": 0.9, "ddim": 0.9, "heunpp2": 0.8,
-    "heun": 1.8, "dpm_2": 1.8, "dpmpp_2m": 1.8, "ipndm": 1.8, "uni_pc": 1.8, "uni_pc_bh2": 1.8,
-    "ipndm_v": 2.2, "lms": 2.5, "deis": 2.5, "dpm_fast": 2.5,
-}  # fmt: skip
+    "euler": 0.9,
+    "euler_pp": 0.9,
+    "ddim": 0.9,
+    "heunpp2": 0.8,
+    "heun": 1.8,
+    "dpm_2": 1.8,
+    "dpmpp_2m": 1.8,
+    "ipndm": 1.8,
+    "uni_pc": 1.8,
+    "uni_pc_bh2": 1.8,
+    "ipndm_v": 2.2,
+    "lms": 2.5,
+    "deis": 2.5,
+    "dpm_fast": 2.5,
+}
 
 
 def _exact_at(gaussian, z: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -67,8 +78,15 @@ def test_full_schedule_from_pure_noise_converges_to_the_exact_solution(gaussian,
         return float((out - gaussian.exact(eps)).abs().max())
 
     e25, e100 = error(25), error(100)
-    tol = {"euler": 0.1, "euler_pp": 0.1, "ddim": 0.1, "heunpp2": 0.03, "dpmpp_2m": 0.03,
-           "uni_pc": 0.015, "dpm_adaptive": 0.02}.get(name, 6e-3)  # fmt: skip
+    tol = {
+        "euler": 0.1,
+        "euler_pp": 0.1,
+        "ddim": 0.1,
+        "heunpp2": 0.03,
+        "dpmpp_2m": 0.03,
+        "uni_pc": 0.015,
+        "dpm_adaptive": 0.02,
+    }.get(name, 6e-3)
     assert e100 < tol, f"{name}: error {e100:.2e} at 100 steps"
     if name != "dpm_adaptive":  # its accuracy is set by its tolerance, not the step count
         assert e100 < e25 / 2.5, f"{name}: error {e25:.2e} at 25 steps, {e100:.2e} at 100"

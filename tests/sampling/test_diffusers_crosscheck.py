@@ -89,11 +89,14 @@ def test_dpmpp_2m_and_2m_sde_match_dpm_solver_multistep(scheduler: str, steps: i
         assert (ours - ref).abs().max() < TOL, name
 
 
-@pytest.mark.parametrize("name,cls,kw", [
-    ("deis", DEISMultistepScheduler, {"solver_order": 3}),
-    ("uni_pc", UniPCMultistepScheduler, {"solver_order": 3, "solver_type": "bh1"}),
-    ("uni_pc_bh2", UniPCMultistepScheduler, {"solver_order": 3, "solver_type": "bh2"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,cls,kw",
+    [
+        ("deis", DEISMultistepScheduler, {"solver_order": 3}),
+        ("uni_pc", UniPCMultistepScheduler, {"solver_order": 3, "solver_type": "bh1"}),
+        ("uni_pc_bh2", UniPCMultistepScheduler, {"solver_order": 3, "solver_type": "bh2"}),
+    ],
+)
 @pytest.mark.parametrize("steps", [5, 12, 20])
 def test_deis_and_unipc_match_diffusers(name: str, cls, kw, steps: int) -> None:
     # diffusers' eps-form DEIS and UniPC-B1 produce NaN at sigma = 1 and at sigma = 0 (0*inf);

@@ -64,8 +64,14 @@ def test_sampler_noise_is_not_the_initial_latent_noise() -> None:
     seed = 5
     eps = torch.randn((1, 64), generator=torch.Generator().manual_seed(seed))
     seen = []
-    sample("lcm", lambda x, s: torch.zeros_like(x), eps, [1.0, 0.5, 0.0], seed=seed,
-           callback=lambda info: seen.append(info["x"]))  # fmt: skip
+    sample(
+        "lcm",
+        lambda x, s: torch.zeros_like(x),
+        eps,
+        [1.0, 0.5, 0.0],
+        seed=seed,
+        callback=lambda info: seen.append(info["x"]),
+    )
     renoised = seen[0] / 0.5  # x' = 0.5 * z with D = 0
     assert torch.corrcoef(torch.stack([renoised[0], eps[0]]))[0, 1].abs() < 0.5
 

@@ -15,7 +15,7 @@ def generator() -> ScriptedGenerator:
 
 
 @pytest.fixture
-def client(tmp_path, generator) -> Iterator[TestClient]:  # noqa: ANN001
+def client(tmp_path, generator) -> Iterator[TestClient]:
     with TestClient(make_app(tmp_path, generator), raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
         yield test_client

@@ -46,7 +46,7 @@ class ScriptedGenerator:
     runs: list[GenerationRequest] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
 
-    def run(self, request, *, on_step=None, cancelled=None) -> GenerationResult:  # noqa: ANN001
+    def run(self, request, *, on_step=None, cancelled=None) -> GenerationResult:
         self.runs.append(request)
         self.started.set()
         if self.gate is not None:
@@ -66,14 +66,22 @@ class ScriptedGenerator:
         images = [encode((colour(seed), 0, 7), fmt) for seed in request.seeds]
         pose = encode((0, 0, 0), "png") if request.return_pose else None
         keypoints = {"people": [], "canvas_width": 64, "canvas_height": 64} if request.return_pose else None
-        return GenerationResult(images, FORMATS[fmt][1], request.seeds, 64, 64, pose, keypoints,
-                      {"pose": 0.001, "generate": 0.002, "total": 0.003})
+        return GenerationResult(
+            images,
+            FORMATS[fmt][1],
+            request.seeds,
+            64,
+            64,
+            pose,
+            keypoints,
+            {"pose": 0.001, "generate": 0.002, "total": 0.003},
+        )
 
-    def preview_pose(self, request) -> PosePreview:  # noqa: ANN001
+    def preview_pose(self, request) -> PosePreview:
         return PosePreview(encode((0, 0, 0), "png"), {"people": []}, 64, 64, False)
 
 
-def make_app(tmp_path, generator: ScriptedGenerator, **overrides):  # noqa: ANN001, ANN201
+def make_app(tmp_path, generator: ScriptedGenerator, **overrides):
     settings = ServiceSettings(data_dir=tmp_path, cleanup_interval_s=0.2, **overrides)
     return create_app(settings, generator_factory=lambda device: generator)
 
@@ -85,7 +93,7 @@ def wait_ready(test_client: TestClient, timeout_s: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def new_key(test_client: TestClient, name: str = "alice", credits: float | None = 10, **kwargs) -> str:  # noqa: ANN003
+def new_key(test_client: TestClient, name: str = "alice", credits: float | None = 10, **kwargs) -> str:
     keys = test_client.app.state.services.keys
     return keys.create(name, credits=credits, **kwargs)[1]
 
@@ -104,7 +112,7 @@ REQUEST = {"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 2}
 
 
 @contextmanager
-def running_server(app) -> Iterator[str]:  # noqa: ANN001
+def running_server(app) -> Iterator[str]:
     """Serve `app` with uvicorn on a free loopback port in a thread; always stopped afterwards."""
     import uvicorn
 

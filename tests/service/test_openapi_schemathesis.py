@@ -23,8 +23,7 @@ from PIL import Image
 from schemathesis.config import SchemathesisConfig
 from service_helpers import running_server
 
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_schema_conformance")
+CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance")
 REQUEST_TIMEOUT_S = 60  # a response slower than this is a hang
 MAX_EXAMPLES = 25  # per operation and phase; the whole fuzz run stays within a couple of minutes on 2 cores
 GENERATION_EXAMPLES = 12  # fuzzed generations with a usable pose map: each may run the model
@@ -51,20 +50,26 @@ def _no_generator(device: str | None) -> None:
     raise AssertionError("the schema-only app never runs jobs")
 
 
-CONFIG = SchemathesisConfig.from_dict({
-    "seed": 20240611,  # the same cases every run: a failure here reproduces
-    "request-timeout": REQUEST_TIMEOUT_S,
-    "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
-    "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
-               "stateful": {"enabled": False}},
-    "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
-})
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "seed": 20240611,  # the same cases every run: a failure here reproduces
+        "request-timeout": REQUEST_TIMEOUT_S,
+        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
+        "phases": {
+            "examples": {"enabled": True},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True},
+            "stateful": {"enabled": False},
+        },
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+    }
+)
 DOCUMENT = _documented_schema()
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 
 @pytest.fixture(scope="module")
-def live(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:  # noqa: ANN001
+def live(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:
     """(base URL, API key, services) of the real app and pipeline on the tiny model."""
     from sd3pose.pipeline import Generator
     from sd3pose.service.app import create_app
@@ -90,7 +95,7 @@ def live(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:  #
 
 @schema.parametrize()
 @settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=MAX_EXAMPLES)
-def test_openapi_fuzz_no_server_error_and_responses_match_the_schema(case, live) -> None:  # noqa: ANN001
+def test_openapi_fuzz_no_server_error_and_responses_match_the_schema(case, live) -> None:
     url, key, _ = live
     case.call_and_validate(base_url=url, headers={"x-api-key": key}, timeout=REQUEST_TIMEOUT_S)
 
@@ -106,13 +111,19 @@ def _photo_b64() -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def test_openapi_success_responses_match_the_schema(live) -> None:  # noqa: ANN001
+def test_openapi_success_responses_match_the_schema(live) -> None:
     url, key, _ = live
-    small = {"image": _photo_b64(), "prompt": "a dancer", "num_inference_steps": 2, "width": 64, "height": 64,
-             "sampler": "euler"}
+    small = {
+        "image": _photo_b64(),
+        "prompt": "a dancer",
+        "num_inference_steps": 2,
+        "width": 64,
+        "height": 64,
+        "sampler": "euler",
+    }
     headers = {"x-api-key": key}
 
-    def call(path: str, method: str, **kwargs):  # noqa: ANN003, ANN202
+    def call(path: str, method: str, **kwargs):
         case = schema[path][method].Case(headers=headers, **kwargs)
         return case.call_and_validate(base_url=url, timeout=REQUEST_TIMEOUT_S)
 
@@ -146,21 +157,29 @@ def test_openapi_success_responses_match_the_schema(live) -> None:  # noqa: ANN0
         assert call(path, "GET").status_code == 200
 
 
-
-def test_openapi_generation_fuzz_with_a_usable_pose_map(live) -> None:  # noqa: ANN001
+def test_openapi_generation_fuzz_with_a_usable_pose_map(live) -> None:
     """Random valid parameters (sampler x scheduler x sizes x steps x ...) on an image the model can use."""
     url, key, _ = live
     headers = {"x-api-key": key}
-    preview = httpx.post(f"{url}/v1/pose", json={"image": _photo_b64(), "width": 64, "height": 64},
-                         headers=headers, timeout=REQUEST_TIMEOUT_S)
+    preview = httpx.post(
+        f"{url}/v1/pose",
+        json={"image": _photo_b64(), "width": 64, "height": 64},
+        headers=headers,
+        timeout=REQUEST_TIMEOUT_S,
+    )
     assert preview.status_code == 200, preview.text
     pose_map = preview.json()["pose_image"]  # a rendered skeleton: a pose map, as a client would send
     statuses: list[int] = []
 
     @given(case=schema["/v1/sd3-med-pose"]["POST"].as_strategy())
-    @settings(max_examples=GENERATION_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
-    def generate(case) -> None:  # noqa: ANN001
+    @settings(
+        max_examples=GENERATION_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def generate(case) -> None:
         case.body["image"] = pose_map
         case.body.pop("pose_keypoints", None)
         response = case.call_and_validate(base_url=url, headers=headers, timeout=REQUEST_TIMEOUT_S)

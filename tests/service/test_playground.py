@@ -30,8 +30,13 @@ from sd3pose.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MAX_SAMPLES = 3  # not the default 4: proves the page reads the server's cap from /openapi.json
@@ -62,7 +67,7 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:  # noqa: ANN001
+def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:
     """(base URL, an API key, the app's services) of a real server on the tiny model."""
     from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
@@ -72,7 +77,7 @@ def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, 
     class SlowStepGenerator(Generator):
         """The real pipeline; each step also waits a little so progress is observable between polls."""
 
-        def run(self, request, *, on_step=None, cancelled=None):  # noqa: ANN001, ANN201
+        def run(self, request, *, on_step=None, cancelled=None):
             def slow_step(step: int, total: int) -> None:
                 time.sleep(STEP_DELAY_S)
                 if on_step is not None:
@@ -106,13 +111,13 @@ def browser(chromium: str) -> Iterator[object]:
 
 
 @pytest.fixture
-def allowed_origins(server) -> list[str]:  # noqa: ANN001
+def allowed_origins(server) -> list[str]:
     """Where the page may load from: the server only, unless a test adds a host (an image URL)."""
     return [server[0]]
 
 
 @pytest.fixture
-def page(browser, server, allowed_origins: list[str]) -> Iterator[object]:  # noqa: ANN001
+def page(browser, server, allowed_origins: list[str]) -> Iterator[object]:
     """A fresh page (own storage) on the playground, the form filled from the schema."""
     url, _, _ = server
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
@@ -130,7 +135,7 @@ def page(browser, server, allowed_origins: list[str]) -> Iterator[object]:  # no
 
 
 @pytest.fixture(scope="module")
-def photo(tmp_path_factory) -> Path:  # noqa: ANN001
+def photo(tmp_path_factory) -> Path:
     from skimage import data
 
     path = tmp_path_factory.mktemp("photo") / "astronaut.jpg"
@@ -138,7 +143,7 @@ def photo(tmp_path_factory) -> Path:  # noqa: ANN001
     return path
 
 
-def _upload_and_wait_for_skeleton(page, photo: Path) -> str:  # noqa: ANN001
+def _upload_and_wait_for_skeleton(page, photo: Path) -> str:
     page.set_input_files("#file-input", str(photo))
     page.wait_for_selector("#pose-status[data-state=ready], #pose-status[data-state=error]")
     status = page.inner_text("#pose-status")
@@ -147,7 +152,7 @@ def _upload_and_wait_for_skeleton(page, photo: Path) -> str:  # noqa: ANN001
     return status
 
 
-def _small_settings(page, steps: int) -> None:  # noqa: ANN001
+def _small_settings(page, steps: int) -> None:
     page.fill("#prompt", "an astronaut dancing")
     page.fill("#num_inference_steps", str(steps))
     page.select_option("#sampler", "euler")
@@ -156,7 +161,7 @@ def _small_settings(page, steps: int) -> None:  # noqa: ANN001
     page.fill("#height", "64")
 
 
-def test_playground_upload_generate_and_see_the_result(page, server, photo: Path) -> None:  # noqa: ANN001
+def test_playground_upload_generate_and_see_the_result(page, server, photo: Path) -> None:
     url, key, services = server
     page.fill("#api-key", key)
     status = _upload_and_wait_for_skeleton(page, photo)
@@ -210,7 +215,7 @@ def test_playground_upload_generate_and_see_the_result(page, server, photo: Path
     page.screenshot(path=str(ARTIFACTS / "playground-phone.png"), full_page=True)
 
 
-def test_playground_form_follows_the_contract(page, server) -> None:  # noqa: ANN001
+def test_playground_form_follows_the_contract(page, server) -> None:
     options = page.evaluate("(id) => [...document.getElementById(id).options].map(o => o.value)", "sampler")
     assert options == list(SAMPLER_NAMES)
     options = page.evaluate("(id) => [...document.getElementById(id).options].map(o => o.value)", "scheduler")
@@ -218,20 +223,35 @@ def test_playground_form_follows_the_contract(page, server) -> None:  # noqa: AN
 
     defaults = GenerationRequest.model_validate({"prompt": "x", "image": "x"})
     expected = {
-        "negative_prompt": DEFAULT_NEGATIVE_PROMPT, "num_inference_steps": defaults.num_inference_steps,
-        "guidance_scale": defaults.guidance_scale, "seed": defaults.seed, "samples": defaults.samples,
-        "strength": defaults.strength, "sampler": defaults.sampler, "scheduler": defaults.scheduler,
-        "output_format": defaults.output_format.value, "pose_mode": defaults.pose_mode.value,
-        "resize_mode": defaults.resize_mode.value, "control_start": defaults.control_start,
-        "control_end": defaults.control_end, "width": "", "height": "",
+        "negative_prompt": DEFAULT_NEGATIVE_PROMPT,
+        "num_inference_steps": defaults.num_inference_steps,
+        "guidance_scale": defaults.guidance_scale,
+        "seed": defaults.seed,
+        "samples": defaults.samples,
+        "strength": defaults.strength,
+        "sampler": defaults.sampler,
+        "scheduler": defaults.scheduler,
+        "output_format": defaults.output_format.value,
+        "pose_mode": defaults.pose_mode.value,
+        "resize_mode": defaults.resize_mode.value,
+        "control_start": defaults.control_start,
+        "control_end": defaults.control_end,
+        "width": "",
+        "height": "",
     }
     for field, value in expected.items():
         shown = page.input_value(f"#{field}")
         assert (shown if isinstance(value, str) else float(shown)) == value, field
     parts = page.evaluate("[...document.querySelectorAll('input[name=pose_parts]')].map(b => [b.value, b.checked])")
     assert parts == [[p.value, True] for p in defaults.pose_parts]
-    ranges = {"num_inference_steps": ("1", "100"), "guidance_scale": ("1", "20"), "strength": ("0", "1"),
-              "samples": ("1", str(MAX_SAMPLES)), "seed": ("-1", str(2**32 - 1)), "width": ("64", "2048")}
+    ranges = {
+        "num_inference_steps": ("1", "100"),
+        "guidance_scale": ("1", "20"),
+        "strength": ("0", "1"),
+        "samples": ("1", str(MAX_SAMPLES)),
+        "seed": ("-1", str(2**32 - 1)),
+        "width": ("64", "2048"),
+    }
     for field, (low, high) in ranges.items():
         assert (page.get_attribute(f"#{field}", "min"), page.get_attribute(f"#{field}", "max")) == (low, high), field
 
@@ -246,7 +266,7 @@ def test_playground_form_follows_the_contract(page, server) -> None:  # noqa: AN
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
-def test_playground_api_key_is_remembered_and_sent(page, server, photo: Path) -> None:  # noqa: ANN001
+def test_playground_api_key_is_remembered_and_sent(page, server, photo: Path) -> None:
     url, key, _ = server
     page.fill("#api-key", "sd3_wrong_key")
     page.set_input_files("#file-input", str(photo))
@@ -268,16 +288,19 @@ def test_playground_api_key_is_remembered_and_sent(page, server, photo: Path) ->
     assert page.evaluate("localStorage.getItem('sd3pose.apiKey')") is None
 
 
-def test_playground_reports_a_bad_request_in_the_api_words(page, server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_playground_reports_a_bad_request_in_the_api_words(page, server, tmp_path: Path) -> None:
     _, key, services = server
     page.fill("#api-key", key)
     # Dropped on the drop zone, as from a file manager: OpenPose JSON without canvas_height.
-    page.evaluate("""(text) => {
+    page.evaluate(
+        """(text) => {
         const files = new DataTransfer();
         files.items.add(new File([text], 'pose.json', {type: 'application/json'}));
         document.getElementById('drop-zone').dispatchEvent(
             new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true}));
-    }""", json.dumps({"people": [], "canvas_width": 96}))
+    }""",
+        json.dumps({"people": [], "canvas_width": 96}),
+    )
     page.wait_for_selector("#pose-status[data-state=error]")
     assert "canvas_height" in page.inner_text("#pose-status")
 
@@ -320,8 +343,9 @@ def image_host(photo: Path) -> Iterator[str]:
         thread.join(10)
 
 
-def test_playground_image_url_shows_photo_and_skeleton(page, server, photo: Path, image_host: str,  # noqa: ANN001
-                                                       allowed_origins: list[str]) -> None:
+def test_playground_image_url_shows_photo_and_skeleton(
+    page, server, photo: Path, image_host: str, allowed_origins: list[str]
+) -> None:
     allowed_origins.append(image_host)  # the browser shows the photo straight from its host
     page.fill("#api-key", server[1])
     page.fill("#image-url", f"{image_host}/{photo.name}")
@@ -336,7 +360,7 @@ def test_playground_image_url_shows_photo_and_skeleton(page, server, photo: Path
 
 
 @pytest.mark.skipif(shutil.which("curl") is None or shutil.which("base64") is None, reason="needs curl and base64")
-def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path) -> None:
     url, key, services = server
     page.fill("#api-key", key)
     _upload_and_wait_for_skeleton(page, photo)

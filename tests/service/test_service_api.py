@@ -52,8 +52,9 @@ def test_several_samples_come_as_zip_with_every_seed(client: TestClient) -> None
 
 
 def test_base64_json_has_every_image_seed_and_pose(client: TestClient) -> None:
-    response = client.post("/v1/sd3-med-pose", json={**REQUEST, "samples": 2, "seed": 5, "base64": True,
-                                                     "return_pose": True})
+    response = client.post(
+        "/v1/sd3-med-pose", json={**REQUEST, "samples": 2, "seed": 5, "base64": True, "return_pose": True}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["seeds"] == [5, 6] and body["seed"] == 5
@@ -69,8 +70,9 @@ def test_async_flow_completes_and_serves_images(client: TestClient, generator: S
     generator.step_s = 0.01
     key = new_key(client, credits=10)
     headers = {"Authorization": f"Bearer {key}"}
-    submitted = client.post("/v2/sd3-med-pose", json={**REQUEST, "samples": 2, "num_inference_steps": 10},
-                            headers=headers)
+    submitted = client.post(
+        "/v2/sd3-med-pose", json={**REQUEST, "samples": 2, "num_inference_steps": 10}, headers=headers
+    )
     assert submitted.status_code == 200, submitted.text
     body = submitted.json()
     assert body["status"] == "QUEUED" and body["poll_url"] == body["status_url"]
@@ -100,7 +102,7 @@ def test_async_flow_completes_and_serves_images(client: TestClient, generator: S
     assert client.get(body["response_url"], headers={"x-api-key": other}).status_code == 404
 
 
-def test_async_results_expire(tmp_path, generator: ScriptedGenerator) -> None:  # noqa: ANN001
+def test_async_results_expire(tmp_path, generator: ScriptedGenerator) -> None:
     with TestClient(make_app(tmp_path, generator, result_ttl_s=0.5)) as client:
         body = client.post("/v2/sd3-med-pose", json=REQUEST).json()
         done = poll(client, body["status_url"], {}, {"COMPLETED"})
@@ -195,14 +197,16 @@ def test_failed_jobs_are_not_charged(client: TestClient, generator: ScriptedGene
 def test_429_rate_limit_with_retry_after(client: TestClient) -> None:
     key = new_key(client, rate_limit=2)
     headers = {"x-api-key": key}
-    assert [client.post("/v1/pose", json={"image": "aGVsbG8="}, headers=headers).status_code
-            for _ in range(2)] == [200, 200]
+    assert [client.post("/v1/pose", json={"image": "aGVsbG8="}, headers=headers).status_code for _ in range(2)] == [
+        200,
+        200,
+    ]
     limited = client.post("/v1/sd3-med-pose", json=REQUEST, headers=headers)
     assert limited.status_code == 429 and "rate limit of 2" in limited.json()["error"]
     assert 1 <= int(limited.headers["retry-after"]) <= 60
 
 
-def test_429_when_the_queue_is_full(tmp_path) -> None:  # noqa: ANN001
+def test_429_when_the_queue_is_full(tmp_path) -> None:
     generator = ScriptedGenerator(gate=threading.Event())
     with TestClient(make_app(tmp_path, generator, max_queue=1)) as client:
         wait_ready(client)
@@ -220,7 +224,7 @@ def test_429_when_the_queue_is_full(tmp_path) -> None:  # noqa: ANN001
         poll(client, first["status_url"], headers, {"COMPLETED"})
 
 
-def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplog) -> None:  # noqa: ANN001
+def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplog) -> None:
     generator = ScriptedGenerator()
     with TestClient(make_app(tmp_path, generator)) as client:
         wait_ready(client)
@@ -228,7 +232,7 @@ def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplo
         db = client.app.state.services.queue.db
         real_execute = db.execute
 
-        def full_disk(sql: str, params: tuple = ()):  # noqa: ANN202
+        def full_disk(sql: str, params: tuple = ()):
             if sql.startswith("INSERT INTO jobs"):
                 raise sqlite3.OperationalError("database or disk is full")
             return real_execute(sql, params)
@@ -246,7 +250,7 @@ def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplo
         assert ok.status_code == 200 and ok.headers["x-remaining-credits"] == "9"  # the two failures cost nothing
 
 
-def test_a_result_that_cannot_be_written_fails_its_job_refunded_and_the_worker_goes_on(tmp_path) -> None:  # noqa: ANN001
+def test_a_result_that_cannot_be_written_fails_its_job_refunded_and_the_worker_goes_on(tmp_path) -> None:
     with TestClient(make_app(tmp_path, ScriptedGenerator())) as client:
         wait_ready(client)
         headers = {"x-api-key": new_key(client, credits=10)}
@@ -264,8 +268,9 @@ def test_a_result_that_cannot_be_written_fails_its_job_refunded_and_the_worker_g
         assert client.post("/v1/sd3-med-pose", json=REQUEST, headers=headers).headers["x-remaining-credits"] == "8"
 
 
-def test_500_is_generic_logged_and_the_server_stays_up(client: TestClient, generator: ScriptedGenerator,
-                                                       caplog) -> None:  # noqa: ANN001
+def test_500_is_generic_logged_and_the_server_stays_up(
+    client: TestClient, generator: ScriptedGenerator, caplog
+) -> None:
     generator.error = KeyError("secret internal detail")
     with caplog.at_level(logging.ERROR):
         response = client.post("/v1/sd3-med-pose", json=REQUEST)
@@ -277,10 +282,11 @@ def test_500_is_generic_logged_and_the_server_stays_up(client: TestClient, gener
 
 
 def test_an_unexpected_error_in_the_http_layer_still_carries_the_request_id_and_credits(
-        client: TestClient, generator: ScriptedGenerator, monkeypatch) -> None:  # noqa: ANN001
+    client: TestClient, generator: ScriptedGenerator, monkeypatch
+) -> None:
     headers = {"x-api-key": new_key(client, credits=5)}
 
-    def broken(request) -> None:  # noqa: ANN001
+    def broken(request) -> None:
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(generator, "preview_pose", broken)
@@ -290,7 +296,7 @@ def test_an_unexpected_error_in_the_http_layer_still_carries_the_request_id_and_
     assert response.headers["x-remaining-credits"] == "5"
 
 
-def test_504_sync_timeout_cancels_and_refunds(tmp_path) -> None:  # noqa: ANN001
+def test_504_sync_timeout_cancels_and_refunds(tmp_path) -> None:
     generator = ScriptedGenerator(gate=threading.Event())
     with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
         wait_ready(client)
@@ -315,7 +321,7 @@ def test_failed_async_job_reports_its_error(client: TestClient, generator: Scrip
 # --- auth modes, around it --------------------------------------------------------------------------------
 
 
-def test_no_keys_means_open_only_on_loopback(tmp_path, generator: ScriptedGenerator) -> None:  # noqa: ANN001
+def test_no_keys_means_open_only_on_loopback(tmp_path, generator: ScriptedGenerator) -> None:
     with TestClient(make_app(tmp_path / "a", generator, host="0.0.0.0")) as client:
         assert client.post("/v1/pose", json={"image": "aGVsbG8="}).status_code == 401
     with TestClient(make_app(tmp_path / "b", generator, host="0.0.0.0", insecure_no_auth=True)) as client:
@@ -353,8 +359,22 @@ def test_made_up_http_methods_cannot_grow_the_metrics(client: TestClient) -> Non
 def test_openapi_documents_the_real_contract(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     request = schema["components"]["schemas"]["GenerationRequest"]
-    for name in ("image", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "samples",
-                 "strength", "sampler", "scheduler", "base64", "width", "pose_mode", "return_pose"):
+    for name in (
+        "image",
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+        "seed",
+        "samples",
+        "strength",
+        "sampler",
+        "scheduler",
+        "base64",
+        "width",
+        "pose_mode",
+        "return_pose",
+    ):
         assert name in request["properties"], name
     assert request["properties"]["num_inference_steps"]["maximum"] == 100
     assert request["properties"]["num_inference_steps"]["default"] == 20
@@ -368,7 +388,7 @@ def test_openapi_documents_the_real_contract(client: TestClient) -> None:
     assert refs <= set(schema["components"]["schemas"])  # every $ref resolves
 
 
-def test_access_log_names_the_key_never_the_secret(client: TestClient, caplog) -> None:  # noqa: ANN001
+def test_access_log_names_the_key_never_the_secret(client: TestClient, caplog) -> None:
     key = new_key(client, name="mobile-app")
     with caplog.at_level(logging.INFO, logger="sd3pose.access"):
         client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key})

@@ -40,8 +40,13 @@ def test_demo_server_answers_the_readme_curl_example(tmp_path: Path) -> None:
     port = _free_port()
     cli = [sys.executable, "-c", "from sd3pose.cli import app; app()"]
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([*cli, "demo", "--port", str(port), "--data-dir", str(tmp_path / "var")],
-                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [*cli, "demo", "--port", str(port), "--data-dir", str(tmp_path / "var")],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -53,9 +58,16 @@ def test_demo_server_answers_the_readme_curl_example(tmp_path: Path) -> None:
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        done = subprocess.run(["bash", "-c", readme_example(port)], cwd=tmp_path, check=True, timeout=300,
-                              capture_output=True, text=True, env={**os.environ, "SD3POSE_KEY": ""})
-        headers = done.stdout[done.stdout.index("HTTP/"):]
+        done = subprocess.run(
+            ["bash", "-c", readme_example(port)],
+            cwd=tmp_path,
+            check=True,
+            timeout=300,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SD3POSE_KEY": ""},
+        )
+        headers = done.stdout[done.stdout.index("HTTP/") :]
         assert " 200" in headers.splitlines()[0], headers
         assert "x-seed: 698845" in headers.lower()
         assert Image.open(tmp_path / "out.jpg").format == "JPEG"

@@ -33,12 +33,19 @@ def photo_b64() -> str:
 
 # A blank pose map (pose_mode=none): skips detection, so the load tests measure the service.
 POSE_MAP = _b64(Image.new("RGB", (64, 64)), "PNG")
-SMALL = {"image": POSE_MAP, "pose_mode": "none", "prompt": "a dancer", "width": 64, "height": 64,
-         "num_inference_steps": 1, "sampler": "euler"}
+SMALL = {
+    "image": POSE_MAP,
+    "pose_mode": "none",
+    "prompt": "a dancer",
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 1,
+    "sampler": "euler",
+}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, object]]:  # noqa: ANN001
+def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, object]]:
     from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
 
@@ -51,16 +58,23 @@ def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, object]]:  # no
         yield url, app.state.services
 
 
-def test_hosted_example_request_returns_a_jpeg(server, photo_b64: str) -> None:  # noqa: ANN001
+def test_hosted_example_request_returns_a_jpeg(server, photo_b64: str) -> None:
     url, services = server
     key = services.keys.create("docs-example", credits=10)[1]
     # The hosted docs' example body, field for field, with a local photo instead of their URL.
     data = {
         "prompt": "Anime style illustration of a girl wearing a suit. A moon in sky. In the background we see "
-                  "a big rain approaching.",
-        "negative_prompt": "low quality,less details", "image": photo_b64, "num_inference_steps": 20,
-        "guidance_scale": 7, "seed": 698845, "samples": 1, "strength": 0.8, "sampler": "dpmpp_2m",
-        "scheduler": "sgm_uniform", "base64": False,
+        "a big rain approaching.",
+        "negative_prompt": "low quality,less details",
+        "image": photo_b64,
+        "num_inference_steps": 20,
+        "guidance_scale": 7,
+        "seed": 698845,
+        "samples": 1,
+        "strength": 0.8,
+        "sampler": "dpmpp_2m",
+        "scheduler": "sgm_uniform",
+        "base64": False,
     }
     response = httpx.post(f"{url}/v1/sd3-med-pose", json=data, headers={"x-api-key": key}, timeout=300)
     assert response.status_code == 200, response.text
@@ -70,11 +84,17 @@ def test_hosted_example_request_returns_a_jpeg(server, photo_b64: str) -> None: 
     assert response.headers["x-seed"] == "698845" and response.headers["x-remaining-credits"] == "9"
 
 
-def test_v2_flow_completes_and_serves_images(server, photo_b64: str) -> None:  # noqa: ANN001
+def test_v2_flow_completes_and_serves_images(server, photo_b64: str) -> None:
     url, services = server
     headers = {"x-api-key": services.keys.create("async-client", credits=10)[1]}
-    body = {**SMALL, "image": photo_b64, "pose_mode": "auto", "samples": 2, "return_pose": True,
-            "num_inference_steps": 3}
+    body = {
+        **SMALL,
+        "image": photo_b64,
+        "pose_mode": "auto",
+        "samples": 2,
+        "return_pose": True,
+        "num_inference_steps": 3,
+    }
     with httpx.Client(headers=headers, timeout=60) as client:
         submitted = client.post(f"{url}/v2/sd3-med-pose", json=body).json()
         assert submitted["status"] == "QUEUED"
@@ -96,7 +116,7 @@ def test_v2_flow_completes_and_serves_images(server, photo_b64: str) -> None:  #
         assert result["keypoints"]["people"], "the astronaut's pose was detected"
 
 
-def test_twenty_concurrent_requests_exact_credits(server) -> None:  # noqa: ANN001
+def test_twenty_concurrent_requests_exact_credits(server) -> None:
     url, services = server
     key = services.keys.create("load", credits=30)[1]
     bodies = [{**SMALL, "seed": i, "samples": 1 + i % 2, "base64": i % 3 == 0} for i in range(20)]
@@ -122,15 +142,15 @@ def test_twenty_concurrent_requests_exact_credits(server) -> None:  # noqa: ANN0
     assert httpx.post(f"{url}/v1/sd3-med-pose", json=SMALL, timeout=60).status_code in (200, 401)
 
 
-def test_failing_image_host_is_502(server) -> None:  # noqa: ANN001
+def test_failing_image_host_is_502(server) -> None:
     url, services = server
     key = services.keys.create("upstream", credits=1)[1]
 
     class Broken(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_error(503, "down for maintenance")
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     host = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
@@ -138,8 +158,9 @@ def test_failing_image_host_is_502(server) -> None:  # noqa: ANN001
     thread.start()
     try:
         image_url = f"http://127.0.0.1:{host.server_address[1]}/photo.jpg"
-        response = httpx.post(f"{url}/v1/sd3-med-pose", json={**SMALL, "image": image_url},
-                              headers={"x-api-key": key}, timeout=60)
+        response = httpx.post(
+            f"{url}/v1/sd3-med-pose", json={**SMALL, "image": image_url}, headers={"x-api-key": key}, timeout=60
+        )
     finally:
         host.shutdown()
         thread.join(10)
@@ -148,11 +169,12 @@ def test_failing_image_host_is_502(server) -> None:  # noqa: ANN001
     assert response.headers["x-remaining-credits"] == "1"
 
 
-def test_pose_preview_detects_the_photo(server, photo_b64: str) -> None:  # noqa: ANN001
+def test_pose_preview_detects_the_photo(server, photo_b64: str) -> None:
     url, services = server
     key = services.keys.create("playground", credits=0, scopes=["pose"])[1]
-    response = httpx.post(f"{url}/v1/pose", json={"image": photo_b64, "pose_parts": ["body"]},
-                          headers={"x-api-key": key}, timeout=60)
+    response = httpx.post(
+        f"{url}/v1/pose", json={"image": photo_b64, "pose_parts": ["body"]}, headers={"x-api-key": key}, timeout=60
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["detected"] and body["keypoints"]["people"]

@@ -14,9 +14,13 @@ from sd3pose.service.keys import KeyStore
 from sd3pose.store import Database
 
 
-def _queue(tmp_path, generator, on_finished=None) -> EmbeddedJobQueue:  # noqa: ANN001
-    return EmbeddedJobQueue(Database(tmp_path / "db.sqlite"), lambda device: generator,
-                            results_dir=tmp_path / "results", on_finished=on_finished)
+def _queue(tmp_path, generator, on_finished=None) -> EmbeddedJobQueue:
+    return EmbeddedJobQueue(
+        Database(tmp_path / "db.sqlite"),
+        lambda device: generator,
+        results_dir=tmp_path / "results",
+        on_finished=on_finished,
+    )
 
 
 def _wait(queue: EmbeddedJobQueue, job_id: str, status: JobStatus) -> None:
@@ -26,7 +30,7 @@ def _wait(queue: EmbeddedJobQueue, job_id: str, status: JobStatus) -> None:
         time.sleep(0.02)
 
 
-def test_restart_resumes_queued_and_fails_interrupted_jobs(tmp_path) -> None:  # noqa: ANN001
+def test_restart_resumes_queued_and_fails_interrupted_jobs(tmp_path) -> None:
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 2})
     keys = KeyStore(Database(tmp_path / "db.sqlite"))
     key, _ = keys.create("alice", credits=3)
@@ -43,7 +47,7 @@ def test_restart_resumes_queued_and_fails_interrupted_jobs(tmp_path) -> None:  #
 
     refunds: list[str] = []
 
-    def settle(info) -> None:  # noqa: ANN001 - what the app does: refund what was not delivered
+    def settle(info) -> None:
         if info.status is JobStatus.FAILED:
             keys.refund(info.key_id, info.reserved)
             refunds.append(info.id)
@@ -69,7 +73,7 @@ def test_restart_resumes_queued_and_fails_interrupted_jobs(tmp_path) -> None:  #
     assert second.get(running.id).status is JobStatus.FAILED
 
 
-def test_expired_results_are_deleted(tmp_path) -> None:  # noqa: ANN001
+def test_expired_results_are_deleted(tmp_path) -> None:
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
     queue = _queue(tmp_path, ScriptedGenerator())
     queue.result_ttl_s = 0.2
@@ -86,7 +90,7 @@ def test_expired_results_are_deleted(tmp_path) -> None:  # noqa: ANN001
         queue.stop()
 
 
-def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> None:  # noqa: ANN001
+def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> None:
     """The race of a sync timeout with the last step: cancel first means refunded and FAILED, not charged."""
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 2})
     settled: list[JobStatus] = []
@@ -103,7 +107,7 @@ def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> Non
     assert queue.result(job.id) is None
 
 
-def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_the_restart(tmp_path) -> None:  # noqa: ANN001
+def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_the_restart(tmp_path) -> None:
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
     keys = KeyStore(Database(tmp_path / "db.sqlite"))
     key, _ = keys.create("alice", credits=3)
@@ -116,7 +120,7 @@ def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_t
     first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": ""}', broken.id))
     first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": "x"}', inconsistent.id))
 
-    def settle(info) -> None:  # noqa: ANN001 - what the app does
+    def settle(info) -> None:
         if info.status is JobStatus.FAILED:
             keys.refund(info.key_id, info.reserved)
 
@@ -132,12 +136,12 @@ def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_t
         second.stop()
 
 
-def test_a_job_store_hiccup_while_starting_a_job_delays_it_but_loses_nothing(tmp_path) -> None:  # noqa: ANN001
+def test_a_job_store_hiccup_while_starting_a_job_delays_it_but_loses_nothing(tmp_path) -> None:
     request = parse_request({"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 1})
     queue = _queue(tmp_path, ScriptedGenerator())
     real_execute, failures = queue.db.execute, []
 
-    def busy_once(sql: str, params: tuple = ()):  # noqa: ANN202
+    def busy_once(sql: str, params: tuple = ()):
         if sql.startswith("UPDATE jobs SET status = 'PROCESSING'") and not failures:
             failures.append(sql)
             raise sqlite3.OperationalError("database is locked")
@@ -154,7 +158,7 @@ def test_a_job_store_hiccup_while_starting_a_job_delays_it_but_loses_nothing(tmp
         queue.stop()
 
 
-def test_a_store_error_recording_one_job_of_a_batch_leaves_the_others_recorded(tmp_path) -> None:  # noqa: ANN001
+def test_a_store_error_recording_one_job_of_a_batch_leaves_the_others_recorded(tmp_path) -> None:
     from sd3pose.errors import NoPersonFoundError
     from sd3pose.service.worker import run_jobs
 
@@ -165,12 +169,12 @@ def test_a_store_error_recording_one_job_of_a_batch_leaves_the_others_recorded(t
     done = ScriptedGenerator().run(request)
 
     class Batch:
-        def run_batch(self, requests, *, on_step, cancelled):  # noqa: ANN001, ANN201
+        def run_batch(self, requests, *, on_step, cancelled):
             return [NoPersonFoundError(), done]
 
     real_finish, hiccups = queue._finish, []
 
-    def locked_once(job_id: str, status: JobStatus, **fields) -> None:  # noqa: ANN003
+    def locked_once(job_id: str, status: JobStatus, **fields) -> None:
         if not hiccups:
             hiccups.append(job_id)
             raise sqlite3.OperationalError("database is locked")

@@ -14,7 +14,7 @@ from sd3pose.service.settings import ServiceSettings
 from sd3pose.store import Database
 
 
-def test_keys_are_stored_only_as_hashes(tmp_path) -> None:  # noqa: ANN001
+def test_keys_are_stored_only_as_hashes(tmp_path) -> None:
     store = KeyStore(Database(tmp_path / "db.sqlite"))
     key, secret = store.create("alice", credits=5)
     assert store.verify(secret) == key
@@ -25,7 +25,7 @@ def test_keys_are_stored_only_as_hashes(tmp_path) -> None:  # noqa: ANN001
     assert store.verify(secret) is None
 
 
-def test_concurrent_reservations_never_overspend(tmp_path) -> None:  # noqa: ANN001
+def test_concurrent_reservations_never_overspend(tmp_path) -> None:
     store = KeyStore(Database(tmp_path / "db.sqlite"))
     key, _ = store.create("alice", credits=50)
     with ThreadPoolExecutor(8) as pool:
@@ -36,7 +36,7 @@ def test_concurrent_reservations_never_overspend(tmp_path) -> None:  # noqa: ANN
     assert store.reserve(unlimited.id, 1000) and store.balance(unlimited.id) is None
 
 
-def test_keys_cli(tmp_path) -> None:  # noqa: ANN001
+def test_keys_cli(tmp_path) -> None:
     runner = CliRunner()
     data = ["--data-dir", str(tmp_path)]
     created = runner.invoke(app, ["keys", "create", "--name", "alice", "--credits", "5", "--scope", "pose", *data])
@@ -59,7 +59,7 @@ def test_keys_cli(tmp_path) -> None:  # noqa: ANN001
     assert all(len(r[0]) == 64 for r in rows)
 
 
-def test_serve_refuses_a_public_address_without_keys(tmp_path) -> None:  # noqa: ANN001
+def test_serve_refuses_a_public_address_without_keys(tmp_path) -> None:
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--insecure-no-auth" in result.output
     check_bind_safety(ServiceSettings(host="0.0.0.0", insecure_no_auth=True), 0)
@@ -68,7 +68,7 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path) -> None:  # noqa:
     check_bind_safety(ServiceSettings(host="::1"), 0)
 
 
-def test_credits_stay_finite_and_never_go_below_zero(tmp_path) -> None:  # noqa: ANN001
+def test_credits_stay_finite_and_never_go_below_zero(tmp_path) -> None:
     runner = CliRunner()
     data = ["--data-dir", str(tmp_path)]
     # NaN would be stored as NULL, which means "unlimited".
@@ -84,31 +84,46 @@ def test_credits_stay_finite_and_never_go_below_zero(tmp_path) -> None:  # noqa:
     assert removed.exit_code == 0 and "now has 2 credits" in removed.output
 
 
-def test_keys_commands_explain_a_bad_data_dir_or_broker_in_one_line(tmp_path) -> None:  # noqa: ANN001
+def test_keys_commands_explain_a_bad_data_dir_or_broker_in_one_line(tmp_path) -> None:
     runner = CliRunner()
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "sd3pose.db").write_text("not a database")
-    for args in (["keys", "list", "--data-dir", str(tmp_path / "a-file")],
-                 ["keys", "list", "--data-dir", str(tmp_path / "corrupt")],
-                 ["keys", "revoke", "x", "--broker", "notaurl"],
-                 ["keys", "add-credits", "x", "1", "--broker", "notaurl"]):
+    for args in (
+        ["keys", "list", "--data-dir", str(tmp_path / "a-file")],
+        ["keys", "list", "--data-dir", str(tmp_path / "corrupt")],
+        ["keys", "revoke", "x", "--broker", "notaurl"],
+        ["keys", "add-credits", "x", "1", "--broker", "notaurl"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
         assert "error:" in result.output and ("--data-dir" in result.output or "--broker" in result.output)
 
 
-def test_out_of_range_numbers_are_refused_before_anything_loads(tmp_path) -> None:  # noqa: ANN001
+def test_out_of_range_numbers_are_refused_before_anything_loads(tmp_path) -> None:
     runner = CliRunner()
     port = runner.invoke(app, ["serve", "--port", "70000", "--data-dir", str(tmp_path)])
     assert port.exit_code == 2 and "--port" in port.output
-    rate = runner.invoke(app, ["keys", "create", "--name", "h", "--credits", "1", "--rate-limit", "1" + "0" * 20,
-                               "--data-dir", str(tmp_path)])
+    rate = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "--name",
+            "h",
+            "--credits",
+            "1",
+            "--rate-limit",
+            "1" + "0" * 20,
+            "--data-dir",
+            str(tmp_path),
+        ],
+    )
     assert rate.exit_code == 2 and "--rate-limit" in rate.output
 
 
-def test_removing_credits_checks_the_floor_atomically_and_balances_stay_finite(tmp_path) -> None:  # noqa: ANN001
+def test_removing_credits_checks_the_floor_atomically_and_balances_stay_finite(tmp_path) -> None:
     import pytest
 
     from sd3pose.errors import InvalidRequestError
@@ -117,7 +132,7 @@ def test_removing_credits_checks_the_floor_atomically_and_balances_stay_finite(t
     key, _ = store.create("bob", credits=5)
     real_get = store.get
 
-    def get_then_a_request_reserves(key_id: str):  # noqa: ANN202 - a request lands between check and update
+    def get_then_a_request_reserves(key_id: str):
         found = real_get(key_id)
         assert store.reserve(key_id, 3)
         return found

@@ -16,7 +16,7 @@ from sd3pose.errors import NoPersonFoundError
 LIMIT = 4096
 
 
-def test_a_body_over_the_limit_is_refused_with_400_before_parsing(tmp_path, generator: ScriptedGenerator) -> None:  # noqa: ANN001
+def test_a_body_over_the_limit_is_refused_with_400_before_parsing(tmp_path, generator: ScriptedGenerator) -> None:
     with TestClient(make_app(tmp_path, generator, max_body_bytes=LIMIT)) as client:
         wait_ready(client)
         big = {**REQUEST, "image": base64.b64encode(b"x" * LIMIT).decode()}
@@ -25,10 +25,10 @@ def test_a_body_over_the_limit_is_refused_with_400_before_parsing(tmp_path, gene
         assert "request body" in declared.json()["error"] and "limit" in declared.json()["error"]
 
         # Chunked upload (no Content-Length): cut off while streaming, same answer.
-        def chunks():  # noqa: ANN202
+        def chunks():
             payload = json.dumps(big).encode()
             for start in range(0, len(payload), 1000):
-                yield payload[start:start + 1000]
+                yield payload[start : start + 1000]
 
         streamed = client.post("/v2/sd3-med-pose", content=chunks(), headers={"content-type": "application/json"})
         assert streamed.status_code == 400 and "limit" in streamed.json()["error"]
@@ -45,8 +45,7 @@ def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient) -> None:
     assert "nested" in response.json()["error"]
 
 
-def _sync_request_whose_job_ends_just_before_the_timeout_cancel(tmp_path, monkeypatch,  # noqa: ANN001, ANN202
-                                                                generator: ScriptedGenerator):
+def _sync_request_whose_job_ends_just_before_the_timeout_cancel(tmp_path, monkeypatch, generator: ScriptedGenerator):
     """POST a sync request (1 credit) whose held job is released and ends between the route's last wait
     and its cancel at the 0.3 s timeout: the race. Returns the response and the queue."""
     with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
@@ -68,7 +67,7 @@ def _sync_request_whose_job_ends_just_before_the_timeout_cancel(tmp_path, monkey
 
 
 def test_a_job_that_completes_as_the_sync_timeout_fires_is_delivered_not_charged_for_nothing(
-    tmp_path, monkeypatch  # noqa: ANN001
+    tmp_path, monkeypatch
 ) -> None:
     response, queue = _sync_request_whose_job_ends_just_before_the_timeout_cancel(
         tmp_path, monkeypatch, ScriptedGenerator(gate=threading.Event())
@@ -80,7 +79,7 @@ def test_a_job_that_completes_as_the_sync_timeout_fires_is_delivered_not_charged
     assert queue._sync_results == {}  # nothing left behind in memory
 
 
-def test_a_job_that_fails_as_the_sync_timeout_fires_reports_its_own_error(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_job_that_fails_as_the_sync_timeout_fires_reports_its_own_error(tmp_path, monkeypatch) -> None:
     response, _ = _sync_request_whose_job_ends_just_before_the_timeout_cancel(
         tmp_path, monkeypatch, ScriptedGenerator(gate=threading.Event(), error=NoPersonFoundError())
     )
@@ -89,7 +88,7 @@ def test_a_job_that_fails_as_the_sync_timeout_fires_reports_its_own_error(tmp_pa
     assert response.headers["x-remaining-credits"] == "1"
 
 
-def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, generator, monkeypatch) -> None:  # noqa: ANN001
+def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, generator, monkeypatch) -> None:
     """With Redis behind them these calls are network round trips (retried for ~30 s while Redis restarts):
     made on the event loop, one slow call would freeze every request, /health included."""
     import httpx
@@ -105,10 +104,16 @@ def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, g
             "key check": (services.keys, "verify", lambda: httpx.get(status_url, headers=headers)),
             "credits header": (services.keys, "balance", lambda: httpx.get(status_url, headers=headers)),
             "job lookup": (services.queue, "get", lambda: httpx.get(status_url, headers=headers)),
-            "job images": (services.queue, "result", lambda: httpx.post(f"{url}/v1/sd3-med-pose", json=REQUEST,
-                                                                          headers=headers, timeout=30)),
-            "credit reservation": (services.keys, "reserve", lambda: httpx.post(f"{url}/v2/sd3-med-pose",
-                                                                                json=REQUEST, headers=headers)),
+            "job images": (
+                services.queue,
+                "result",
+                lambda: httpx.post(f"{url}/v1/sd3-med-pose", json=REQUEST, headers=headers, timeout=30),
+            ),
+            "credit reservation": (
+                services.keys,
+                "reserve",
+                lambda: httpx.post(f"{url}/v2/sd3-med-pose", json=REQUEST, headers=headers),
+            ),
             "readiness": (services.queue, "readiness", lambda: httpx.get(f"{url}/ready")),
             "queue depth": (services.queue, "depth", lambda: httpx.get(f"{url}/metrics")),
         }
@@ -116,7 +121,7 @@ def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, g
             entered, release = threading.Event(), threading.Event()
             real = getattr(owner, attribute)
 
-            def slow(*args, real=real, entered=entered, release=release, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            def slow(*args, real=real, entered=entered, release=release, **kwargs):
                 entered.set()
                 release.wait(10)
                 return real(*args, **kwargs)
@@ -137,7 +142,7 @@ def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, g
                 monkeypatch.undo()
 
 
-def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(tmp_path, generator) -> None:  # noqa: ANN001
+def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(tmp_path, generator) -> None:
     """With Redis a preview waits up to a minute for a worker, holding a thread: 40 of them used to take
     the whole shared pool, so sync requests could not renew their waiting lease and were dropped."""
     import httpx
@@ -150,7 +155,7 @@ def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(
     held, running, most = threading.Event(), [], [0]
     real_preview = queue.preview_pose
 
-    def slow_preview(request):  # noqa: ANN001, ANN202 - as a preview waiting for a busy worker
+    def slow_preview(request):
         running.append(1)
         most[0] = max(most[0], len(running))
         held.wait(20)
@@ -159,9 +164,15 @@ def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(
 
     queue.preview_pose = slow_preview
     with running_server(app) as url:
-        previews = [threading.Thread(target=httpx.post, args=(f"{url}/v1/pose",),
-                                     kwargs={"json": {"image": "aGVsbG8="}, "timeout": 60}, daemon=True)
-                    for _ in range(45)]
+        previews = [
+            threading.Thread(
+                target=httpx.post,
+                args=(f"{url}/v1/pose",),
+                kwargs={"json": {"image": "aGVsbG8="}, "timeout": 60},
+                daemon=True,
+            )
+            for _ in range(45)
+        ]
         for thread in previews:
             thread.start()
         try:

@@ -11,7 +11,7 @@ import httpx
 from service_helpers import REQUEST, ScriptedGenerator, make_app, running_server
 
 
-def test_disconnecting_client_cancels_its_queued_job(tmp_path) -> None:  # noqa: ANN001
+def test_disconnecting_client_cancels_its_queued_job(tmp_path) -> None:
     generator = ScriptedGenerator(gate=threading.Event())
     app = make_app(tmp_path, generator)
     services = app.state.services
@@ -26,7 +26,8 @@ def test_disconnecting_client_cancels_its_queued_job(tmp_path) -> None:  # noqa:
         with socket.create_connection((host.hostname, host.port), timeout=10) as sock:
             sock.sendall(
                 b"POST /v1/sd3-med-pose HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                + f"x-api-key: {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+                + f"x-api-key: {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
             )
             deadline = time.monotonic() + 30
             while services.queue.depth() != 1:

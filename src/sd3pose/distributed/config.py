@@ -63,7 +63,7 @@ def queue_name(model: str | Path | None, controlnet: str | Path | None, use_t5: 
     return f"{PREFIX}.gen.{digest}"
 
 
-def redis_client(url: str):  # noqa: ANN201 - redis.Redis
+def redis_client(url: str):
     """A Redis client that rides out a Redis restart (reconnects with backoff for about 30 s)."""
     import redis
     from redis.backoff import ExponentialBackoff
@@ -71,7 +71,10 @@ def redis_client(url: str):  # noqa: ANN201 - redis.Redis
 
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
     return redis.Redis.from_url(
-        check_broker_url(url), retry=retry,
+        check_broker_url(url),
+        retry=retry,
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
-        socket_connect_timeout=5, socket_timeout=30, health_check_interval=15,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=15,
     )

@@ -159,24 +159,48 @@ class RedisJobStore:
 
     # --- API side ------------------------------------------------------------------------------------
 
-    def create(self, *, queue: str, kind: str, key_id: str | None, reserved: float, samples: int,
-               max_queue: int, job_id: str | None = None) -> JobInfo | None:
+    def create(
+        self,
+        *,
+        queue: str,
+        kind: str,
+        key_id: str | None,
+        reserved: float,
+        samples: int,
+        max_queue: int,
+        job_id: str | None = None,
+    ) -> JobInfo | None:
         """Record a QUEUED job; None when `queue` already holds max_queue waiting jobs (0 = no cap)."""
         job_id = job_id or uuid.uuid4().hex
         now = time.time()
-        fields = {"kind": kind, "status": JobStatus.QUEUED.value, "key_id": key_id or "", "reserved": repr(reserved),
-                  "samples": samples, "created_at": repr(now), "queue": queue}
+        fields = {
+            "kind": kind,
+            "status": JobStatus.QUEUED.value,
+            "key_id": key_id or "",
+            "reserved": repr(reserved),
+            "samples": samples,
+            "created_at": repr(now),
+            "queue": queue,
+        }
         flat = [item for pair in fields.items() for item in pair]
         ttl = int(self.result_ttl_s + UNFINISHED_RECORD_S)
         self.expire_waiting(queue)
         if kind == "sync":
             self.touch_waiter(job_id)
-        created = self._create(keys=[job_key(job_id), queued_key(queue)],
-                               args=[max_queue, ttl, repr(now), job_id, *flat])
+        created = self._create(
+            keys=[job_key(job_id), queued_key(queue)], args=[max_queue, ttl, repr(now), job_id, *flat]
+        )
         if not created:
             return None
-        return JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
-                       created_at=now, samples=samples)
+        return JobInfo(
+            id=job_id,
+            kind=kind,
+            status=JobStatus.QUEUED,
+            key_id=key_id,
+            reserved=reserved,
+            created_at=now,
+            samples=samples,
+        )
 
     def touch_waiter(self, job_id: str) -> None:
         """The API process waiting on a sync job is alive (a worker drops sync jobs nobody waits for)."""
@@ -192,11 +216,18 @@ class RedisJobStore:
             step, total = row["progress"].split("/")
             progress = (int(step), int(total))
         return JobInfo(
-            id=job_id, kind=row["kind"], status=JobStatus(row["status"]), key_id=row.get("key_id") or None,
-            reserved=float(row.get("reserved") or 0), created_at=float(row["created_at"]),
-            started_at=_float(row.get("started_at")), finished_at=_float(row.get("finished_at")),
-            error=row.get("error") or None, error_code=int(row["error_code"]) if row.get("error_code") else None,
-            progress=progress, result_meta=json.loads(row["result_json"]) if row.get("result_json") else {},
+            id=job_id,
+            kind=row["kind"],
+            status=JobStatus(row["status"]),
+            key_id=row.get("key_id") or None,
+            reserved=float(row.get("reserved") or 0),
+            created_at=float(row["created_at"]),
+            started_at=_float(row.get("started_at")),
+            finished_at=_float(row.get("finished_at")),
+            error=row.get("error") or None,
+            error_code=int(row["error_code"]) if row.get("error_code") else None,
+            progress=progress,
+            result_meta=json.loads(row["result_json"]) if row.get("result_json") else {},
             samples=int(row.get("samples") or 1),
         )
 
@@ -215,9 +246,16 @@ class RedisJobStore:
             images = [data[f"image:{i}".encode()] for i in range(meta["count"])]
         except KeyError:
             return None
-        return GenerationResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
-                         height=meta["height"], pose_png=data.get(b"pose"), keypoints=meta.get("keypoints"),
-                         timings=meta.get("timings", {}))
+        return GenerationResult(
+            images=images,
+            media_type=meta["media_type"],
+            seeds=meta["seeds"],
+            width=meta["width"],
+            height=meta["height"],
+            pose_png=data.get(b"pose"),
+            keypoints=meta.get("keypoints"),
+            timings=meta.get("timings", {}),
+        )
 
     def cancel(self, job_id: str, reason: str, error_code: int = 504) -> None:
         if as_text(self._cancel(keys=[job_key(job_id)], args=[reason])) == JobStatus.QUEUED.value:
@@ -231,8 +269,10 @@ class RedisJobStore:
     def expire_waiting(self, queue: str) -> None:
         """End the jobs that waited over QUEUED_GRACE_S for a worker: FAILED, and their credits refunded."""
         stale = self.redis.zrangebyscore(queued_key(queue), "-inf", f"({time.time() - QUEUED_GRACE_S!r}")
-        error = (f"no worker took this job within {QUEUED_GRACE_S / 3600:g} h; submit it again once a worker "
-                 "serves this model")
+        error = (
+            f"no worker took this job within {QUEUED_GRACE_S / 3600:g} h; submit it again once a worker "
+            "serves this model"
+        )
         for raw in stale:
             job_id = as_text(raw)
             self.finish(job_id, JobStatus.FAILED, error=error, error_code=503)
@@ -247,13 +287,21 @@ class RedisJobStore:
     def start(self, job_id: str, worker: str) -> StartedJob | None:
         """Mark the job PROCESSING on `worker`; None when it already ended (a redelivered copy)."""
         raw = self.redis.hget(job_key(job_id), "queue")
-        before = as_text(self._start(keys=[job_key(job_id), queued_key(as_text(raw) or "")],
-                                   args=[repr(time.time()), worker, job_id, MAX_STARTS]))
+        before = as_text(
+            self._start(
+                keys=[job_key(job_id), queued_key(as_text(raw) or "")],
+                args=[repr(time.time()), worker, job_id, MAX_STARTS],
+            )
+        )
         if before == "exhausted":
             log.error("job %s: started %d times and its worker died each time; failing it", job_id, MAX_STARTS)
-            self.finish(job_id, JobStatus.FAILED, error=f"the workers running this request stopped {MAX_STARTS} "
-                        "times without finishing it, so it is not retried; check the request, or tell the operator",
-                        error_code=500)
+            self.finish(
+                job_id,
+                JobStatus.FAILED,
+                error=f"the workers running this request stopped {MAX_STARTS} "
+                "times without finishing it, so it is not retried; check the request, or tell the operator",
+                error_code=500,
+            )
             return None
         if before == "skip":
             return None
@@ -278,8 +326,12 @@ class RedisJobStore:
     def complete(self, job_id: str, result: GenerationResult) -> bool:
         """Store the images, then end the job COMPLETED; False when it had already ended."""
         meta: dict[str, Any] = {
-            "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,
-            "height": result.height, "timings": result.timings, "count": len(result.images),
+            "media_type": result.media_type,
+            "seeds": list(result.seeds),
+            "width": result.width,
+            "height": result.height,
+            "timings": result.timings,
+            "count": len(result.images),
             "keypoints": result.keypoints,
         }
         if result.pose_png is not None:
@@ -297,8 +349,16 @@ class RedisJobStore:
         finally:
             self.redis.delete(staged)  # gone already when published; otherwise another run ended the job
 
-    def finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
-               result_meta: dict[str, Any] | None = None, staged: str | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        error: str | None = None,
+        error_code: int | None = None,
+        result_meta: dict[str, Any] | None = None,
+        staged: str | None = None,
+    ) -> bool:
         """End the job (refunding a failed job's credits in the same atomic step); False if already ended.
 
         `staged`: a key holding a completing run's result bytes, made the job's result if this call ends it.
@@ -306,9 +366,22 @@ class RedisJobStore:
         fields = self.redis.hmget(job_key(job_id), ["queue", "key_id"])
         queue, key_id = (as_text(v) or "" for v in fields)
         ended = self._finish(
-            keys=[job_key(job_id), queued_key(queue), credits_key(key_id), done_key(job_id),
-                  staged or f"{data_key(job_id)}:none", data_key(job_id)],
-            args=[status.value, repr(time.time()), error or "", error_code or "", json.dumps(result_meta or {}),
-                  int(self.result_ttl_s), job_id],
+            keys=[
+                job_key(job_id),
+                queued_key(queue),
+                credits_key(key_id),
+                done_key(job_id),
+                staged or f"{data_key(job_id)}:none",
+                data_key(job_id),
+            ],
+            args=[
+                status.value,
+                repr(time.time()),
+                error or "",
+                error_code or "",
+                json.dumps(result_meta or {}),
+                int(self.result_ttl_s),
+                job_id,
+            ],
         )
         return int(ended) == 1

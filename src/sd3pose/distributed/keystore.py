@@ -92,7 +92,9 @@ class RedisKeyStore:
             return None
         row = {as_text(k): as_text(v) for k, v in raw.items()}
         return ApiKey(
-            id=key_id, name=row["name"], credits=float(row["credits"]) if "credits" in row else None,
+            id=key_id,
+            name=row["name"],
+            credits=float(row["credits"]) if "credits" in row else None,
             scopes=tuple(s for s in row["scopes"].split(",") if s),
             rate_limit=int(row["rate_limit"]) if row.get("rate_limit") else None,
             created_at=float(row["created_at"]),
@@ -100,13 +102,21 @@ class RedisKeyStore:
         )
 
     def create(
-        self, name: str, *, credits: float | None, scopes: list[str] | tuple[str, ...] | None = None,
+        self,
+        name: str,
+        *,
+        credits: float | None,
+        scopes: list[str] | tuple[str, ...] | None = None,
         rate_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
         key_id, secret, scope_tuple = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
         now = time.time()
-        fields: dict[str, str] = {"name": name.strip(), "key_hash": _hash(secret), "scopes": ",".join(scope_tuple),
-                                  "created_at": repr(now)}
+        fields: dict[str, str] = {
+            "name": name.strip(),
+            "key_hash": _hash(secret),
+            "scopes": ",".join(scope_tuple),
+            "created_at": repr(now),
+        }
         if credits is not None:
             fields["credits"] = _amount(credits)
         if rate_limit is not None:

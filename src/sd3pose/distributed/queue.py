@@ -63,8 +63,9 @@ class CeleryJobQueue:
         self.max_queue = max_queue
         self.redis = client if client is not None else redis_client(broker_url)
         self.store = RedisJobStore(self.redis, result_ttl_s=result_ttl_s)
-        self.celery = make_celery(broker_url, visibility_timeout_s=visibility_timeout_s,
-                                  restore_interval_s=restore_interval_s)
+        self.celery = make_celery(
+            broker_url, visibility_timeout_s=visibility_timeout_s, restore_interval_s=restore_interval_s
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -98,24 +99,36 @@ class CeleryJobQueue:
             raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
         try:
-            info = self.store.create(queue=self.queue, kind=kind, key_id=key_id, reserved=reserved,
-                                     samples=request.samples, max_queue=self.max_queue, job_id=job_id)
+            info = self.store.create(
+                queue=self.queue,
+                kind=kind,
+                key_id=key_id,
+                reserved=reserved,
+                samples=request.samples,
+                max_queue=self.max_queue,
+                job_id=job_id,
+            )
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
             raise self._settle_unknown(job_id) from exc
         if info is None:
-            raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); retry after the "
-                                 "Retry-After delay")
+            raise QueueFullError(
+                f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
+            )
         try:
-            self.celery.send_task(TASK_GENERATE, args=[info.id, request.model_dump_json(by_alias=True)],
-                                  queue=self.queue, task_id=info.id)
+            self.celery.send_task(
+                TASK_GENERATE, args=[info.id, request.model_dump_json(by_alias=True)], queue=self.queue, task_id=info.id
+            )
         except Exception as exc:
             # Not delivered: end it (which refunds its credits) and tell the client; the detail is logged.
             log.error("could not send job %s to the broker: %s", info.id, exc)
-            self.store.finish(info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly",
-                              error_code=500)
-            raise Sd3PoseError("the job broker is unreachable, so the job was not queued; retry shortly, and tell "
-                               "the operator if this persists") from exc
+            self.store.finish(
+                info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly", error_code=500
+            )
+            raise Sd3PoseError(
+                "the job broker is unreachable, so the job was not queued; retry shortly, and tell "
+                "the operator if this persists"
+            ) from exc
         return info
 
     def _settle_unknown(self, job_id: str) -> Sd3PoseError:
@@ -123,8 +136,12 @@ class CeleryJobQueue:
         ended and refunded here, atomically. The error to raise: JobNotRecordedError (the caller refunds)
         when none exists."""
         try:
-            ended = self.store.finish(job_id, JobStatus.FAILED, error="the job store was unreachable while "
-                                      "queuing this request; submit it again", error_code=500)
+            ended = self.store.finish(
+                job_id,
+                JobStatus.FAILED,
+                error="the job store was unreachable while queuing this request; submit it again",
+                error_code=500,
+            )
         except (RedisError, OSError):
             # Still down: most likely nothing was recorded. (Were it recorded, its expiry would refund it
             # a second time; the alternative, keeping the credits, loses them in the likely case.)
@@ -169,8 +186,13 @@ class CeleryJobQueue:
         """Run the pose step on a worker (API processes load no models) and wait for its answer."""
         preview_id = uuid.uuid4().hex
         # Expires with our wait: once we have given up, a worker must not run it for nobody.
-        self.celery.send_task(TASK_PREVIEW, args=[preview_id, request.model_dump_json(by_alias=True)],
-                              queue=self.queue, task_id=f"preview-{preview_id}", expires=PREVIEW_TIMEOUT_S)
+        self.celery.send_task(
+            TASK_PREVIEW,
+            args=[preview_id, request.model_dump_json(by_alias=True)],
+            queue=self.queue,
+            task_id=f"preview-{preview_id}",
+            expires=PREVIEW_TIMEOUT_S,
+        )
         deadline = time.monotonic() + PREVIEW_TIMEOUT_S
         while time.monotonic() < deadline:
             raw = self.redis.hgetall(preview_key(preview_id))
@@ -179,8 +201,15 @@ class CeleryJobQueue:
                 if b"error" in raw:
                     raise ServiceError(raw[b"error"].decode(), int(raw[b"error_code"]))
                 meta = json.loads(raw[b"meta"])
-                return PosePreview(pose_png=raw[b"pose"], keypoints=meta["keypoints"], width=meta["width"],
-                                  height=meta["height"], detected=meta["detected"])
+                return PosePreview(
+                    pose_png=raw[b"pose"],
+                    keypoints=meta["keypoints"],
+                    width=meta["width"],
+                    height=meta["height"],
+                    detected=meta["detected"],
+                )
             time.sleep(POLL_S * 5)
-        raise QueueFullError(f"no worker answered the pose preview within {PREVIEW_TIMEOUT_S:g} s; the workers are "
-                             "busy or down: retry later")
+        raise QueueFullError(
+            f"no worker answered the pose preview within {PREVIEW_TIMEOUT_S:g} s; the workers are "
+            "busy or down: retry later"
+        )

@@ -13,15 +13,16 @@ if TYPE_CHECKING:
     from sd3pose.service.settings import ServiceSettings
 
 
-def _connect(broker_url: str):  # noqa: ANN202 - redis.Redis
+def _connect(broker_url: str):
     import redis
 
     client = redis_client(broker_url)
     try:
         client.ping()
     except redis.exceptions.ConnectionError as exc:
-        raise Sd3PoseError(f"cannot reach Redis at --broker {redacted_url(broker_url)} ({exc}); start redis-server "
-                           "or fix the URL") from None
+        raise Sd3PoseError(
+            f"cannot reach Redis at --broker {redacted_url(broker_url)} ({exc}); start redis-server or fix the URL"
+        ) from None
     return client
 
 
@@ -35,7 +36,10 @@ def distributed_backend(settings: ServiceSettings) -> tuple[RedisKeyStore, Redis
     assert settings.broker_url is not None
     client = _connect(settings.broker_url)
     queue = CeleryJobQueue(
-        settings.broker_url, settings.broker_queue or queue_name(None, None, True), max_queue=settings.max_queue,
-        result_ttl_s=settings.result_ttl_s, client=client,
+        settings.broker_url,
+        settings.broker_queue or queue_name(None, None, True),
+        max_queue=settings.max_queue,
+        result_ttl_s=settings.result_ttl_s,
+        client=client,
     )
     return RedisKeyStore(client), RedisRateLimiter(client), queue

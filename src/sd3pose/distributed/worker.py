@@ -112,8 +112,12 @@ class JobRunner:
             return JobStatus.FAILED
         except Exception:
             log.exception("job %s: unexpected error", job_id)
-            self.store.finish(job_id, JobStatus.FAILED, error=f"internal server error while generating (request id "
-                              f"{job_id}); the worker logged the details", error_code=500)
+            self.store.finish(
+                job_id,
+                JobStatus.FAILED,
+                error=f"internal server error while generating (request id {job_id}); the worker logged the details",
+                error_code=500,
+            )
             return JobStatus.FAILED
         reason = self.store.cancel_reason(job_id)
         if reason is not None:  # finished, but nobody will receive it: do not charge for it
@@ -134,8 +138,14 @@ class JobRunner:
             preview = self.generator.preview_pose(request)
             answer: dict[str, Any] = {
                 "pose": preview.pose_png,
-                "meta": json.dumps({"keypoints": preview.keypoints, "width": preview.width, "height": preview.height,
-                                    "detected": preview.detected}),
+                "meta": json.dumps(
+                    {
+                        "keypoints": preview.keypoints,
+                        "width": preview.width,
+                        "height": preview.height,
+                        "detected": preview.detected,
+                    }
+                ),
             }
         except Sd3PoseError as exc:
             answer = {"error": exc.message, "error_code": exc.status_code}
@@ -183,11 +193,19 @@ def load_generator(options: WorkerOptions) -> Any:
     from sd3pose.images import InputLimits
     from sd3pose.pipeline import EngineSettings, Generator
 
-    return Generator.create(EngineSettings(
-        model=options.model, controlnet=options.controlnet, device=options.device, dtype=options.dtype,
-        use_t5=options.use_t5, compile=options.compile, data_dir=Path(options.data_dir),
-        input_limits=InputLimits(allow_private_urls=options.allow_private_urls),
-    ), warm_up=True)
+    return Generator.create(
+        EngineSettings(
+            model=options.model,
+            controlnet=options.controlnet,
+            device=options.device,
+            dtype=options.dtype,
+            use_t5=options.use_t5,
+            compile=options.compile,
+            data_dir=Path(options.data_dir),
+            input_limits=InputLimits(allow_private_urls=options.allow_private_urls),
+        ),
+        warm_up=True,
+    )
 
 
 def run_worker(options: WorkerOptions, generator: Any = None) -> int:
@@ -216,20 +234,28 @@ def run_worker(options: WorkerOptions, generator: Any = None) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(options.metrics_port, addr=options.metrics_host, registry=metrics.registry)
-        log.info("worker %s: metrics at http://%s:%d/metrics", options.name, options.metrics_host,
-                 options.metrics_port)
+        log.info("worker %s: metrics at http://%s:%d/metrics", options.name, options.metrics_host, options.metrics_port)
     store = RedisJobStore(client, result_ttl_s=options.result_ttl_s)
     runner = JobRunner(generator, store, options.name or "", metrics)
-    app = make_celery(options.broker_url, visibility_timeout_s=options.visibility_timeout_s,
-                      restore_interval_s=options.restore_interval_s)
+    app = make_celery(
+        options.broker_url,
+        visibility_timeout_s=options.visibility_timeout_s,
+        restore_interval_s=options.restore_interval_s,
+    )
     app.task(name=TASK_GENERATE, ignore_result=True, acks_late=True)(runner.run)
     app.task(name=TASK_PREVIEW, ignore_result=True, acks_late=False)(runner.preview)
 
     heartbeat = Heartbeat(client, options.queue, options.name or "")
     worker = app.Worker(
-        hostname=f"sd3pose-{os.getpid()}@{socket.gethostname()}", pool="solo", concurrency=1,
-        queues=[options.queue], without_gossip=True, without_mingle=True, optimization="fair",
-        loglevel="INFO", quiet=True,
+        hostname=f"sd3pose-{os.getpid()}@{socket.gethostname()}",
+        pool="solo",
+        concurrency=1,
+        queues=[options.queue],
+        without_gossip=True,
+        without_mingle=True,
+        optimization="fair",
+        loglevel="INFO",
+        quiet=True,
     )
     heartbeat.start()
     log.info("worker %s: ready, consuming %s", options.name, options.queue)

@@ -11,9 +11,15 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so `sd3pose --help` and API-only processes never import torch and diffusers.
 _LAZY = {
-    "Engine": "engine", "EngineJob": "engine", "RowGroup": "engine", "Sd3Denoiser": "engine",
-    "batch_key": "engine", "initial_noise": "engine", "ensure_demo_model": "tiny", "write_tiny_model": "tiny",
-}  # fmt: skip
+    "Engine": "engine",
+    "EngineJob": "engine",
+    "RowGroup": "engine",
+    "Sd3Denoiser": "engine",
+    "batch_key": "engine",
+    "initial_noise": "engine",
+    "ensure_demo_model": "tiny",
+    "write_tiny_model": "tiny",
+}
 
 __all__ = [
     "Engine",

@@ -47,9 +47,7 @@ def download_models(
     for repo, target, allow, ignore in targets:
         logger.info("downloading %s into %s (this can take a while: SD3 Medium is about 10-15 GB)", repo, target)
         try:
-            snapshot_download(
-                repo, local_dir=target, allow_patterns=allow, ignore_patterns=ignore or None, token=token
-            )
+            snapshot_download(repo, local_dir=target, allow_patterns=allow, ignore_patterns=ignore or None, token=token)
         except GatedRepoError as exc:
             raise ModelLoadError(
                 f"{repo} is gated: accept its licence at https://huggingface.co/{repo} and pass "

@@ -130,9 +130,7 @@ class Sd3Denoiser:
         self.tokens = torch.cat([p.tokens.expand(n, -1, -1) for p, n in zip(parts, counts, strict=True)])
         self.pooled = torch.cat([p.pooled.expand(n, -1) for p, n in zip(parts, counts, strict=True)])
         self.rows = self.tokens.shape[0]
-        self.control = torch.cat(
-            [g.control.expand(n, -1, -1, -1) for g, n in zip(row_groups, counts, strict=True)]
-        )
+        self.control = torch.cat([g.control.expand(n, -1, -1, -1) for g, n in zip(row_groups, counts, strict=True)])
         self.row_groups = row_groups
         # Which of x's rows have an unconditional twin, and the guidance of each x row.
         flags = [g.guidance_scale > 1.0 for g in groups for _ in range(g.samples)]
@@ -236,9 +234,7 @@ class Sd3Denoiser:
 class Engine:
     """SD3 Medium + an SD3 ControlNet, loaded once, generating images for EngineJobs."""
 
-    def __init__(
-        self, parts: Components, device: torch.device, dtype: torch.dtype, *, optimize: bool = True
-    ) -> None:
+    def __init__(self, parts: Components, device: torch.device, dtype: torch.dtype, *, optimize: bool = True) -> None:
         """Wrap loaded components; `optimize=False` leaves the diffusers models exactly as loaded."""
         from diffusers.image_processor import VaeImageProcessor
 
@@ -320,8 +316,7 @@ class Engine:
         # and one without (1 row: torch.compile always specialises a batch of 1).
         for seeds, guidance in (([0], 7.0), ([0, 1], 7.0), ([0], 1.0)):
             warmup = EngineJob("warm-up", "", 2, guidance, seeds, 0.8, "euler", "normal", size, size, black)
-            logger.info("compile warm-up: %d image(s) of %dx%d, guidance %g, 2 steps", len(seeds), size, size,
-                        guidance)
+            logger.info("compile warm-up: %d image(s) of %dx%d, guidance %g, 2 steps", len(seeds), size, size, guidance)
             self.generate_latents(warmup)
         logger.info("models compiled and warmed up in %.1f s", time.perf_counter() - started)
 
@@ -354,9 +349,7 @@ class Engine:
             )
         if not isinstance(job.control_image, PIL.Image.Image):
             raise InvalidRequestError("the control image must be a PIL image (the pose map)")
-        return replace(
-            job, sampler=resolve_sampler_name(job.sampler), scheduler=resolve_scheduler_name(job.scheduler)
-        )
+        return replace(job, sampler=resolve_sampler_name(job.sampler), scheduler=resolve_scheduler_name(job.scheduler))
 
     # ---- the pieces -------------------------------------------------------------------------
 
@@ -455,9 +448,16 @@ class Engine:
         images = sum(len(job.seeds) for job in jobs)
         logger.info(
             "generating %d image(s) of %dx%d for %d job(s): %d steps of %s/%s, guidance %s, strength %s",
-            images, first.width, first.height, len(jobs), first.steps, first.sampler, first.scheduler,
-            ",".join(f"{job.guidance_scale:g}" for job in jobs), ",".join(f"{job.strength:g}" for job in jobs),
-        )  # fmt: skip
+            images,
+            first.width,
+            first.height,
+            len(jobs),
+            first.steps,
+            first.sampler,
+            first.scheduler,
+            ",".join(f"{job.guidance_scale:g}" for job in jobs),
+            ",".join(f"{job.strength:g}" for job in jobs),
+        )
         check_cancel()
         groups = [
             RowGroup(
@@ -490,12 +490,14 @@ class Engine:
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
         return list(latents.split([len(job.seeds) for job in jobs]))
 
-    def _latents_seed_by_seed(self, job: EngineJob, on_step: Callable[[int, int], None] | None,
-                              cancelled: Callable[[], bool] | None) -> torch.Tensor:
+    def _latents_seed_by_seed(
+        self, job: EngineJob, on_step: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None
+    ) -> torch.Tensor:
         """dpm_adaptive chooses its steps per image from the model's outputs: each seed runs as its own
         request (the model rows then always match the latent rows); progress counts all of them."""
         parts = []
         for n, seed in enumerate(job.seeds):
+
             def report(done: int, total: int, n: int = n) -> None:
                 if on_step is not None:
                     on_step(n * total + done, total * len(job.seeds))
@@ -537,7 +539,7 @@ class Engine:
         for i, job in enumerate(jobs):
             try:
                 key = batch_key(self.check_job(job))
-            except Exception as exc:  # noqa: BLE001 - reported as this job's result
+            except Exception as exc:
                 results[i] = exc
                 continue
             open_batches = batches.setdefault(key if key is not None else ("alone", i), [[]])
@@ -553,7 +555,7 @@ class Engine:
                     on_step=[on_step[i] for i in members],
                     cancelled=[cancelled[i] for i in members],
                 )
-            except Exception as exc:  # noqa: BLE001 - every job of the failed batch gets the error
+            except Exception as exc:
                 for i in members:
                     results[i] = exc
                 continue
@@ -571,7 +573,7 @@ class Engine:
                     for chunk in torch.cat([lat for _, lat in live]).split(MAX_DECODE_IMAGES)
                     for image in self.decode(chunk)
                 ]
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 for i, _ in live:
                     results[i] = exc
                 continue

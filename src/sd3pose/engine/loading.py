@@ -21,18 +21,29 @@ from sd3pose.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 BASE_SUBFOLDERS = (
-    "transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler",
-)  # fmt: skip
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "scheduler",
+)
 T5_SUBFOLDERS = ("text_encoder_3", "tokenizer_3")
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FIX = "run `sd3pose download DIR` (real weights) or `sd3pose make-tiny-model DIR` (demo model)"
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}  # fmt: skip
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 @dataclass
@@ -136,9 +147,7 @@ def check_base_folder(path: Path, use_t5: bool) -> None:
     missing = [name for name in needed if not (path / name).is_dir()]
     if missing:
         hint = " (or pass --no-t5 to run without T5)" if set(missing) <= set(T5_SUBFOLDERS) else ""
-        raise ModelLoadError(
-            f"base model folder {str(path)!r} lacks {', '.join(missing)}{hint}; {FIX}"
-        )
+        raise ModelLoadError(f"base model folder {str(path)!r} lacks {', '.join(missing)}{hint}; {FIX}")
 
 
 def check_controlnet_folder(path: Path) -> None:
@@ -151,9 +160,7 @@ def check_controlnet_folder(path: Path) -> None:
             f"InstantX/SD3-Controlnet-Pose); {FIX}"
         )
     if not any((path / name).is_file() for name in WEIGHT_NAMES):
-        raise ModelLoadError(
-            f"ControlNet folder {str(path)!r} has no {WEIGHT_NAMES[0]}; {FIX}"
-        )
+        raise ModelLoadError(f"ControlNet folder {str(path)!r} has no {WEIGHT_NAMES[0]}; {FIX}")
 
 
 def _resolve(source: str | Path, kind: str, use_t5: bool) -> str:
@@ -198,9 +205,7 @@ def load_components(
         transformer = SD3Transformer2DModel.from_pretrained(base, subfolder="transformer", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype)
         text_encoder = CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder", dtype=dtype)
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            base, subfolder="text_encoder_2", dtype=dtype
-        )
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2", dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
         tokenizer_2 = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2")
         text_encoder_3 = tokenizer_3 = None

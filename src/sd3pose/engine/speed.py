@@ -75,8 +75,13 @@ def trim_controlnet_last_block(controlnet: torch.nn.Module) -> bool:
     return True
 
 
-def prepare_models(transformer: torch.nn.Module, controlnet: torch.nn.Module, vae: torch.nn.Module,
-                   device: torch.device, native_size: int) -> None:
+def prepare_models(
+    transformer: torch.nn.Module,
+    controlnet: torch.nn.Module,
+    vae: torch.nn.Module,
+    device: torch.device,
+    native_size: int,
+) -> None:
     """Apply the exact speed-ups above to freshly loaded models (in place)."""
     fused = [type(m).__name__ for m in (transformer, controlnet) if fuse_qkv(m)]
     trimmed = trim_controlnet_last_block(controlnet)
@@ -85,9 +90,11 @@ def prepare_models(transformer: torch.nn.Module, controlnet: torch.nn.Module, va
     enable_vae_tiling(vae, 2 * native_size)
     logger.info(
         "speed-ups: fused QKV in %s; ControlNet last-block text outputs %s; VAE %s, tiled above %d px",
-        ", ".join(fused) or "nothing", "skipped" if trimmed else "kept",
-        "channels-last" if device.type == "cuda" else "contiguous", 2 * native_size,
-    )  # fmt: skip
+        ", ".join(fused) or "nothing",
+        "skipped" if trimmed else "kept",
+        "channels-last" if device.type == "cuda" else "contiguous",
+        2 * native_size,
+    )
 
 
 def enable_vae_tiling(vae: torch.nn.Module, above_px: int) -> None:
@@ -97,8 +104,9 @@ def enable_vae_tiling(vae: torch.nn.Module, above_px: int) -> None:
     vae.tile_latent_min_size = above_px // (2 ** (len(vae.config.block_out_channels) - 1))
 
 
-def compile_models(transformer: torch.nn.Module, controlnet: torch.nn.Module, *, backend: str = "inductor",
-                   mode: str | None = None) -> None:
+def compile_models(
+    transformer: torch.nn.Module, controlnet: torch.nn.Module, *, backend: str = "inductor", mode: str | None = None
+) -> None:
     """torch.compile the two models in place (nn.Module.compile keeps their attributes and configs)."""
     logger.info("compiling the transformer and the ControlNet with torch.compile (%s)", backend)
     # Both models' forwards pass through one diffusers wrapper function, so they share its cache of

@@ -284,10 +284,18 @@ def build_tiny_components(
 
 # The keys of InstantX/SD3-Controlnet-Pose's config.json (diffusers 0.29 era, old class name).
 INSTANTX_CONFIG_KEYS = (
-    "attention_head_dim", "caption_projection_dim", "in_channels", "joint_attention_dim",
-    "num_attention_heads", "num_layers", "out_channels", "patch_size", "pooled_projection_dim",
-    "pos_embed_max_size", "sample_size",
-)  # fmt: skip
+    "attention_head_dim",
+    "caption_projection_dim",
+    "in_channels",
+    "joint_attention_dim",
+    "num_attention_heads",
+    "num_layers",
+    "out_channels",
+    "patch_size",
+    "pooled_projection_dim",
+    "pos_embed_max_size",
+    "sample_size",
+)
 INSTANTX_CLASS_NAME = "ControlNetSD3Model"
 
 
@@ -324,9 +332,7 @@ def write_tiny_model(directory: str | Path, **sizes: int) -> tuple[Path, Path]:
 def is_complete(directory: str | Path) -> bool:
     """True when DIR holds a written tiny (or any) model: base/model_index.json and controlnet/config.json."""
     directory = Path(directory)
-    return (directory / "base" / "model_index.json").is_file() and (
-        directory / "controlnet" / "config.json"
-    ).is_file()
+    return (directory / "base" / "model_index.json").is_file() and (directory / "controlnet" / "config.json").is_file()
 
 
 def ensure_demo_model(directory: str | Path) -> tuple[Path, Path]:

@@ -50,9 +50,14 @@ def pose_command(
         photo = open_photo(image)
         part_list = [p for p in (s.strip() for s in parts.split(",")) if p]
         result = build_control_image(
-            photo, None, mode=PoseMode.detect, parts=part_list,
-            width=width or photo.width, height=height or photo.height, resize_mode=resize_mode,
-        )  # fmt: skip
+            photo,
+            None,
+            mode=PoseMode.detect,
+            parts=part_list,
+            width=width or photo.width,
+            height=height or photo.height,
+            resize_mode=resize_mode,
+        )
         result.image.save(output)
         log.info("wrote the pose map of %d person(s) to %s", len(result.pose.people), output)
         if json_path is not None:

@@ -94,9 +94,11 @@ class _Found:
         # Within the window it was found in: Holistic re-detects the person there as reliably.
         wx0, wy0, wx1, wy1 = self.window
         return (
-            max(wx0, math.floor(cx - radius)), max(wy0, math.floor(cy - radius)),
-            min(wx1, math.ceil(cx + radius)), min(wy1, math.ceil(cy + radius)),
-        )  # fmt: skip
+            max(wx0, math.floor(cx - radius)),
+            max(wy0, math.floor(cy - radius)),
+            min(wx1, math.ceil(cx + radius)),
+            min(wy1, math.ceil(cy + radius)),
+        )
 
 
 def _static_holistic() -> object:
@@ -179,8 +181,11 @@ def _extent(person: Person, margin: float = 0.1) -> tuple[int, int, int, int]:
     (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
     grow_x, grow_y = (x1 - x0) * margin, (y1 - y0) * margin
     return (
-        math.floor(x0 - grow_x), math.floor(y0 - grow_y), math.ceil(x1 + grow_x), math.ceil(y1 + grow_y),
-    )  # fmt: skip
+        math.floor(x0 - grow_x),
+        math.floor(y0 - grow_y),
+        math.ceil(x1 + grow_x),
+        math.ceil(y1 + grow_y),
+    )
 
 
 def _hide(image: np.ndarray, box: tuple[int, int, int, int]) -> None:
@@ -236,8 +241,11 @@ class PoseDetector:
         people = [p.mapped(back_x, back_y, 0.0, 0.0) for p in people]
         log.debug(
             "pose detection: %d person(s) in a %dx%d image in %.0f ms",
-            len(people), width, height, (time.perf_counter() - started) * 1000,
-        )  # fmt: skip
+            len(people),
+            width,
+            height,
+            (time.perf_counter() - started) * 1000,
+        )
         return Pose(people, width, height)
 
     def _find_people(self, image: np.ndarray) -> list[_Found]:

@@ -33,9 +33,7 @@ class Fit:
             return cls(width / src_width, height / src_height, 0.0, 0.0, width, height)
         pick = max if mode is ResizeMode.crop else min
         scale = pick(width / src_width, height / src_height)
-        return cls(
-            scale, scale, (width - src_width * scale) / 2, (height - src_height * scale) / 2, width, height
-        )
+        return cls(scale, scale, (width - src_width * scale) / 2, (height - src_height * scale) / 2, width, height)
 
     def pose(self, pose: Pose) -> Pose:
         return pose.mapped(self.scale_x, self.scale_y, self.offset_x, self.offset_y, self.width, self.height)
@@ -46,9 +44,13 @@ class Fit:
             return image.copy()
         # PIL's affine transform maps output pixels back to input pixels: invert our map.
         inverse = (
-            1 / self.scale_x, 0.0, -self.offset_x / self.scale_x,
-            0.0, 1 / self.scale_y, -self.offset_y / self.scale_y,
-        )  # fmt: skip
+            1 / self.scale_x,
+            0.0,
+            -self.offset_x / self.scale_x,
+            0.0,
+            1 / self.scale_y,
+            -self.offset_y / self.scale_y,
+        )
         downscale = min(self.scale_x, self.scale_y) < 1
         # Reduce first when shrinking a lot, or the affine (bilinear) sampling aliases thin pose lines.
         if downscale:
@@ -56,10 +58,17 @@ class Fit:
             if factor >= 2:
                 image = image.reduce(factor)
                 inverse = (
-                    inverse[0] / factor, 0.0, inverse[2] / factor,
-                    0.0, inverse[4] / factor, inverse[5] / factor,
-                )  # fmt: skip
+                    inverse[0] / factor,
+                    0.0,
+                    inverse[2] / factor,
+                    0.0,
+                    inverse[4] / factor,
+                    inverse[5] / factor,
+                )
         return image.transform(
-            (self.width, self.height), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR,
+            (self.width, self.height),
+            Image.Transform.AFFINE,
+            inverse,
+            resample=Image.Resampling.BILINEAR,
             fillcolor=(0, 0, 0),
         )

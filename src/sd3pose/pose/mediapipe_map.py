@@ -19,16 +19,75 @@ _SHOULDERS = (2, 5)  # OpenPose indices
 # person's right ear-level round the chin, brows outer->inner / inner->outer, nose bridge and base,
 # eye corners and lids, outer and inner lips. Left/right pairs are mirror-symmetric mesh points.
 _FACE_FROM_MESH = (
-    127, 234, 93, 132, 58, 172, 150, 176, 152, 400, 379, 397, 288, 361, 323, 454, 356,  # jaw 0-16
-    70, 63, 105, 66, 107,  # right brow 17-21
-    336, 296, 334, 293, 300,  # left brow 22-26
-    168, 197, 5, 4,  # nose bridge 27-30
-    98, 97, 2, 326, 327,  # nose base 31-35
-    33, 160, 158, 133, 153, 144,  # right eye 36-41
-    362, 385, 387, 263, 373, 380,  # left eye 42-47
-    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,  # outer lips 48-59
-    78, 81, 13, 311, 308, 402, 14, 178,  # inner lips 60-67
-)  # fmt: skip
+    127,
+    234,
+    93,
+    132,
+    58,
+    172,
+    150,
+    176,
+    152,
+    400,
+    379,
+    397,
+    288,
+    361,
+    323,
+    454,
+    356,  # jaw 0-16
+    70,
+    63,
+    105,
+    66,
+    107,  # right brow 17-21
+    336,
+    296,
+    334,
+    293,
+    300,  # left brow 22-26
+    168,
+    197,
+    5,
+    4,  # nose bridge 27-30
+    98,
+    97,
+    2,
+    326,
+    327,  # nose base 31-35
+    33,
+    160,
+    158,
+    133,
+    153,
+    144,  # right eye 36-41
+    362,
+    385,
+    387,
+    263,
+    373,
+    380,  # left eye 42-47
+    61,
+    40,
+    37,
+    0,
+    267,
+    270,
+    291,
+    321,
+    314,
+    17,
+    84,
+    91,  # outer lips 48-59
+    78,
+    81,
+    13,
+    311,
+    308,
+    402,
+    14,
+    178,  # inner lips 60-67
+)
 # Pupils (68 right, 69 left): the centre of each eye's six contour points (the plain mesh has no iris).
 _RIGHT_EYE = slice(36, 42)
 _LEFT_EYE = slice(42, 48)

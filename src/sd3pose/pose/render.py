@@ -21,20 +21,68 @@ from sd3pose.pose.keypoints import Person, Pose
 
 # The OpenPose palette (RGB), one colour per limb and per joint.
 BODY_COLORS = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
-    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
-    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
-)  # fmt: skip
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (255, 0, 255),
+    (255, 0, 170),
+    (255, 0, 85),
+)
 # Limbs in drawing order (COCO-18 indices): neck to shoulders, arms, legs, head.
 BODY_LIMBS = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
-    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
-)  # fmt: skip
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (1, 8),
+    (8, 9),
+    (9, 10),
+    (1, 11),
+    (11, 12),
+    (12, 13),
+    (1, 0),
+    (0, 14),
+    (14, 16),
+    (0, 15),
+    (15, 17),
+)
 LIMB_BRIGHTNESS = 0.6
 HAND_EDGES = (
-    (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10),
-    (10, 11), (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20),
-)  # fmt: skip
+    (0, 1),
+    (1, 2),
+    (2, 3),
+    (3, 4),
+    (0, 5),
+    (5, 6),
+    (6, 7),
+    (7, 8),
+    (0, 9),
+    (9, 10),
+    (10, 11),
+    (11, 12),
+    (0, 13),
+    (13, 14),
+    (14, 15),
+    (15, 16),
+    (0, 17),
+    (17, 18),
+    (18, 19),
+    (19, 20),
+)
 HAND_EDGE_COLORS = tuple(
     tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0))
     for i in range(len(HAND_EDGES))
@@ -88,8 +136,11 @@ def _draw_body(canvas: np.ndarray, body: np.ndarray, scale: float) -> None:
         polygon = cv2.ellipse2Poly(
             _fixed((xa + xb) / 2, (ya + yb) / 2),
             (int(round(length / 2 * _ONE)), max(1, int(round(half_width * _ONE)))),
-            int(round(angle)), 0, 360, 1,
-        )  # fmt: skip
+            int(round(angle)),
+            0,
+            360,
+            1,
+        )
         dim = tuple(int(c * LIMB_BRIGHTNESS) for c in color)
         cv2.fillConvexPoly(canvas, polygon, dim, shift=_SHIFT)
     for (x, y, confidence), color in zip(body, BODY_COLORS, strict=False):
@@ -138,9 +189,7 @@ def _check_drawable(pose: Pose, width: int, height: int) -> None:
                 )
 
 
-def render_pose(
-    pose: Pose, width: int, height: int, parts: Iterable[object] = PARTS
-) -> Image.Image:
+def render_pose(pose: Pose, width: int, height: int, parts: Iterable[object] = PARTS) -> Image.Image:
     """The pose map (RGB, width x height). Keypoints are scaled from the pose's canvas if it differs."""
     if width <= 0 or height <= 0:
         raise InvalidRequestError(f"the pose map size must be positive (got {width}x{height})")

@@ -30,10 +30,18 @@ if TYPE_CHECKING:
 # The names above need no torch; the rest load on first use, so validating a request (an API replica
 # that runs no model) never imports torch.
 _LAZY = {
-    "Denoiser": "core", "NoiseSource": "core", "row_seeds": "core",
-    "SAMPLERS": "samplers", "SamplerInfo": "samplers", "sample": "samplers", "sampler_info": "samplers",
-    "DEFAULT_SHIFT": "schedules", "flow_sigma": "schedules", "get_sigmas": "schedules", "sigma_table": "schedules",
-}  # fmt: skip
+    "Denoiser": "core",
+    "NoiseSource": "core",
+    "row_seeds": "core",
+    "SAMPLERS": "samplers",
+    "SamplerInfo": "samplers",
+    "sample": "samplers",
+    "sampler_info": "samplers",
+    "DEFAULT_SHIFT": "schedules",
+    "flow_sigma": "schedules",
+    "get_sigmas": "schedules",
+    "sigma_table": "schedules",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -76,9 +76,7 @@ class NoiseSource:
         self.gen_device = like.device if on_device else torch.device("cpu")
         seeds = row_seeds(seed, self.shape[0])
         self.generators = (
-            None
-            if seeds is None
-            else [torch.Generator(self.gen_device).manual_seed(_stream_seed(s)) for s in seeds]
+            None if seeds is None else [torch.Generator(self.gen_device).manual_seed(_stream_seed(s)) for s in seeds]
         )
 
     def __call__(self) -> torch.Tensor:

@@ -277,9 +277,7 @@ def dpmpp_3m_sde(run: Run, x: torch.Tensor) -> torch.Tensor:
     return _dpmpp_multistep(run, x, order=3, eta=1.0)
 
 
-def _unipc_coeffs(
-    rks: list[float], hh: float, b_h: float, order: int, corrector: bool
-) -> tuple[np.ndarray, bool]:
+def _unipc_coeffs(rks: list[float], hh: float, b_h: float, order: int, corrector: bool) -> tuple[np.ndarray, bool]:
     """UniPC weights multiplied by B(h) (so B(h) = -inf for bh1 at h = inf cancels exactly).
 
     Returns (B(h) * rhos, ok). For the predictor of order 2 and the corrector of order 1, UniPC

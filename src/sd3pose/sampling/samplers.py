@@ -45,9 +45,7 @@ class SamplerInfo:
 
 
 def _gpu(info: SamplerInfo) -> SamplerInfo:
-    return SamplerInfo(
-        f"{info.name}_gpu", info.fn, info.stochastic, info.needs_uncond, info.evals_per_step, True
-    )
+    return SamplerInfo(f"{info.name}_gpu", info.fn, info.stochastic, info.needs_uncond, info.evals_per_step, True)
 
 
 _BASE = (
@@ -80,9 +78,7 @@ _BY_NAME = {info.name: info for info in _BASE}
 _GPU = tuple(_gpu(_BY_NAME[n]) for n in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"))
 
 # In the hosted API's order.
-SAMPLERS: dict[str, SamplerInfo] = {
-    name: {**_BY_NAME, **{g.name: g for g in _GPU}}[name] for name in SAMPLER_NAMES
-}
+SAMPLERS: dict[str, SamplerInfo] = {name: {**_BY_NAME, **{g.name: g for g in _GPU}}[name] for name in SAMPLER_NAMES}
 
 
 def sampler_info(name: str) -> SamplerInfo:

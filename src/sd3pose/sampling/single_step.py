@@ -105,9 +105,7 @@ def dpm_2_ancestral(run: Run, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _dpmpp_2s_to(
-    run: Run, x: torch.Tensor, sigma: float, denoised: torch.Tensor, target_ve: float
-) -> torch.Tensor:
+def _dpmpp_2s_to(run: Run, x: torch.Tensor, sigma: float, denoised: torch.Tensor, target_ve: float) -> torch.Tensor:
     """DPM-Solver++(2S) (r = 1/2) from flow (x, sigma) to VE level ``target_ve``; returns x_ve."""
     eps = eps_hat(x, denoised, sigma)
     if target_ve == 0.0 or sigma >= 1.0:

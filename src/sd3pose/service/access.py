@@ -66,10 +66,19 @@ class AccessMiddleware:
             self.services.metrics.requests.labels(route, method, str(status)).inc()
             self.services.metrics.request_seconds.labels(route).observe(seconds)
             principal = state.get("principal")
-            log.info(json.dumps({
-                "event": "request", "request_id": request_id, "method": scope["method"],
-                "path": scope["path"], "route": route, "status": status,
-                "key": principal.name if principal is not None else None,
-                "job_id": state.get("job_id"), "ms": round(seconds * 1000, 1),
-                "timings": state.get("timings"),
-            }))
+            log.info(
+                json.dumps(
+                    {
+                        "event": "request",
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": route,
+                        "status": status,
+                        "key": principal.name if principal is not None else None,
+                        "job_id": state.get("job_id"),
+                        "ms": round(seconds * 1000, 1),
+                        "timings": state.get("timings"),
+                    }
+                )
+            )

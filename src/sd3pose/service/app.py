@@ -42,8 +42,13 @@ PREVIEW_THREADS = 8
 class Services:
     """Everything the routes share; one per app."""
 
-    def __init__(self, settings: ServiceSettings, db: Database, queue: JobQueue | None,
-                 generator_factory: Callable[[str | None], GeneratorLike] | None) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        db: Database,
+        queue: JobQueue | None,
+        generator_factory: Callable[[str | None], GeneratorLike] | None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.keys = KeyStore(db)
@@ -62,9 +67,14 @@ class Services:
             if generator_factory is None:
                 raise ValueError("create_app needs a generator_factory or a queue")
             queue = EmbeddedJobQueue(
-                db, generator_factory, results_dir=settings.results_dir, devices=settings.devices,
-                max_queue=settings.max_queue, result_ttl_s=settings.result_ttl_s,
-                cleanup_interval_s=settings.cleanup_interval_s, on_finished=self.job_finished,
+                db,
+                generator_factory,
+                results_dir=settings.results_dir,
+                devices=settings.devices,
+                max_queue=settings.max_queue,
+                result_ttl_s=settings.result_ttl_s,
+                cleanup_interval_s=settings.cleanup_interval_s,
+                on_finished=self.job_finished,
                 on_generated=self.job_generated,
             )
         self.queue = queue
@@ -114,9 +124,7 @@ def _openapi(app: FastAPI, settings: ServiceSettings) -> Callable[[], dict[str, 
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         # The routes parse the body themselves (to answer {"error": ...} with 400, not FastAPI's 422),
         # so the real request model is added here and referenced from their openapi_extra.
-        request_schema = GenerationRequest.model_json_schema(
-            by_alias=True, ref_template="#/components/schemas/{model}"
-        )
+        request_schema = GenerationRequest.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(request_schema.pop("$defs", {}))
         request_schema["properties"]["samples"]["maximum"] = settings.max_samples
@@ -164,7 +172,7 @@ def create_app(
         title="sd3pose",
         version=__version__,
         description="Pose-guided image generation (SD3 Medium + InstantX pose ControlNet), with the API of "
-        "the hosted SD3 Medium Pose ControlNet endpoint. Errors are JSON `{\"error\": \"...\"}`; "
+        'the hosted SD3 Medium Pose ControlNet endpoint. Errors are JSON `{"error": "..."}`; '
         "authenticated responses carry `x-remaining-credits`.",
         lifespan=lifespan,
     )

@@ -25,7 +25,7 @@ class Principal:
         return self.key.name if self.key else "anonymous"
 
 
-def require(scope: str, *, rate_limited: bool = False):  # noqa: ANN201 - a FastAPI dependency
+def require(scope: str, *, rate_limited: bool = False):
     """A dependency that authenticates the caller, checks `scope` and (optionally) the rate limit."""
 
     # A plain `def`: FastAPI runs it in its thread pool, so the key store (Redis in a scaled-out
@@ -59,7 +59,8 @@ def require(scope: str, *, rate_limited: bool = False):  # noqa: ANN201 - a Fast
             if wait_s > 0:
                 raise TooManyRequestsError(
                     f"rate limit of {limit} requests per minute reached for this key; retry after "
-                    f"{max(1, int(wait_s + 0.999))} s", wait_s,
+                    f"{max(1, int(wait_s + 0.999))} s",
+                    wait_s,
                 )
         return Principal(key)
 

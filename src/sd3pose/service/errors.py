@@ -93,8 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         state = request.scope.get("state", {})
         request_id = state.get("request_id", "-")
-        log.exception("unexpected error handling %s %s (request id %s)", request.method, request.url.path,
-                      request_id)
+        log.exception("unexpected error handling %s %s (request id %s)", request.method, request.url.path, request_id)
         # This answer is made outside AccessMiddleware (Starlette's outermost layer), so it adds the headers.
         try:
             headers = await tracing_headers(request.app.state.services, state)

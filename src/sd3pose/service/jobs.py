@@ -69,8 +69,13 @@ class JobInfo:
 
 
 class GeneratorLike(Protocol):
-    def run(self, request: GenerationRequest, *, on_step: Callable[[int, int], None] | None = None,
-            cancelled: Callable[[], bool] | None = None) -> GenerationResult: ...
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> GenerationResult: ...
 
     def preview_pose(self, request: GenerationRequest) -> PosePreview: ...
 
@@ -94,8 +99,9 @@ class JobQueue(Protocol):
     def preview_pose(self, request: GenerationRequest) -> PosePreview: ...
 
 
-INFO_COLUMNS = ("id, kind, status, key_id, reserved, samples, created_at, started_at, finished_at, error, "
-                "error_code, result_json")
+INFO_COLUMNS = (
+    "id, kind, status, key_id, reserved, samples, created_at, started_at, finished_at, error, error_code, result_json"
+)
 MEDIA_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
@@ -149,8 +155,7 @@ class EmbeddedJobQueue:
         for device in self._devices:
             worker = Worker(self, self._factory, device)
             self._workers.append(worker)
-            thread = threading.Thread(target=worker.loop, name=f"sd3pose-worker-{device or 'default'}",
-                                      daemon=True)
+            thread = threading.Thread(target=worker.loop, name=f"sd3pose-worker-{device or 'default'}", daemon=True)
             self._threads.append(thread)
             thread.start()
         janitor = threading.Thread(target=self._janitor, name="sd3pose-janitor", daemon=True)
@@ -183,24 +188,39 @@ class EmbeddedJobQueue:
 
     def _recover(self) -> None:
         """After a restart: re-queue waiting async jobs, fail the ones that were cut off."""
-        rows = self.db.query("SELECT kind, status, id, request_json FROM jobs "
-                             "WHERE status IN ('QUEUED', 'PROCESSING') ORDER BY created_at")
+        rows = self.db.query(
+            "SELECT kind, status, id, request_json FROM jobs "
+            "WHERE status IN ('QUEUED', 'PROCESSING') ORDER BY created_at"
+        )
         for row in rows:
             job_id = row["id"]
             if row["status"] == "PROCESSING":
-                self._finish(job_id, JobStatus.FAILED, error="the server restarted while this job was running; "
-                             "submit it again", error_code=500)
+                self._finish(
+                    job_id,
+                    JobStatus.FAILED,
+                    error="the server restarted while this job was running; submit it again",
+                    error_code=500,
+                )
             elif row["kind"] == "sync":
-                self._finish(job_id, JobStatus.FAILED, error="the server restarted before this request ran and "
-                             "its client is gone; submit it again", error_code=500)
+                self._finish(
+                    job_id,
+                    JobStatus.FAILED,
+                    error="the server restarted before this request ran and its client is gone; submit it again",
+                    error_code=500,
+                )
             else:
                 try:
-                    request = GenerationRequest.model_validate_json(row["request_json"],
-                                                                    context={"max_samples": 1 << 30})
+                    request = GenerationRequest.model_validate_json(
+                        row["request_json"], context={"max_samples": 1 << 30}
+                    )
                 except (ValueError, Sd3PoseError) as exc:  # e.g. stored under other rules: fails alone
                     log.error("job %s cannot be resumed: %s", job_id, exc)
-                    self._finish(job_id, JobStatus.FAILED, error="the server restarted and could not resume this "
-                                 "request; submit it again", error_code=500)
+                    self._finish(
+                        job_id,
+                        JobStatus.FAILED,
+                        error="the server restarted and could not resume this request; submit it again",
+                        error_code=500,
+                    )
                     continue
                 with self._cond:
                     self._requests[job_id] = request
@@ -241,8 +261,15 @@ class EmbeddedJobQueue:
             self._events[job_id] = threading.Event()
             self._pending.append(job_id)
             self._cond.notify()
-        return JobInfo(id=job_id, kind=kind, status=JobStatus.QUEUED, key_id=key_id, reserved=reserved,
-                       created_at=now, samples=request.samples)
+        return JobInfo(
+            id=job_id,
+            kind=kind,
+            status=JobStatus.QUEUED,
+            key_id=key_id,
+            reserved=reserved,
+            created_at=now,
+            samples=request.samples,
+        )
 
     def get(self, job_id: str) -> JobInfo | None:
         rows = self.db.query(f"SELECT {INFO_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -273,9 +300,16 @@ class EmbeddedJobQueue:
             pose_png = (folder / "pose.png").read_bytes() if meta.get("pose") else None
         except FileNotFoundError:
             return None
-        return GenerationResult(images=images, media_type=meta["media_type"], seeds=meta["seeds"], width=meta["width"],
-                         height=meta["height"], pose_png=pose_png, keypoints=meta.get("keypoints"),
-                         timings=meta.get("timings", {}))
+        return GenerationResult(
+            images=images,
+            media_type=meta["media_type"],
+            seeds=meta["seeds"],
+            width=meta["width"],
+            height=meta["height"],
+            pose_png=pose_png,
+            keypoints=meta.get("keypoints"),
+            timings=meta.get("timings", {}),
+        )
 
     def cancel(self, job_id: str, reason: str) -> None:
         """Drop a queued job now; ask a running one to stop at its next step."""
@@ -312,8 +346,9 @@ class EmbeddedJobQueue:
                 taken.append((job_id, self._requests[job_id]))
         try:
             for job_id, _ in taken:
-                self.db.execute("UPDATE jobs SET status = 'PROCESSING', started_at = ? WHERE id = ?",
-                                (time.time(), job_id))
+                self.db.execute(
+                    "UPDATE jobs SET status = 'PROCESSING', started_at = ? WHERE id = ?", (time.time(), job_id)
+                )
         except sqlite3.Error:
             with self._cond:  # not started after all: back to the front of the queue, in order
                 for job_id, _ in reversed(taken):
@@ -339,8 +374,12 @@ class EmbeddedJobQueue:
     def _complete(self, job_id: str, result: GenerationResult) -> None:
         kind = self.db.query("SELECT kind FROM jobs WHERE id = ?", (job_id,))[0]["kind"]
         meta: dict[str, Any] = {
-            "media_type": result.media_type, "seeds": list(result.seeds), "width": result.width,
-            "height": result.height, "timings": result.timings, "count": len(result.images),
+            "media_type": result.media_type,
+            "seeds": list(result.seeds),
+            "width": result.width,
+            "height": result.height,
+            "timings": result.timings,
+            "count": len(result.images),
         }
         if kind == "sync":
             self._sync_results[job_id] = result
@@ -366,8 +405,15 @@ class EmbeddedJobQueue:
 
     # --- internals -------------------------------------------------------------------------------------
 
-    def _finish(self, job_id: str, status: JobStatus, *, error: str | None = None, error_code: int | None = None,
-                result_meta: dict[str, Any] | None = None) -> None:
+    def _finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        error: str | None = None,
+        error_code: int | None = None,
+        result_meta: dict[str, Any] | None = None,
+    ) -> None:
         with self.db.transaction() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, error_code = ?, result_json = ? "
@@ -393,9 +439,16 @@ class EmbeddedJobQueue:
 
     def _row_to_info(self, row: Any) -> JobInfo:
         return JobInfo(
-            id=row["id"], kind=row["kind"], status=JobStatus(row["status"]), key_id=row["key_id"],
-            reserved=row["reserved"], created_at=row["created_at"], started_at=row["started_at"],
-            finished_at=row["finished_at"], error=row["error"], error_code=row["error_code"],
+            id=row["id"],
+            kind=row["kind"],
+            status=JobStatus(row["status"]),
+            key_id=row["key_id"],
+            reserved=row["reserved"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+            error_code=row["error_code"],
             result_meta=json.loads(row["result_json"]) if row["result_json"] else {},
             samples=row["samples"],
         )

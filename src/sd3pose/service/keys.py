@@ -44,11 +44,15 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _row_to_key(row) -> ApiKey:  # noqa: ANN001 - sqlite3.Row
+def _row_to_key(row) -> ApiKey:
     return ApiKey(
-        id=row["id"], name=row["name"], credits=row["credits"],
-        scopes=tuple(s for s in row["scopes"].split(",") if s), rate_limit=row["rate_limit"],
-        created_at=row["created_at"], revoked_at=row["revoked_at"],
+        id=row["id"],
+        name=row["name"],
+        credits=row["credits"],
+        scopes=tuple(s for s in row["scopes"].split(",") if s),
+        rate_limit=row["rate_limit"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
     )
 
 
@@ -105,7 +109,11 @@ class KeyStore:
         self.db = db
 
     def create(
-        self, name: str, *, credits: float | None, scopes: list[str] | tuple[str, ...] | None = None,
+        self,
+        name: str,
+        *,
+        credits: float | None,
+        scopes: list[str] | tuple[str, ...] | None = None,
         rate_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it and the secret key string (shown once, never stored)."""
@@ -152,8 +160,7 @@ class KeyStore:
         return key if key.active else None
 
     def revoke(self, key_id: str) -> None:
-        self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                        (time.time(), key_id))
+        self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id))
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
         key = self.get(key_id)
@@ -177,13 +184,13 @@ class KeyStore:
             return True
         with self.db.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE api_keys SET credits = credits - ? "
-                "WHERE id = ? AND (credits IS NULL OR credits >= ?)",
+                "UPDATE api_keys SET credits = credits - ? WHERE id = ? AND (credits IS NULL OR credits >= ?)",
                 (amount, key_id, amount - 1e-9),
             )
             return cursor.rowcount == 1
 
     def refund(self, key_id: str, amount: float) -> None:
         if amount > 0:
-            self.db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL",
-                            (amount, key_id))
+            self.db.execute(
+                "UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL", (amount, key_id)
+            )

@@ -16,16 +16,19 @@ class JobMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.generation_seconds = Histogram(
-            "sd3pose_generation_seconds", "Time spent sampling and decoding images, per job.",
-            buckets=TIME_BUCKETS, registry=self.registry,
+            "sd3pose_generation_seconds",
+            "Time spent sampling and decoding images, per job.",
+            buckets=TIME_BUCKETS,
+            registry=self.registry,
         )
         self.pose_seconds = Histogram(
-            "sd3pose_pose_seconds", "Time spent detecting and drawing the pose, per job.",
-            buckets=TIME_BUCKETS, registry=self.registry,
+            "sd3pose_pose_seconds",
+            "Time spent detecting and drawing the pose, per job.",
+            buckets=TIME_BUCKETS,
+            registry=self.registry,
         )
         self.images = Counter("sd3pose_images_generated", "Images generated.", registry=self.registry)
-        self.jobs = Counter("sd3pose_jobs_finished", "Jobs finished, by outcome.", ["status"],
-                            registry=self.registry)
+        self.jobs = Counter("sd3pose_jobs_finished", "Jobs finished, by outcome.", ["status"], registry=self.registry)
 
     def observe_generation(self, timings: dict[str, float], count: int) -> None:
         if "generate" in timings:
@@ -44,12 +47,17 @@ class Metrics(JobMetrics):
     def __init__(self, queue_depth: Callable[[], float]) -> None:
         super().__init__()
         self.requests = Counter(
-            "sd3pose_http_requests", "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"], registry=self.registry,
+            "sd3pose_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "sd3pose_http_request_seconds", "Time to answer an HTTP request.", ["route"],
-            buckets=TIME_BUCKETS, registry=self.registry,
+            "sd3pose_http_request_seconds",
+            "Time to answer an HTTP request.",
+            ["route"],
+            buckets=TIME_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge("sd3pose_queue_depth", "Jobs waiting for a worker.", registry=self.registry)
         self.queue_depth.set_function(queue_depth)

@@ -92,12 +92,12 @@ async def _wait_sync(request: Request, job_id: str) -> JobInfo:
             return info
         if await request.is_disconnected():
             reason = "the client disconnected before the image was ready"
-            if (finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason)):
+            if finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason):
                 return finished
             raise ServiceError("client disconnected", CLIENT_CLOSED)
         if remaining <= 0:
             reason = f"timed out after {timeout_s:g} s"
-            if (finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason)):
+            if finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason):
                 return finished
             raise ServiceTimeoutError(
                 f"the image was not ready within {timeout_s:g} s; use fewer steps or samples, "
@@ -126,10 +126,16 @@ def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: 
     headers = {"x-seed": str(result.seeds[0]), "x-seeds": ",".join(str(s) for s in result.seeds)}
     if gen_request.base64_output:
         body = ImagesResponse(
-            image=_b64(result.images[0]), images=[_b64(i) for i in result.images], seed=result.seeds[0],
-            seeds=result.seeds, media_type=result.media_type, width=result.width, height=result.height,
+            image=_b64(result.images[0]),
+            images=[_b64(i) for i in result.images],
+            seed=result.seeds[0],
+            seeds=result.seeds,
+            media_type=result.media_type,
+            width=result.width,
+            height=result.height,
             pose_image=_b64(result.pose_png) if result.pose_png is not None else None,
-            keypoints=result.keypoints, metrics=_metrics(info, result.timings),
+            keypoints=result.keypoints,
+            metrics=_metrics(info, result.timings),
         )
         return Response(body.model_dump_json(), media_type="application/json", headers=headers)
     if len(result.images) == 1 and not gen_request.return_pose:
@@ -139,13 +145,18 @@ def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: 
 
 
 @router.post(
-    "/v1/sd3-med-pose", summary="Generate images (sync)", openapi_extra=GENERATION_BODY,
-    responses=SYNC_RESPONSES, response_class=Response, tags=["generate"],
+    "/v1/sd3-med-pose",
+    summary="Generate images (sync)",
+    openapi_extra=GENERATION_BODY,
+    responses=SYNC_RESPONSES,
+    response_class=Response,
+    tags=["generate"],
 )
 async def generate_sync(request: Request, principal: Principal = Depends(require("generate", rate_limited=True))):
     services = request.app.state.services
-    gen_request = parse_request(await read_json(request, max_bytes=services.settings.max_body_bytes),
-                                max_samples=services.settings.max_samples)
+    gen_request = parse_request(
+        await read_json(request, max_bytes=services.settings.max_body_bytes), max_samples=services.settings.max_samples
+    )
     gen_request = gen_request.with_seed_resolved()
     info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "sync")
     request.state.job_id = info.id
@@ -165,46 +176,62 @@ async def generate_sync(request: Request, principal: Principal = Depends(require
 
 
 @router.post(
-    "/v2/sd3-med-pose", summary="Queue a generation (async)", openapi_extra=GENERATION_BODY,
-    response_model=AsyncSubmitted, responses=error_responses(400, 401, 403, 406, 429, 500), tags=["async"],
+    "/v2/sd3-med-pose",
+    summary="Queue a generation (async)",
+    openapi_extra=GENERATION_BODY,
+    response_model=AsyncSubmitted,
+    responses=error_responses(400, 401, 403, 406, 429, 500),
+    tags=["async"],
 )
 async def generate_async(request: Request, principal: Principal = Depends(require("async", rate_limited=True))):
     services = request.app.state.services
-    gen_request = parse_request(await read_json(request, max_bytes=services.settings.max_body_bytes),
-                                max_samples=services.settings.max_samples)
+    gen_request = parse_request(
+        await read_json(request, max_bytes=services.settings.max_body_bytes), max_samples=services.settings.max_samples
+    )
     info = await anyio.to_thread.run_sync(services.submit, gen_request.with_seed_resolved(), principal, "async")
     request.state.job_id = info.id
     status_url = str(request.url_for("job_status", request_id=info.id))
-    return AsyncSubmitted(request_id=info.id, poll_url=status_url, status_url=status_url,
-                          response_url=str(request.url_for("job_result", request_id=info.id)))
+    return AsyncSubmitted(
+        request_id=info.id,
+        poll_url=status_url,
+        status_url=status_url,
+        response_url=str(request.url_for("job_result", request_id=info.id)),
+    )
 
 
 def _own_job(request: Request, principal: Principal, request_id: str) -> JobInfo:
     info = request.app.state.services.queue.get(request_id)
     # Another key's job looks exactly like an unknown one.
     if info is None or (principal.key is not None and info.key_id != principal.key.id):
-        raise NotFoundError(
-            f"no request {request_id!r}: unknown, made with another key, or its result expired"
-        )
+        raise NotFoundError(f"no request {request_id!r}: unknown, made with another key, or its result expired")
     return info
 
 
 @router.get(
-    "/v2/requests/{request_id}/status", name="job_status", summary="Status and progress of a queued request",
-    response_model=JobStatusResponse, response_model_exclude_none=True,
-    responses=error_responses(400, 401, 403, 404), tags=["async"],
+    "/v2/requests/{request_id}/status",
+    name="job_status",
+    summary="Status and progress of a queued request",
+    response_model=JobStatusResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 401, 403, 404),
+    tags=["async"],
 )
 def job_status(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
     info = _own_job(request, principal, request_id)
     progress = {"step": info.progress[0], "total": info.progress[1]} if info.progress else None
-    return JobStatusResponse(request_id=info.id, status=info.status.value, metrics=_metrics(info),
-                             progress=progress, error=info.error)
+    return JobStatusResponse(
+        request_id=info.id, status=info.status.value, metrics=_metrics(info), progress=progress, error=info.error
+    )
 
 
 @router.get(
-    "/v2/requests/{request_id}", name="job_result", summary="Result of a queued request",
-    response_model=JobResultResponse, response_model_exclude_none=True,
-    responses=error_responses(400, 401, 403, 404, 500, 502, 504), tags=["async"],
+    "/v2/requests/{request_id}",
+    name="job_result",
+    summary="Result of a queued request",
+    response_model=JobResultResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 401, 403, 404, 500, 502, 504),
+    tags=["async"],
 )
 def job_result(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
     info = _own_job(request, principal, request_id)
@@ -215,10 +242,16 @@ def job_result(request_id: str, request: Request, principal: Principal = Depends
     meta = info.result_meta
     output = [str(request.url_for("job_image", request_id=info.id, index=i)) for i in range(meta["count"])]
     return JobResultResponse(
-        request_id=info.id, status=info.status.value, output=output, seeds=meta["seeds"],
-        media_type=meta["media_type"], width=meta["width"], height=meta["height"],
+        request_id=info.id,
+        status=info.status.value,
+        output=output,
+        seeds=meta["seeds"],
+        media_type=meta["media_type"],
+        width=meta["width"],
+        height=meta["height"],
         pose_url=str(request.url_for("job_pose", request_id=info.id)) if meta.get("pose") else None,
-        keypoints=meta.get("keypoints"), metrics=_metrics(info),
+        keypoints=meta.get("keypoints"),
+        metrics=_metrics(info),
     )
 
 
@@ -237,24 +270,33 @@ IMAGE_CONTENT = {
 
 
 @router.get(
-    "/v2/requests/{request_id}/images/{index}", name="job_image", summary="One image of a completed request",
-    response_class=Response, responses=IMAGE_CONTENT, tags=["async"],
+    "/v2/requests/{request_id}/images/{index}",
+    name="job_image",
+    summary="One image of a completed request",
+    response_class=Response,
+    responses=IMAGE_CONTENT,
+    tags=["async"],
 )
-def job_image(request_id: str, index: int, request: Request,
-              principal: Principal = Depends(require("async"))):
+def job_image(request_id: str, index: int, request: Request, principal: Principal = Depends(require("async"))):
     result = _completed_result(request, principal, request_id)
     if not 0 <= index < len(result.images):
-        raise NotFoundError(f"image index {index} does not exist; this request has {len(result.images)} image(s) "
-                            f"(0 to {len(result.images) - 1})")
-    return Response(result.images[index], media_type=result.media_type,
-                    headers={"x-seed": str(result.seeds[index])})
+        raise NotFoundError(
+            f"image index {index} does not exist; this request has {len(result.images)} image(s) "
+            f"(0 to {len(result.images) - 1})"
+        )
+    return Response(result.images[index], media_type=result.media_type, headers={"x-seed": str(result.seeds[index])})
 
 
 @router.get(
-    "/v2/requests/{request_id}/pose", name="job_pose", summary="The pose map of a completed request",
-    response_class=Response, tags=["async"],
-    responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-               **error_responses(400, 401, 403, 404)},
+    "/v2/requests/{request_id}/pose",
+    name="job_pose",
+    summary="The pose map of a completed request",
+    response_class=Response,
+    tags=["async"],
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(400, 401, 403, 404),
+    },
 )
 def job_pose(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
     result = _completed_result(request, principal, request_id)

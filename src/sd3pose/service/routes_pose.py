@@ -21,9 +21,16 @@ POSE_FIELDS = tuple(PoseRequest.model_fields)
 
 
 @router.post(
-    "/v1/pose", summary="Detect the pose (preview)", response_model=PoseResponse, tags=["pose"],
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PoseRequest"}}}}},
+    "/v1/pose",
+    summary="Detect the pose (preview)",
+    response_model=PoseResponse,
+    tags=["pose"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PoseRequest"}}},
+        }
+    },
     responses=error_responses(400, 401, 403, 429, 500, 502),
 )
 async def preview_pose(request: Request, principal: Principal = Depends(require("pose", rate_limited=True))):
@@ -35,9 +42,15 @@ async def preview_pose(request: Request, principal: Principal = Depends(require(
     fields = {name: body[name] for name in POSE_FIELDS if name in body}
     gen_request = parse_request({**fields, "prompt": "pose preview"}, max_samples=services.settings.max_samples)
     try:
-        preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request,
-                                                 limiter=services.preview_limiter)
+        preview = await anyio.to_thread.run_sync(
+            services.queue.preview_pose, gen_request, limiter=services.preview_limiter
+        )
     except QueueFullError as exc:
         raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
-    return PoseResponse(pose_image=base64.b64encode(preview.pose_png).decode("ascii"), keypoints=preview.keypoints,
-                        width=preview.width, height=preview.height, detected=preview.detected)
+    return PoseResponse(
+        pose_image=base64.b64encode(preview.pose_png).decode("ascii"),
+        keypoints=preview.keypoints,
+        width=preview.width,
+        height=preview.height,
+        detected=preview.detected,
+    )

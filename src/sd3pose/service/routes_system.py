@@ -25,7 +25,10 @@ async def health() -> HealthResponse:
 
 
 @router.get(
-    "/ready", response_model=HealthResponse, summary="Models are loaded and jobs can run", tags=["system"],
+    "/ready",
+    response_model=HealthResponse,
+    summary="Models are loaded and jobs can run",
+    tags=["system"],
     responses={503: {"model": HealthResponse, "description": "Still loading, or loading failed."}},
 )
 def ready(request: Request) -> JSONResponse:  # def: readiness may ask Redis; the thread pool runs it
@@ -35,12 +38,14 @@ def ready(request: Request) -> JSONResponse:  # def: readiness may ask Redis; th
 
 
 @router.get(
-    "/metrics", summary="Prometheus metrics", response_class=Response, tags=["system"],
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    tags=["system"],
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 def metrics(request: Request) -> Response:  # def: the queue depth may come from Redis
-    return Response(request.app.state.services.metrics.render(),
-                    media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(request.app.state.services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/", include_in_schema=False)

@@ -104,15 +104,16 @@ def _run_one(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, req
     except Exception:
         log.exception("job %s: could not record its outcome", job_id)
         try:
-            queue.fail(job_id, f"the server could not store the outcome of this request (request id {job_id}); "
-                       "submit it again", 500)
+            queue.fail(
+                job_id,
+                f"the server could not store the outcome of this request (request id {job_id}); submit it again",
+                500,
+            )
         except Exception:  # the store itself is failing: the restart recovery fails and refunds it
             log.exception("job %s: could not record its failure either", job_id)
 
 
-def _run_and_record(
-    queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, request: GenerationRequest
-) -> None:
+def _run_and_record(queue: EmbeddedJobQueue, generator: GeneratorLike, job_id: str, request: GenerationRequest) -> None:
     start = time.perf_counter()
     log.info("job %s: started (%d step(s), %d sample(s))", job_id, request.num_inference_steps, request.samples)
     try:
@@ -132,8 +133,9 @@ def _run_and_record(
         return
     except Exception:
         log.exception("job %s: unexpected error", job_id)
-        queue.fail(job_id, f"internal server error while generating (request id {job_id}); "
-                   "the server logged the details", 500)
+        queue.fail(
+            job_id, f"internal server error while generating (request id {job_id}); the server logged the details", 500
+        )
         return
     reason = queue.cancel_reason(job_id)
     if reason is not None:  # finished anyway, but nobody will receive it: do not charge for it
