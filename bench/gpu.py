@@ -153,7 +153,7 @@ def build_models(config: dict, device: torch.device, dtype: torch.dtype) -> dict
     from diffusers import AutoencoderKL, SD3ControlNetModel, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from sd3pose.engine.tiny import build_clip_tokenizer, build_t5_tokenizer
+    from sd3pose.cli.tiny_model import build_clip_tokenizer, build_t5_tokenizer
 
     tokenizers = [build_clip_tokenizer(), build_clip_tokenizer(pad_token="!"), build_t5_tokenizer()]
     torch.manual_seed(0)

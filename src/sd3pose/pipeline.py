@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from sd3pose.cli.tiny_model import ensure_demo_model
 from sd3pose.engine.engine import Engine, EngineJob
-from sd3pose.engine.tiny import ensure_demo_model
 from sd3pose.images import InputLimits, encode_image, load_image, media_type
 from sd3pose.pose.cache import CachedPoseDetector
 from sd3pose.pose.control import ControlResult, build_control_image

@@ -15,7 +15,7 @@ from sd3pose.distributed.queue import CeleryJobQueue
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import parse_request
 from sd3pose.results import GenerationResult
-from sd3pose.service.jobs import JobNotRecordedError, JobStatus
+from sd3pose.service.embedded_queue import JobNotRecordedError, JobStatus
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_serve
     from sd3pose.distributed import queue as queue_module
     from sd3pose.distributed.queue import CeleryJobQueue
     from sd3pose.request import parse_request
-    from sd3pose.service.jobs import QueueFullError
+    from sd3pose.service.embedded_queue import QueueFullError
 
     monkeypatch.setattr(queue_module, "PREVIEW_TIMEOUT_S", 0.2)
     jobs = CeleryJobQueue(redis_server.url, "sd3pose.gen.preview-test", client=client)

@@ -22,7 +22,7 @@ from typing import Any
 
 from sd3pose.distributed.config import PREFIX
 from sd3pose.results import GenerationResult
-from sd3pose.service.jobs import JobInfo, JobStatus
+from sd3pose.service.embedded_queue import JobInfo, JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
+from sd3pose.service.embedded_queue import JobInfo, JobNotRecordedError, JobStatus, QueueFullError
 from sd3pose.service.errors import ServiceError
-from sd3pose.service.jobs import JobInfo, JobNotRecordedError, JobStatus, QueueFullError
 
 log = logging.getLogger(__name__)
 

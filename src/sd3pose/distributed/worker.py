@@ -30,7 +30,7 @@ from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.distributed.queue import PREVIEW_TTL_S, preview_key, workers_key
 from sd3pose.errors import GenerationCancelledError, Sd3PoseError
 from sd3pose.request import GenerationRequest
-from sd3pose.service.jobs import JobStatus
+from sd3pose.service.embedded_queue import JobStatus
 from sd3pose.service.metrics import JobMetrics
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sd3pose.engine.tiny import DEMO_MARKER
+from sd3pose.cli.tiny_model import DEMO_MARKER
 from sd3pose.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,7 @@ from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult
 from sd3pose.service.access import AccessMiddleware
 from sd3pose.service.auth import Principal
-from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
-from sd3pose.service.jobs import (
+from sd3pose.service.embedded_queue import (
     EmbeddedJobQueue,
     GeneratorLike,
     JobInfo,
@@ -26,12 +25,13 @@ from sd3pose.service.jobs import (
     JobStatus,
     QueueFullError,
 )
+from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.metrics import Metrics
 from sd3pose.service.ratelimit import RateLimiter
 from sd3pose.service.schemas import ImagesResponse, PoseRequest
 from sd3pose.service.settings import ServiceSettings
-from sd3pose.store import Database
+from sd3pose.service.store import Database
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sd3pose.errors import InvalidRequestError
-from sd3pose.store import Database
+from sd3pose.service.store import Database
 
 KEY_PREFIX = "sd3p"
 # What a key may do: `generate` = sync v1, `async` = the v2 job API, `pose` = the pose preview.

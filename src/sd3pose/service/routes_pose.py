@@ -11,8 +11,8 @@ from sd3pose.errors import InvalidRequestError
 from sd3pose.request import parse_request
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import read_json
+from sd3pose.service.embedded_queue import QueueFullError
 from sd3pose.service.errors import TooManyRequestsError
-from sd3pose.service.jobs import QueueFullError
 from sd3pose.service.schemas import PoseRequest, PoseResponse, error_responses
 
 router = APIRouter()

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from sd3pose.errors import GenerationCancelledError, Sd3PoseError
 from sd3pose.request import GenerationRequest
-from sd3pose.service.jobs import GeneratorLike
+from sd3pose.service.embedded_queue import GeneratorLike
 
 if TYPE_CHECKING:
-    from sd3pose.service.jobs import EmbeddedJobQueue
+    from sd3pose.service.embedded_queue import EmbeddedJobQueue
 
 log = logging.getLogger(__name__)
 

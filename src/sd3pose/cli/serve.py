@@ -44,7 +44,7 @@ def _key_store(data_dir: Path, broker: str | None = None):
 
         return key_store(broker)
     from sd3pose.service.keys import KeyStore
-    from sd3pose.store import Database
+    from sd3pose.service.store import Database
 
     return KeyStore(Database(Path(data_dir) / "sd3pose.db"))
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
-from sd3pose.store import Database
+from sd3pose.service.store import Database
 
 log = logging.getLogger(__name__)
 

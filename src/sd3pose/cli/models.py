@@ -21,7 +21,7 @@ def make_tiny_model_command(
     force: bool = typer.Option(False, "--force", help="Replace a model already in DIR."),
 ) -> None:
     """Write the tiny random-weight SD3 + pose ControlNet (a few MB; for tests and the demo: images are noise)."""
-    from sd3pose.engine.tiny import is_complete, write_tiny_model
+    from sd3pose.cli.tiny_model import is_complete, write_tiny_model
 
     if is_complete(directory) and not force:
         _fail(f"{str(directory)!r} already holds a model; pass --force to replace it")

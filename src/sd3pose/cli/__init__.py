@@ -6,11 +6,11 @@ import logging
 
 import typer
 
-from sd3pose.cli_generate import generate_command, sample_photo_command
-from sd3pose.distributed.cli import worker_command
-from sd3pose.engine.cli import download_command, make_tiny_model_command
-from sd3pose.pose.cli import pose_command
-from sd3pose.service.cli import register as register_service_commands
+from sd3pose.cli.generate import generate_command, sample_photo_command
+from sd3pose.cli.models import download_command, make_tiny_model_command
+from sd3pose.cli.pose import pose_command
+from sd3pose.cli.serve import register as register_service_commands
+from sd3pose.cli.worker import worker_command
 
 app = typer.Typer(
     help="sd3pose: pose-guided image generation with SD3 Medium and the InstantX pose ControlNet.",
