@@ -178,9 +178,8 @@ class GenerationRequest(BaseModel):
 
     @field_validator("pose_parts")
     @classmethod
-    def _parts_not_empty(cls, value: list[PosePart]) -> list[PosePart]:
-        if not value:
-            raise ValueError("must name at least one of body, hands, face")
+    def _drop_repeated_parts(cls, value: list[PosePart]) -> list[PosePart]:
+        # An empty list is refused by min_length; a part named twice is drawn once.
         return list(dict.fromkeys(value))
 
     @model_validator(mode="after")

@@ -66,7 +66,8 @@ def test_a_bad_request_fails_alone(generator, alone):
 
 
 def test_worker_merges_queued_jobs_into_one_batch(tmp_path, generator, alone):
-    from sd3pose.service.embedded_queue import EmbeddedJobQueue, JobStatus
+    from sd3pose.jobs.contract import JobStatus
+    from sd3pose.service.embedded_queue import EmbeddedJobQueue
     from sd3pose.service.store import Database
     from sd3pose.service.worker import MAX_JOBS_PER_TURN, run_jobs
 

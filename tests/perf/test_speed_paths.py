@@ -105,7 +105,7 @@ def test_compile_is_a_generate_and_serve_option(monkeypatch):
     from typer.testing import CliRunner
 
     from sd3pose.cli import app
-    from sd3pose.pipeline import EngineSettings
+    from sd3pose.settings import EngineSettings
 
     for command in ("generate", "serve"):
         result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})

@@ -8,8 +8,9 @@ import time
 
 from service_helpers import ScriptedGenerator
 
+from sd3pose.jobs.contract import JobStatus
 from sd3pose.request import parse_request
-from sd3pose.service.embedded_queue import EmbeddedJobQueue, JobStatus
+from sd3pose.service.embedded_queue import EmbeddedJobQueue
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.store import Database
 

@@ -1,36 +1,29 @@
-"""`sd3pose serve` and `sd3pose keys ...`: run the HTTP service and manage its API keys."""
+"""`sd3pose serve`, `sd3pose demo` and `sd3pose keys ...`: run the HTTP service and manage its API keys."""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from sd3pose.cli.options import settings_options
 from sd3pose.errors import Sd3PoseError
-from sd3pose.service.settings import DEFAULT_DATA_DIR, ServiceSettings
+from sd3pose.settings import MAX_RATE_LIMIT, EngineSettings, ServiceSettings
+
+if TYPE_CHECKING:
+    from sd3pose.service.keys import KeyStore
 
 log = logging.getLogger("sd3pose.serve")
 
-DATA_DIR_OPTION = typer.Option(
-    DEFAULT_DATA_DIR,
-    "--data-dir",
-    envvar="SD3POSE_DATA_DIR",
-    help="Where keys, jobs, results (and the demo model) live.",
-)
-
-# Requests/minute: beyond this, no limit in practice (and SQLite integers stay in range).
-MAX_RATE_LIMIT = 10**6
-
-BROKER_OPTION = typer.Option(
-    None,
-    "--broker",
-    envvar="SD3POSE_BROKER",
-    help="Redis URL of a scaled-out deployment: keys live there instead of <data-dir>/sd3pose.db.",
-)
-
 keys_app = typer.Typer(help="Manage API keys (stored as hashes in <data-dir>/sd3pose.db).", no_args_is_help=True)
+# Where the keys live: <data-dir>/sd3pose.db, or Redis with --broker.
+key_store_options = settings_options(ServiceSettings, into="where", only=("data_dir", "broker"))
+# serve's own: the model-independent service options (devices come from the repeatable --device).
+service_options = settings_options(
+    ServiceSettings, into="service", exclude=("devices", "max_body_bytes", "cleanup_interval_s", "broker_queue")
+)
 
 
 def _fail(message: str) -> None:
@@ -38,15 +31,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _key_store(data_dir: Path, broker: str | None = None):
-    if broker:
+def _key_store(where: ServiceSettings) -> KeyStore:
+    if where.broker:
         from sd3pose.distributed.service import key_store
 
-        return key_store(broker)
+        return key_store(where.broker)  # type: ignore[return-value]  # the same interface, on Redis
     from sd3pose.service.keys import KeyStore
     from sd3pose.service.store import Database
 
-    return KeyStore(Database(Path(data_dir) / "sd3pose.db"))
+    return KeyStore(Database(where.db_path))
 
 
 def _credits_text(credits: float | None) -> str:
@@ -56,7 +49,9 @@ def _credits_text(credits: float | None) -> str:
 
 
 @keys_app.command("create")
+@key_store_options
 def keys_create(
+    where: ServiceSettings,
     name: str = typer.Option(..., "--name", help="Who or what the key is for (shown in logs)."),
     credits: float = typer.Option(None, "--credits", help="Starting credits (one image costs --price of serve)."),
     unlimited: bool = typer.Option(False, "--unlimited", help="No credit limit."),
@@ -64,14 +59,12 @@ def keys_create(
     rate_limit: int = typer.Option(
         None, "--rate-limit", min=0, max=MAX_RATE_LIMIT, help="Requests/minute (default: the server's)."
     ),
-    data_dir: Path = DATA_DIR_OPTION,
-    broker: str = BROKER_OPTION,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     if (credits is None) == (not unlimited):
         _fail("give exactly one of --credits C or --unlimited")
     try:
-        key, secret = _key_store(data_dir, broker).create(
+        key, secret = _key_store(where).create(
             name, credits=None if unlimited else credits, scopes=scope, rate_limit=rate_limit
         )
     except Sd3PoseError as exc:
@@ -85,10 +78,11 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: Path = DATA_DIR_OPTION, broker: str = BROKER_OPTION) -> None:
+@key_store_options
+def keys_list(where: ServiceSettings) -> None:
     """List keys (never the secrets)."""
     try:
-        keys = _key_store(data_dir, broker).list()
+        keys = _key_store(where).list()
     except Sd3PoseError as exc:
         _fail(exc.message)
     if not keys:
@@ -106,14 +100,11 @@ def keys_list(data_dir: Path = DATA_DIR_OPTION, broker: str = BROKER_OPTION) -> 
 
 
 @keys_app.command("revoke")
-def keys_revoke(
-    key: str = typer.Argument(..., help="Key id or name."),
-    data_dir: Path = DATA_DIR_OPTION,
-    broker: str = BROKER_OPTION,
-) -> None:
+@key_store_options
+def keys_revoke(where: ServiceSettings, key: str = typer.Argument(..., help="Key id or name.")) -> None:
     """Revoke a key: it stops working at once."""
     try:
-        store = _key_store(data_dir, broker)
+        store = _key_store(where)
         found = store.find(key)
         store.revoke(found.id)
     except Sd3PoseError as exc:
@@ -123,15 +114,15 @@ def keys_revoke(
 
 # ignore_unknown_options: so a negative amount ("-100") is read as the amount, not as an option
 @keys_app.command("add-credits", context_settings={"ignore_unknown_options": True})
+@key_store_options
 def keys_add_credits(
+    where: ServiceSettings,
     key: str = typer.Argument(..., help="Key id or name."),
     amount: float = typer.Argument(..., help="Credits to add (negative to remove)."),
-    data_dir: Path = DATA_DIR_OPTION,
-    broker: str = BROKER_OPTION,
 ) -> None:
     """Add credits to a key."""
     try:
-        store = _key_store(data_dir, broker)
+        store = _key_store(where)
         updated = store.add_credits(store.find(key).id, amount)
     except Sd3PoseError as exc:
         _fail(exc.message)
@@ -148,144 +139,59 @@ def check_bind_safety(settings: ServiceSettings, active_keys: int) -> None:
         )
 
 
+@settings_options(EngineSettings, into="engine", exclude=("device", "data_dir"))
+@service_options
 def serve_command(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (another than loopback needs keys)."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535),
-    model: str = typer.Option(None, "--model", help="Base model folder or hub id (default: the demo model)."),
-    controlnet: str = typer.Option(None, "--controlnet", help="ControlNet folder or hub id."),
+    service: ServiceSettings,
+    engine: EngineSettings,
     device: list[str] = typer.Option(None, "--device", help="Device per worker: cuda:0 --device cuda:1 ..."),
-    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
-    no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
-    compile_models: bool = typer.Option(
-        False,
-        "--compile",
-        envvar="SD3POSE_COMPILE",
-        help="torch.compile the models at start-up (slower start, faster steps).",
-    ),
-    price: float = typer.Option(1.0, "--price", min=0.0, help="Credits charged per delivered image."),
-    rate_limit: int = typer.Option(
-        60, "--rate-limit", min=0, max=MAX_RATE_LIMIT, help="Requests/minute per key (0 = none)."
-    ),
-    max_queue: int = typer.Option(32, "--max-queue", min=1, help="Waiting jobs before 429."),
-    sync_timeout: float = typer.Option(
-        300.0, "--sync-timeout", min=0.1, help="Seconds a sync request waits before 504."
-    ),
-    result_ttl: float = typer.Option(3600.0, "--result-ttl", min=1.0, help="Seconds async results are kept."),
-    max_samples: int = typer.Option(4, "--max-samples", min=1, max=64, help="Most images per request."),
-    allow_private_urls: bool = typer.Option(
-        False, "--allow-private-urls", help="Let image URLs point at private/loopback hosts (trusted LANs only)."
-    ),
-    insecure_no_auth: bool = typer.Option(
-        False, "--insecure-no-auth", help="Serve without keys on a non-loopback address."
-    ),
-    data_dir: Path = DATA_DIR_OPTION,
-    broker: str = typer.Option(
-        None,
-        "--broker",
-        envvar="SD3POSE_BROKER",
-        help="Redis URL: a stateless API whose jobs run on `sd3pose worker` processes.",
-    ),
 ) -> None:
     """Run the HTTP API (and the web playground at /)."""
-    settings = ServiceSettings(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        price_per_image=price,
-        rate_limit_per_minute=rate_limit,
-        max_queue=max_queue,
-        sync_timeout_s=sync_timeout,
-        result_ttl_s=result_ttl,
-        max_samples=max_samples,
-        insecure_no_auth=insecure_no_auth,
-        devices=list(device) if device else [None],
-    )
-    if broker:
-        from sd3pose.distributed.config import queue_name
-
-        settings.broker_url, settings.broker_queue = broker, queue_name(model, controlnet, not no_t5)
-    try:
-        check_bind_safety(settings, _key_store(data_dir, broker).active_count())
-    except Sd3PoseError as exc:
-        _fail(exc.message)
-    run_server(
-        settings,
-        model=model,
-        controlnet=controlnet,
-        dtype=dtype,
-        use_t5=not no_t5,
-        allow_private_urls=allow_private_urls,
-        compile_models=compile_models,
-    )
+    service = service.model_copy(update={"devices": list(device) if device else [None]})
+    run_server(service, engine.model_copy(update={"data_dir": service.data_dir}))
 
 
-def run_server(
-    settings: ServiceSettings,
-    *,
-    model: str | None = None,
-    controlnet: str | None = None,
-    dtype: str | None = None,
-    use_t5: bool = True,
-    allow_private_urls: bool = False,
-    compile_models: bool = False,
-) -> None:
-    """Serve until interrupted; the models load in the background (GET /ready says when)."""
+@settings_options(ServiceSettings, into="service", only=("host", "port", "data_dir"))
+def demo_command(service: ServiceSettings) -> None:
+    """Serve the built-in demo model (random weights, no download): `make serve` runs this."""
+    run_server(service, EngineSettings(model=None, controlnet=None, data_dir=service.data_dir))
+
+
+def run_server(service: ServiceSettings, engine: EngineSettings) -> None:
+    """Serve until interrupted; the models load in the background (GET /ready says when).
+
+    With --broker, the API is a stateless replica: keys, credits, rate limits and jobs live in Redis,
+    and `sd3pose worker` processes run the jobs; nothing is opened under --data-dir.
+    """
     import uvicorn
 
     from sd3pose.service.app import create_app
 
-    def factory(device: str | None):
-        from sd3pose.images import InputLimits
-        from sd3pose.pipeline import EngineSettings, Generator
+    try:
+        if service.broker:
+            from sd3pose.distributed.config import queue_name
+            from sd3pose.distributed.service import distributed_backend
 
-        return Generator.create(
-            EngineSettings(
-                model=model,
-                controlnet=controlnet,
-                device=device,
-                dtype=dtype,
-                use_t5=use_t5,
-                compile=compile_models,
-                data_dir=Path(settings.data_dir),
-                input_limits=InputLimits(allow_private_urls=allow_private_urls),
-            ),
-            warm_up=True,
-        )
+            service.broker_queue = queue_name(engine.model, engine.controlnet, engine.use_t5)
+            keys, limiter, queue = distributed_backend(service)
+            check_bind_safety(service, keys.active_count())
+            app = create_app(service, queue=queue, keys=keys, limiter=limiter)
+        else:
+            from sd3pose.cli.loading import load_generator
 
-    app = create_app(settings, generator_factory=factory)
-    log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_config=None)
+            check_bind_safety(service, _key_store(service).active_count())
+
+            def factory(device: str | None):
+                return load_generator(engine.model_copy(update={"device": device}), warm_up=True)
+
+            app = create_app(service, generator_factory=factory)
+    except Sd3PoseError as exc:
+        _fail(exc.message)
+    log.info("serving on http://%s:%d (docs at /docs)", service.host, service.port)
+    uvicorn.run(app, host=service.host, port=service.port, access_log=False, log_config=None)
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
     app.command("demo")(demo_command)
     app.add_typer(keys_app, name="keys")
-
-
-def demo_command(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535),
-    data_dir: Path = DATA_DIR_OPTION,
-) -> None:
-    """Serve the built-in demo model (random weights, no download): `make serve` runs this."""
-    serve_command(
-        host=host,
-        port=port,
-        model=None,
-        controlnet=None,
-        device=None,
-        dtype=None,
-        no_t5=False,
-        compile_models=False,
-        price=1.0,
-        rate_limit=60,
-        max_queue=32,
-        sync_timeout=300.0,
-        result_ttl=3600.0,
-        max_samples=4,
-        allow_private_urls=False,
-        insecure_no_auth=False,
-        data_dir=data_dir,
-        broker=None,
-    )

@@ -27,12 +27,12 @@ from sd3pose.engine.loading import Components, choose_device, choose_dtype, load
 from sd3pose.engine.speed import compile_models, prepare_models
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
+from sd3pose.request import SIZE_MULTIPLE
 from sd3pose.sampling.names import resolve_sampler_name, resolve_scheduler_name
+from sd3pose.sampling.schedules import NUM_TRAIN_TIMESTEPS  # SD3 is conditioned on timestep = 1000 * sigma
 
 logger = logging.getLogger(__name__)
 
-SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
-NUM_TRAIN_TIMESTEPS = 1000  # SD3 is conditioned on timestep = 1000 * sigma
 CONTROL_CACHE_SIZE = 16  # control latents kept (one (1, 16, 128, 128) tensor per 1024 px pose map)
 MAX_BATCH_IMAGES = 8  # most images one merged model batch holds (twice as many rows with guidance)
 MAX_DECODE_IMAGES = 4  # most images one VAE decode call takes (the most one request may ask for)
@@ -416,8 +416,8 @@ class Engine:
 
         Each job keeps its own prompts, seeds, guidance, strength, control image and window; its
         latents equal running it alone up to matmul rounding. `on_step[i]`/`cancelled[i]` belong to
-        job i. Sampling stops (GenerationCancelledError) only once every job is cancelled; a job
-        cancelled earlier keeps its rows computed, and the caller discards them (see generate_batch).
+        job i. The denoiser stops sampling (GenerationCancelledError) at its next model call once every
+        job is cancelled; a job cancelled earlier keeps its rows computed, and generate_batch discards them.
         """
         from sd3pose.sampling import sample
 
@@ -439,10 +439,6 @@ class Engine:
             # Jobs without a cancel check never cancel, so a batch with one of them runs to the end.
             return bool(checks) and len(checks) == len(jobs) and all(check() for check in checks)
 
-        def check_cancel() -> None:
-            if all_cancelled():
-                raise GenerationCancelledError("the generation was cancelled")
-
         first = jobs[0]
         started = time.perf_counter()
         images = sum(len(job.seeds) for job in jobs)
@@ -458,7 +454,6 @@ class Engine:
             ",".join(f"{job.guidance_scale:g}" for job in jobs),
             ",".join(f"{job.strength:g}" for job in jobs),
         )
-        check_cancel()
         groups = [
             RowGroup(
                 cond=self.text.encode(job.prompt),
@@ -484,7 +479,6 @@ class Engine:
             for report in on_step:
                 if report is not None:
                     report(done, total)
-            check_cancel()
 
         latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback).float()
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
@@ -513,11 +507,8 @@ class Engine:
         on_step: Callable[[int, int], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> list[PIL.Image.Image]:
-        """One image per seed of the job."""
-        latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
-        if cancelled is not None and cancelled():
-            raise GenerationCancelledError("the generation was cancelled")
-        return self.decode(latents)
+        """One image per seed of the job; `cancelled` stops sampling at the next model call."""
+        return self.decode(self.generate_latents(job, on_step=on_step, cancelled=cancelled))
 
     def generate_batch(
         self,
