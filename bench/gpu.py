@@ -131,7 +131,7 @@ SMOKE = dict(
     steps=3,
 )
 
-TARGET_S_PER_IMAGE, TARGET_SPEEDUP = 1.5, 1.3  # issue 7, for an H100 at SD3 Medium size
+TARGET_S_PER_IMAGE, TARGET_SPEEDUP = 1.5, 1.3  # the targets, for an H100 at SD3 Medium size
 LATENT_RTOL_HALF, PIXEL_MEAN_TOL_HALF = 0.05, 2.0  # "images match" in fp16/bf16 (see run_dtype)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -22,16 +22,13 @@ Forms (flow notation of ``core``; lambda = log((1-sigma)/sigma), VE level s = si
 The step into the last sigma before 0 (sigma_min on SD3's schedules) is taken at first order by
 the DPM-Solver++ multisteps and UniPC: in lambda it is a large jump (e.g. sigma 0.067 -> 0.009 at
 50 normal steps, h = 2.1 after h = 0.6), across which the 2M/3M extrapolation amplifies the
-difference of the last predictions -- on the Gaussian test it tripled dpmpp_2m's error and doubled
-the SDE variants' spread, and UniPC's order-2 step (whose weight 1/2 is exact only as h -> 0) made
-its 10-step error 5.5 against euler's 0.6. diffusers takes its final step at first order too, so
-the cross-checks (which keep the last sigma above 0) hold. For UniPC the rule applies only where
-that step is a jump (UNIPC_MAX_STEP_RATIO): on evenly spaced schedules (sgm_uniform) dropping the
-order there cost accuracy. Likewise ipndm_v and deis land their final step to 0 on the data
-prediction D (the exact first-order step) when that gap is much wider than the step before
-(FINAL_GAP_MAX_RATIO): on karras or exponential schedules with many steps it is up to 1000x wider,
-and the order-4/3 extrapolation across it multiplied float32 rounding until the error grew with
-the step count.
+difference of the last predictions and UniPC's order-2 weight (exact only as h -> 0) is far off.
+diffusers takes its final step at first order too. For UniPC the rule applies only where that step
+is a jump (UNIPC_MAX_STEP_RATIO): on evenly spaced schedules (sgm_uniform) the higher order is the
+more accurate there. Likewise ipndm_v and deis land their final step to 0 on the data prediction D
+(the exact first-order step) when that gap is much wider than the step before
+(FINAL_GAP_MAX_RATIO, up to 1000x on karras or exponential schedules with many steps), where an
+order-4/3 extrapolation would multiply float32 rounding with the step count.
 
 dpmpp_3m_sde differs from diffusers' SDE-DPM-Solver++(3M): diffusers weights the second difference
 by alpha*((1 - e^{-2h} - 2h)/(2h)^2 - 0.5) (-> -alpha as h -> 0, not a consistent third-order
