@@ -53,8 +53,9 @@ class Generator:
     def create(
         cls, settings: EngineSettings, *, input_limits: InputLimits | None = None, warm_up: bool = False
     ) -> Generator:
-        """Load the models; `warm_up` also loads the pose models now (servers and workers do, so their
-        first photo is not slow; a one-shot command does not, as it may never detect a pose)."""
+        """Load the models. `warm_up` (servers and workers) also loads the pose models and, with
+        `compile`, compiles the default shapes now, so no request pays for them; a one-shot command
+        skips both, as its one request may need neither."""
         if settings.model is None or settings.controlnet is None:
             raise ModelLoadError(
                 "give both --model and --controlnet: folders or hub ids (e.g. InstantX/SD3-Controlnet-Pose)"
@@ -66,6 +67,7 @@ class Generator:
             dtype=settings.dtype,
             use_t5=settings.use_t5,
             compile=settings.compile,
+            warm_up=warm_up,
         )
         limits = input_limits or InputLimits(allow_private_urls=settings.allow_private_urls)
         generator = cls(engine, input_limits=limits)

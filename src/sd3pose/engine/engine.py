@@ -277,11 +277,13 @@ class Engine:
         dtype: torch.dtype | str | None = None,
         use_t5: bool = True,
         compile: bool = False,
+        warm_up: bool = True,
     ) -> Engine:
         """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly.
 
-        `compile=True` runs torch.compile on the transformer and ControlNet and warms them up here,
-        so the first request does not pay for compilation.
+        `compile=True` runs torch.compile on the transformer and ControlNet and, with `warm_up`, compiles
+        the default shapes here, so a server's first request does not pay for compilation (a one-shot
+        command compiles only the shapes its own request needs, on first use).
         """
         started = time.perf_counter()
         chosen_device = choose_device(device)
@@ -297,7 +299,7 @@ class Engine:
             engine.native_resolution,
         )
         if compile:
-            engine.compile()
+            engine.compile(warm_up=warm_up)
         if engine.is_demo:
             logger.warning(
                 "this is the tiny random-weight demo model: its images are noise, not pictures; "
@@ -305,11 +307,14 @@ class Engine:
             )
         return engine
 
-    def compile(self, *, backend: str = "inductor", mode: str | None = None) -> None:
-        """torch.compile the transformer and ControlNet, then warm up the shapes a default request uses."""
+    def compile(self, *, backend: str = "inductor", mode: str | None = None, warm_up: bool = True) -> None:
+        """torch.compile the transformer and ControlNet, then (`warm_up`) compile the shapes a default
+        request uses."""
         started = time.perf_counter()
         compile_models(self.transformer, self.controlnet, backend=backend, mode=mode)
         self.compiled = True
+        if not warm_up:
+            return
         size = self.native_resolution
         black = PIL.Image.new("RGB", (size, size))
         # One and two images with guidance (2 and 4 model rows; the second makes the batch size dynamic),

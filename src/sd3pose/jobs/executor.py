@@ -73,22 +73,21 @@ def execute_batch(generator: GeneratorLike, jobs: list[QueuedJob], sink: JobSink
     if len(runnable) > 1 and run_batch is not None:
         outcomes.update(_run_together(run_batch, runnable, sink))
     else:
-        for job in runnable:
-            started = time.perf_counter()
-            log.info(
-                "job %s: started (%d step(s), %d sample(s))",
-                job.id,
-                job.request.num_inference_steps,
-                job.request.samples,
-            )
-            try:
-                produced: GenerationResult | Exception = generator.run(
-                    job.request, on_step=_progress(sink, job.id), cancelled=_cancelled(sink, job.id)
-                )
-            except Exception as exc:
-                produced = exc
-            outcomes[job.id] = record(job, produced, sink, started)
+        outcomes.update((job.id, _run_alone(generator, job, sink)) for job in runnable)
     return [outcomes[job.id] for job in jobs]
+
+
+def _run_alone(generator: GeneratorLike, job: QueuedJob, sink: JobSink) -> Outcome:
+    started = time.perf_counter()
+    request = job.request
+    log.info("job %s: started (%d step(s), %d sample(s))", job.id, request.num_inference_steps, request.samples)
+    try:
+        produced: GenerationResult | Exception = generator.run(
+            request, on_step=_progress(sink, job.id), cancelled=_cancelled(sink, job.id)
+        )
+    except Exception as exc:
+        produced = exc
+    return record(job, produced, sink, started)
 
 
 def _run_together(run_batch: Callable, jobs: list[QueuedJob], sink: JobSink) -> dict[str, Outcome]:

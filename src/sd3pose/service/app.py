@@ -37,10 +37,13 @@ class Services:
 
     queue: JobQueue  # set by create_app: the embedded queue reports to this object's job_finished
 
-    def __init__(self, settings: ServiceSettings, keys: KeyStore, limiter: RateLimiter) -> None:
+    def __init__(
+        self, settings: ServiceSettings, keys: KeyStore, limiter: RateLimiter, db: Database | None = None
+    ) -> None:
         self.settings = settings
         self.keys = keys
         self.limiter = limiter
+        self.db = db  # the SQLite database of the embedded backend; None on a replica handed its backend
         # Pose previews wait for a worker (up to a minute with Redis) in threads of their own: a burst of
         # them must not take the shared thread pool that sync waits, auth and job lookups need.
         self.preview_limiter = anyio.CapacityLimiter(PREVIEW_THREADS)
@@ -131,7 +134,7 @@ def create_app(
     if queue is None and generator_factory is None:
         raise ValueError("create_app needs a generator_factory or a queue")
     db = Database(settings.db_path) if queue is None or keys is None else None
-    services = Services(settings, keys or KeyStore(db), limiter or RateLimiter())
+    services = Services(settings, keys or KeyStore(db), limiter or RateLimiter(), db)
     services.queue = queue or EmbeddedJobQueue(
         db,
         generator_factory,
