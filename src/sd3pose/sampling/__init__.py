@@ -23,7 +23,7 @@ from sd3pose.sampling.names import (
 )
 
 if TYPE_CHECKING:
-    from sd3pose.sampling.core import Denoiser, NoiseSource, row_seeds
+    from sd3pose.sampling.core import Denoiser, NoiseSampler, row_seeds
     from sd3pose.sampling.samplers import SAMPLERS, SamplerInfo, sample, sampler_info
     from sd3pose.sampling.schedules import DEFAULT_SHIFT, flow_sigma, get_sigmas, sigma_table
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # that runs no model) never imports torch.
 _LAZY = {
     "Denoiser": "core",
-    "NoiseSource": "core",
+    "NoiseSampler": "core",
     "row_seeds": "core",
     "SAMPLERS": "samplers",
     "SamplerInfo": "samplers",
@@ -57,7 +57,7 @@ __all__ = [
     "SAMPLER_NAMES",
     "SCHEDULER_NAMES",
     "Denoiser",
-    "NoiseSource",
+    "NoiseSampler",
     "SamplerInfo",
     "flow_sigma",
     "get_sigmas",
