@@ -179,10 +179,11 @@ class Run:
         if self._noise is None:
             self._noise = GaussianNoise(self.seeds, self._like.to(self.dtype))
 
-    def use_brownian_noise(self, sigma_min: float, sigma_max: float, on_device: bool) -> None:
-        """Default draws: per-row Brownian trees over [sigma_min, sigma_max] (the SDE samplers)."""
+    def use_brownian_noise(self, on_device: bool) -> None:
+        """Default draws: per-row Brownian trees from the smallest positive sigma to the largest (the SDE samplers)."""
         if self._noise is None:
-            self._noise = BrownianNoise(self.seeds, self._like.to(self.dtype), sigma_min, sigma_max, on_device)
+            low, high = min(v for v in self.sigmas if v > 0.0), max(self.sigmas)
+            self._noise = BrownianNoise(self.seeds, self._like.to(self.dtype), low, high, on_device)
 
     def noise(self, sigma: float, sigma_next: float) -> torch.Tensor:
         """The sampler's draw for the step sigma -> sigma_next, shaped like x, in the working dtype."""

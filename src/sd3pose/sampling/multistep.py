@@ -202,8 +202,7 @@ def dpmpp_2m(run: Run, x: torch.Tensor) -> torch.Tensor:
 
 def _dpmpp_sde_multistep(run: Run, x: torch.Tensor, order: int, noise_on_device: bool) -> torch.Tensor:
     """DPM-Solver++(2M) SDE (order 2, midpoint) or (3M) SDE (order 3), eta = 1, s_noise = 1."""
-    positive = [v for v in run.sigmas if v > 0.0]
-    run.use_brownian_noise(min(positive), max(run.sigmas), noise_on_device)
+    run.use_brownian_noise(noise_on_device)
     s = first_sigma_offset(run.sigmas, run.shift)
     history: list[torch.Tensor] = []  # previous predictions, newest first
     steps: list[float] = []  # their h, newest first

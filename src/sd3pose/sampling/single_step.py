@@ -138,8 +138,7 @@ def dpmpp_2s_ancestral(run: Run, x: torch.Tensor) -> torch.Tensor:
 
 def dpmpp_sde(run: Run, x: torch.Tensor, noise_on_device: bool = False) -> torch.Tensor:
     """DPM-Solver++ SDE with ComfyUI's defaults: r = 1/2, eta = 1, s_noise = 1."""
-    positive = [v for v in run.sigmas if v > 0.0]
-    run.use_brownian_noise(min(positive), max(run.sigmas), noise_on_device)
+    run.use_brownian_noise(noise_on_device)
     s = first_sigma_offset(run.sigmas, run.shift)
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
