@@ -244,13 +244,13 @@ def ancestral_split(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tup
     return math.sqrt(max(0.0, sigma_to**2 - up**2)), up
 
 
-def flow_ancestral(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float, float]:
-    """ComfyUI's rectified-flow ancestral split: (sigma_down, rescale, renoise), for sigma_next > 0.
+def flow_ancestral(sigma: float, sigma_next: float) -> tuple[float, float, float]:
+    """ComfyUI's rectified-flow ancestral split at eta = 1: (sigma_down, rescale, renoise), for sigma_next > 0.
 
-    The step goes deterministically to sigma_down = sigma_next*(1 + (sigma_next/sigma - 1)*eta), is
-    rescaled by (1-sigma_next)/(1-sigma_down) and gets fresh noise of std ``renoise``.
+    The step goes deterministically to sigma_down = sigma_next^2/sigma, is rescaled by
+    (1-sigma_next)/(1-sigma_down) and gets fresh noise of std ``renoise``.
     """
-    down = sigma_next * (1.0 + (sigma_next / sigma - 1.0) * eta)
+    down = sigma_next * (sigma_next / sigma)
     rescale = (1.0 - sigma_next) / (1.0 - down)
     renoise = math.sqrt(max(0.0, sigma_next**2 - down**2 * rescale**2))
     return down, rescale, renoise
