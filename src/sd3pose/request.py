@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sd3pose.errors import InvalidRequestError
+from sd3pose.sampling.caveats import caveat_list, caveat_summary
 from sd3pose.sampling.names import (
     SAMPLER_NAMES,
     SCHEDULER_NAMES,
@@ -84,7 +85,12 @@ class GenerationRequest(BaseModel):
         json_schema_extra={"maximum": DEFAULT_MAX_SAMPLES},
     )
     strength: float = Field(0.8, ge=0.0, le=1.0, description="ControlNet conditioning strength.")
-    sampler: str = Field("dpmpp_2m", description="Sampler.", json_schema_extra={"enum": list(SAMPLER_NAMES)})
+    sampler: str = Field(
+        "dpmpp_2m",
+        description="Sampler: ComfyUI's algorithm of that name. These pairs misbehave on SD3 as they do in "
+        f"ComfyUI (x-caveats says why): {caveat_summary()}.",
+        json_schema_extra={"enum": list(SAMPLER_NAMES), "x-caveats": caveat_list()},
+    )
     scheduler: str = Field(
         "sgm_uniform", description="Sigma schedule.", json_schema_extra={"enum": list(SCHEDULER_NAMES)}
     )

@@ -26,6 +26,7 @@ from PIL import Image
 from service_helpers import running_server
 
 from sd3pose.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_SEED, GenerationRequest
+from sd3pose.sampling.caveats import caveat
 from sd3pose.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 CHROMIUM = "/usr/bin/chromium"
@@ -264,6 +265,16 @@ def test_playground_form_follows_the_contract(page, server) -> None:
     # Phone width: nothing sticks out sideways.
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_playground_warns_about_a_pair_that_misbehaves(page, server) -> None:
+    warning = page.locator("#pair-warning")
+    assert warning.is_hidden()  # the defaults (dpmpp_2m, sgm_uniform) are fine
+    page.select_option("#scheduler", "normal")  # dpmpp_2m + normal is one of caveats.CAVEATS
+    assert warning.is_visible()
+    assert warning.inner_text() == f"dpmpp_2m with normal: {caveat('dpmpp_2m', 'normal')}."
+    page.select_option("#sampler", "euler")
+    assert warning.is_hidden()
 
 
 def test_playground_api_key_is_remembered_and_sent(page, server, photo: Path) -> None:

@@ -88,7 +88,7 @@ class RowGroup:
     """One job's share of a (possibly merged) model batch: its conditioning and per-job knobs."""
 
     cond: PromptEmbeds
-    uncond: PromptEmbeds | None  # needed when guidance_scale > 1
+    uncond: PromptEmbeds | None  # needed when guidance_scale > 1 or the sampler is CFG++
     control: torch.Tensor  # (1, C, h, w) control latent
     samples: int
     guidance_scale: float
@@ -101,7 +101,8 @@ class Sd3Denoiser:
     """D(x, sigma) -> x0 for a batch: one batched ControlNet + transformer pass per call.
 
     With guidance > 1 the unconditional and conditional rows go through the models together
-    ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run.
+    ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run,
+    unless the group carries a negative prompt anyway (the CFG++ samplers need its prediction).
     A merged batch holds several jobs' rows (one `RowGroup` each), each with its own prompt, negative
     prompt, control latent, guidance, strength and control window: guidance is applied per row, and
     when the rows' ControlNet scales differ the ControlNet runs at scale 1 and its residuals are
@@ -121,7 +122,8 @@ class Sd3Denoiser:
             raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
         self.engine = engine
         self.batch = sum(g.samples for g in groups)
-        guided = [g for g in groups if g.guidance_scale > 1.0]
+        # Groups with a negative prompt get unconditional rows: guidance > 1, or CFG++ at any guidance.
+        guided = [g for g in groups if g.uncond is not None]
         self.cfg = bool(guided)
         # Model rows: the unconditional rows of the guided jobs, then every job's conditional rows.
         row_groups = guided + groups
@@ -133,10 +135,10 @@ class Sd3Denoiser:
         self.control = torch.cat([g.control.expand(n, -1, -1, -1) for g, n in zip(row_groups, counts, strict=True)])
         self.row_groups = row_groups
         # Which of x's rows have an unconditional twin, and the guidance of each x row.
-        flags = [g.guidance_scale > 1.0 for g in groups for _ in range(g.samples)]
+        flags = [g.uncond is not None for g in groups for _ in range(g.samples)]
         self.all_guided = all(flags)
         self.guided_rows = torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long, device=engine.device)
-        scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.guidance_scale > 1.0]
+        scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.uncond is not None]
         self.guidance = torch.tensor(scales, dtype=torch.float32, device=engine.device).view(-1, 1, 1, 1)
         controlnet = engine.controlnet
         # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' rule).
@@ -376,10 +378,11 @@ class Engine:
             shift = self.vae.config.shift_factor
         return (latent - shift) * self.vae.config.scaling_factor
 
-    def sigmas(self, scheduler: str, steps: int) -> torch.Tensor:
+    def sigmas(self, scheduler: str, steps: int, sampler: str | None = None) -> torch.Tensor:
+        """The schedule ComfyUI's KSampler hands ``sampler`` (some samplers drop a sigma)."""
         from sd3pose.sampling import get_sigmas
 
-        return get_sigmas(scheduler, steps, shift=self.shift)
+        return get_sigmas(scheduler, steps, shift=self.shift, sampler=sampler)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> list[PIL.Image.Image]:
@@ -419,7 +422,7 @@ class Engine:
         job i. Sampling stops (GenerationCancelledError) only once every job is cancelled; a job
         cancelled earlier keeps its rows computed, and the caller discards them (see generate_batch).
         """
-        from sd3pose.sampling import sample
+        from sd3pose.sampling import sample, sampler_info
 
         jobs = [self.check_job(job) for job in jobs]
         if not jobs:
@@ -459,10 +462,11 @@ class Engine:
             ",".join(f"{job.strength:g}" for job in jobs),
         )
         check_cancel()
+        cfg_pp = sampler_info(first.sampler).needs_uncond  # ComfyUI's CFG++ uses the negative prompt even at 1
         groups = [
             RowGroup(
                 cond=self.text.encode(job.prompt),
-                uncond=self.text.encode(job.negative_prompt) if job.guidance_scale > 1 else None,
+                uncond=self.text.encode(job.negative_prompt) if job.guidance_scale > 1 or cfg_pp else None,
                 control=self.encode_control(job.control_image, job.width, job.height),
                 samples=len(job.seeds),
                 guidance_scale=job.guidance_scale,
@@ -472,7 +476,7 @@ class Engine:
             )
             for job in jobs
         ]
-        sigmas = self.sigmas(first.scheduler, first.steps)
+        sigmas = self.sigmas(first.scheduler, first.steps, first.sampler)
         denoiser = Sd3Denoiser(self, groups, sigmas, cancelled=all_cancelled if checks else None)
         shape = (self.latent_channels, first.height // self.vae_scale_factor, first.width // self.vae_scale_factor)
         seeds = [seed for job in jobs for seed in job.seeds]
@@ -486,7 +490,7 @@ class Engine:
                     report(done, total)
             check_cancel()
 
-        latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback).float()
+        latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback, shift=self.shift).float()
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
         return list(latents.split([len(job.seeds) for job in jobs]))
 

@@ -127,9 +127,22 @@
     }));
   }
 
+  // Sampler x scheduler pairs that misbehave on SD3 (x-caveats of the sampler field); none without a schema.
+  let caveats = [];
+
+  function showPairWarning() {
+    const sampler = $("sampler").value;
+    const scheduler = $("scheduler").value;
+    const found = caveats.find((c) => c.sampler === sampler && c.scheduler === scheduler);
+    const box = $("pair-warning");
+    box.textContent = found ? `${sampler} with ${scheduler}: ${found.warning}.` : "";
+    box.hidden = !found;
+  }
+
   function applySchema(schemas) {
     const model = schemas && schemas.GenerationRequest;
     const props = (model && model.properties) || {};
+    caveats = (props.sampler && props.sampler["x-caveats"]) || [];
     for (const name of ["sampler", "scheduler", "output_format", "pose_mode", "resize_mode"]) {
       const prop = resolve(schemas, props[name]);
       const values = Array.isArray(prop.enum) && prop.enum.length ? prop.enum : FALLBACK_ENUMS[name];
@@ -591,6 +604,7 @@
     $("pose-parts").addEventListener("change", () => schedulePose(300));
 
     $("seed-random").addEventListener("change", (event) => { $("seed").disabled = event.target.checked; });
+    for (const id of ["sampler", "scheduler"]) $(id).addEventListener("change", showPairWarning);
     $("params").addEventListener("submit", generate);
     $("copy-curl").addEventListener("click", copyCurl);
   }
@@ -598,6 +612,7 @@
   async function start() {
     wire();
     applySchema(await loadSchemas());
+    showPairWarning();
     document.body.dataset.ready = "true"; // the form is filled: tests and scripts may start
   }
 
