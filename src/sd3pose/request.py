@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from sd3pose.engine.prompt_syntax import parse_prompt
 from sd3pose.errors import InvalidRequestError
 from sd3pose.sampling.names import (
     SAMPLER_NAMES,
@@ -67,8 +68,16 @@ class GenerationRequest(BaseModel):
         description="A photo of a person or a rendered pose map: http(s) URL, raw base64 or data: URI. "
         "Required unless pose_keypoints is given.",
     )
-    prompt: str = Field(..., min_length=1, max_length=10_000, description="What to draw.")
-    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=10_000, description="What to avoid.")
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=10_000,
+        description="What to draw. Read whole (CLIP in 77-token windows, T5 unabridged). Emphasis as in "
+        "ComfyUI: (words) weighs 1.1x, (words:1.3) sets the weight 1.3, groups nest, \\( and \\) are literal brackets.",
+    )
+    negative_prompt: str = Field(
+        DEFAULT_NEGATIVE_PROMPT, max_length=10_000, description="What to avoid (same syntax as the prompt)."
+    )
     num_inference_steps: int = Field(20, ge=1, le=100, description="Denoising steps.")
     guidance_scale: float = Field(7.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     seed: int = Field(
@@ -134,6 +143,15 @@ class GenerationRequest(BaseModel):
     def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
             _check_json(value, depth=1)
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _emphasis_readable(cls, value: str) -> str:
+        try:
+            parse_prompt(value)  # refuses weights such as (word:inf) before the job is queued
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
         return value
 
     @field_validator("prompt")

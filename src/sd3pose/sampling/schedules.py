@@ -119,3 +119,16 @@ def get_sigmas(scheduler: str, steps: int, shift: float = DEFAULT_SHIFT) -> torc
         sigmas = _exponential(steps, sigma_min, sigma_max)
     # Cast once at the end: float64 arithmetic, like diffusers' numpy path, then float32.
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
+
+
+def percent_to_sigma(percent: float, shift: float = DEFAULT_SHIFT) -> float:
+    """The sigma at `percent` of the way through sampling, as ComfyUI's flow model sampling maps it.
+
+    0 (or less) is the start, sigma 1; 1 (or more) is the end, sigma 0; in between, the flow sigma of
+    the remaining time 1 - percent (in float64, like ComfyUI's Python arithmetic).
+    """
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    return float(flow_sigma(1.0 - percent, shift))
