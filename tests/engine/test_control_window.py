@@ -43,32 +43,27 @@ def test_the_window_edges_are_included():
     assert not control_active(above, (high, low)) and not control_active(below, (high, low))
 
 
-@pytest.fixture
-def controlnet_sigmas(tiny_engine, monkeypatch):
-    """The sigma of every ControlNet call (timestep / 1000, one entry per call)."""
+def spy_on_sigmas(module: torch.nn.Module, monkeypatch) -> list[float]:
+    """The sigma of every call of a diffusers model (its timestep / 1000), in call order."""
     seen: list[float] = []
-    forward = tiny_engine.controlnet.forward
+    forward = module.forward
 
     def spy(*args, **kwargs):
         seen.append(float(kwargs["timestep"][0]) / 1000)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_engine.controlnet, "forward", spy)
+    monkeypatch.setattr(module, "forward", spy)
     return seen
+
+
+@pytest.fixture
+def controlnet_sigmas(tiny_engine, monkeypatch):
+    return spy_on_sigmas(tiny_engine.controlnet, monkeypatch)
 
 
 @pytest.fixture
 def model_sigmas(tiny_engine, monkeypatch):
-    """The sigma of every transformer call."""
-    seen: list[float] = []
-    forward = tiny_engine.transformer.forward
-
-    def spy(*args, **kwargs):
-        seen.append(float(kwargs["timestep"][0]) / 1000)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_engine.transformer, "forward", spy)
-    return seen
+    return spy_on_sigmas(tiny_engine.transformer, monkeypatch)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2s_ancestral"])

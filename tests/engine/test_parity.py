@@ -49,10 +49,10 @@ def test_the_tiny_clip_l_projection_is_the_identity(tiny_engine):
 def reference_latents(pipe, the_job, **extra) -> torch.Tensor:
     """diffusers' result for the job, from the same starting noise (euler + its default 'normal' schedule)."""
     noise = initial_noise(the_job.seeds, (16, the_job.height // 8, the_job.width // 8), torch.device("cpu"))
+    # The prompts, unless the caller hands diffusers ready conditioning (prompt_embeds and company).
+    prompts = dict(prompt=the_job.prompt, negative_prompt=the_job.negative_prompt, max_sequence_length=T5_LENGTH)
     arguments = dict(
-        prompt=the_job.prompt,
-        negative_prompt=the_job.negative_prompt,
-        max_sequence_length=T5_LENGTH,
+        **({} if "prompt_embeds" in extra else prompts),
         num_inference_steps=the_job.steps,
         guidance_scale=the_job.guidance_scale,
         latents=noise,
@@ -120,22 +120,14 @@ def test_without_t5_the_context_is_the_clip_tokens_alone(tiny_model_dir):
     tokens, pooled = clip_only(the_job.prompt)
     negative_tokens, negative_pooled = clip_only(the_job.negative_prompt)
     assert tokens.shape == (1, 77, 64)
-    noise = initial_noise(the_job.seeds, (16, the_job.height // 8, the_job.width // 8), torch.device("cpu"))
-    with torch.no_grad():
-        reference = pipe(
-            prompt_embeds=tokens,
-            pooled_prompt_embeds=pooled,
-            negative_prompt_embeds=negative_tokens,
-            negative_pooled_prompt_embeds=negative_pooled,
-            num_inference_steps=the_job.steps,
-            guidance_scale=the_job.guidance_scale,
-            latents=noise,
-            height=the_job.height,
-            width=the_job.width,
-            control_image=the_job.control_image,
-            controlnet_conditioning_scale=the_job.strength,
-            output_type="latent",
-        ).images
+    reference = reference_latents(
+        pipe,
+        the_job,
+        prompt_embeds=tokens,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=negative_tokens,
+        negative_pooled_prompt_embeds=negative_pooled,
+    )
     assert relative_difference(engine.generate_latents(the_job), reference) < LATENT_RTOL
 
 
