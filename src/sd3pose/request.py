@@ -84,7 +84,8 @@ class GenerationRequest(BaseModel):
         DEFAULT_SEED,
         ge=-1,
         le=MAX_SEED,
-        description="Seed of sample 0 (sample i uses seed+i, modulo 2^32); -1 = random.",
+        description="Seed of sample 0 (sample i uses seed+i, modulo 2^32, each on its own; ComfyUI would draw "
+        "a batch from one seed); -1 = random.",
     )
     samples: int = Field(
         1,
@@ -120,8 +121,16 @@ class GenerationRequest(BaseModel):
         min_length=1,
         description="Which parts of a detected pose to draw.",
     )
-    control_start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the schedule where control starts.")
-    control_end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the schedule where control ends.")
+    control_start: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Where the ControlNet starts acting, from 0 (pure noise) to 1 (the image): ComfyUI's "
+        "start_percent, mapped to a noise level through SD3's flow schedule.",
+    )
+    control_end: float = Field(
+        1.0, ge=0.0, le=1.0, description="Where the ControlNet stops acting (ComfyUI's end_percent), edge included."
+    )
     resize_mode: ResizeMode = Field(
         ResizeMode.crop, description="How a control image of another aspect ratio is fitted."
     )
