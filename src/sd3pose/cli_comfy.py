@@ -40,8 +40,7 @@ def comfy_workflow_command(
 ) -> None:
     """Write the ComfyUI (v0.12.1) workflow, in API format, that makes the same images as this request.
 
-    The pose map is computed here (detected in a photo, or the given pose map / keypoints) and
-    written as a PNG for ComfyUI's input/ folder; the workflow's LoadImage names it.
+    The pose map is made here and written as a PNG for ComfyUI's input/ folder; LoadImage names it.
     """
     from sd3pose.images import InputLimits, encode_image
     from sd3pose.pipeline import prepare_control
