@@ -156,7 +156,6 @@ class Sd3Denoiser:
         self.cfg = bool(guided)
         # Model rows: the unconditional rows of the guided jobs, then every job's conditional rows.
         blocks = [(g.uncond, g) for g in guided] + [(g.cond, g) for g in groups]
-        self.rows = sum(g.samples for _, g in blocks)
         self.calls = self._model_calls(blocks, engine.shift, engine.device)
         # Which of x's rows have an unconditional twin, and the guidance of each x row.
         flags = [g.guidance_scale > 1.0 for g in groups for _ in range(g.samples)]
