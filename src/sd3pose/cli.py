@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from sd3pose.cli_comfy import comfy_workflow_command
 from sd3pose.cli_generate import generate_command, sample_photo_command
 from sd3pose.distributed.cli import worker_command
 from sd3pose.engine.cli import download_command, make_tiny_model_command
@@ -34,3 +35,4 @@ register_service_commands(app)  # serve, demo, keys
 app.command("worker")(worker_command)
 app.command("make-tiny-model")(make_tiny_model_command)
 app.command("download")(download_command)
+app.command("comfy-workflow")(comfy_workflow_command)

@@ -394,3 +394,34 @@ def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path)
     (row,) = services.db.query("SELECT request_json FROM jobs WHERE kind = 'sync'")
     sent = json.loads(row["request_json"])
     assert (sent["prompt"], sent["num_inference_steps"], sent["width"]) == (prompt, 2, 64)
+
+
+def test_playground_copy_as_comfyui_workflow(page, server, photo: Path) -> None:
+    url, key, services = server
+    page.fill("#api-key", key)
+    _upload_and_wait_for_skeleton(page, photo)
+    _small_settings(page, steps=3)
+    page.fill("#prompt", "an (astronaut:1.3) dancing")
+    page.fill("#samples", "2")
+    jobs_before = len(services.db.query("SELECT id FROM jobs"))
+    page.click("#copy-comfy")
+    page.wait_for_function("document.querySelector('#comfy-status').textContent.includes('64×64')")
+    workflow = json.loads(page.input_value("#comfy-text"))
+    by_class = {}
+    for node in workflow.values():
+        by_class.setdefault(node["class_type"], []).append(node["inputs"])
+    assert [n["text"] for n in by_class["CLIPTextEncode"]] == ["an (astronaut:1.3) dancing", DEFAULT_NEGATIVE_PROMPT]
+    assert [(k["seed"], k["steps"], k["sampler_name"]) for k in by_class["KSampler"]] == [
+        (DEFAULT_SEED, 3, "euler"),
+        (DEFAULT_SEED + 1, 3, "euler"),
+    ]
+    (load,) = by_class["LoadImage"]
+    assert page.get_attribute("#comfy-pose", "download") == load["image"]
+    with page.expect_download() as download:
+        page.click("#comfy-pose")
+    pose = Image.open(download.value.path())
+    assert pose.format == "PNG" and pose.size == (64, 64)  # the pose map the workflow loads, at its size
+    with page.expect_download() as download:
+        page.click("#comfy-download")
+    assert json.loads(Path(download.value.path()).read_text()) == workflow
+    assert len(services.db.query("SELECT id FROM jobs")) == jobs_before  # nothing was generated

@@ -1,13 +1,14 @@
 """The generation engine: prompts + pose map -> SD3 Medium + SD3 ControlNet -> images.
 
-Semantics follow diffusers' StableDiffusion3ControlNetPipeline (the parity tests hold us to it):
-classifier-free guidance on the flow velocity with [uncond, cond] rows, the ControlNet fed the
-prompt tokens and (for InstantX-style nets) zero pooled projections, the pose map VAE-encoded
-without the VAE shift for those nets, and control_start/control_end as fractions of the step
-count. Two deliberate differences: the pose map's latent is the VAE posterior *mean* (diffusers
-draws a sample from the global RNG, which makes runs irreproducible; a trained VAE's posterior is
-nearly a point, so the two agree closely), and the initial noise is drawn per sample from
-seed + i on the CPU, so sample i of a batch equals a single request with seed + i on any device.
+The model forward passes are diffusers' (SD3Transformer2DModel, SD3ControlNetModel, AutoencoderKL);
+what a request means follows ComfyUI v0.12.1's SD3 + ControlNet workflow, the hosted service's:
+classifier-free guidance with [uncond, cond] rows, the ControlNet fed the prompt tokens and zero
+pooled projections, the pose map's latent the VAE posterior *mean* scaled without the VAE shift,
+prompts read as ComfyUI reads them (`sd3pose.engine.text`), and the control window
+control_start/control_end mapped to sigmas (`control_window`). Where the two agree (plain short
+prompts, the whole schedule), the result equals diffusers' StableDiffusion3ControlNetPipeline.
+The initial noise of sample i is drawn from seed + i on the CPU, so sample i of a batch equals a
+single request with seed + i on any device (ComfyUI instead draws a whole batch from one seed).
 Sampling itself (the k-diffusion-style loop over sigmas) is `sd3pose.sampling`'s job.
 """
 
@@ -78,9 +79,22 @@ def batch_key(job: EngineJob) -> tuple | None:
     return (job.width, job.height, job.steps, sampler, resolve_scheduler_name(job.scheduler))
 
 
-def control_keep(step: int, steps: int, start: float, end: float) -> float:
-    """1.0 where the ControlNet acts at this step index, else 0.0 (diffusers' controlnet_keep rule)."""
-    return 1.0 - float(step / steps < start or (step + 1) / steps > end)
+def control_window(start: float, end: float, shift: float) -> tuple[float, float]:
+    """The sigmas (highest, lowest) between which the ControlNet acts, for a window given in percent.
+
+    ComfyUI maps control_start/control_end through the flow model sampling's percent_to_sigma and
+    compares them with each model call's sigma in float32, edges included: see `control_active`.
+    """
+    from sd3pose.sampling.schedules import percent_to_sigma
+
+    high, low = (float(torch.tensor(percent_to_sigma(p, shift), dtype=torch.float32)) for p in (start, end))
+    return high, low
+
+
+def control_active(sigma: float, window: tuple[float, float]) -> bool:
+    """True when a model call at `sigma` (a float32 value) lies in the window, edges included."""
+    high, low = window
+    return low <= sigma <= high
 
 
 @dataclass
@@ -97,8 +111,24 @@ class RowGroup:
     control_end: float = 1.0
 
 
+@dataclass
+class _ModelCall:
+    """Model rows whose contexts have one length, run through the models together.
+
+    `rows` picks them out of all model rows (None: all of them, in order); the rest are those rows'
+    conditioning, ControlNet strengths and control windows (see `control_window`).
+    """
+
+    rows: torch.Tensor | None
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    control: torch.Tensor
+    strengths: list[float]
+    windows: list[tuple[float, float]]
+
+
 class Sd3Denoiser:
-    """D(x, sigma) -> x0 for a batch: one batched ControlNet + transformer pass per call.
+    """D(x, sigma) -> x0 for a batch: batched ControlNet + transformer passes per call.
 
     With guidance > 1 the unconditional and conditional rows go through the models together
     ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run,
@@ -107,14 +137,15 @@ class Sd3Denoiser:
     prompt, control latent, guidance, strength and control window: guidance is applied per row, and
     when the rows' ControlNet scales differ the ControlNet runs at scale 1 and its residuals are
     scaled per row (the same float32 product diffusers forms with a scalar, so a row's result does
-    not depend on its neighbours beyond matmul rounding).
+    not depend on its neighbours beyond matmul rounding). Prompts of different lengths (a long prompt
+    reads more 77-token windows) cannot share one attention batch: rows run in one model call per
+    context length, as ComfyUI runs a prompt and a negative prompt of different lengths apart.
     """
 
     def __init__(
         self,
         engine: Engine,
         groups: list[RowGroup],
-        sigmas: torch.Tensor,
         cancelled: Callable[[], bool] | None = None,
     ) -> None:
         """A denoiser over the rows of `groups`, in the order given (x's rows follow the same order)."""
@@ -126,47 +157,54 @@ class Sd3Denoiser:
         guided = [g for g in groups if g.uncond is not None]
         self.cfg = bool(guided)
         # Model rows: the unconditional rows of the guided jobs, then every job's conditional rows.
-        row_groups = guided + groups
-        parts = [g.uncond for g in guided] + [g.cond for g in groups]
-        counts = [g.samples for g in row_groups]
-        self.tokens = torch.cat([p.tokens.expand(n, -1, -1) for p, n in zip(parts, counts, strict=True)])
-        self.pooled = torch.cat([p.pooled.expand(n, -1) for p, n in zip(parts, counts, strict=True)])
-        self.rows = self.tokens.shape[0]
-        self.control = torch.cat([g.control.expand(n, -1, -1, -1) for g, n in zip(row_groups, counts, strict=True)])
-        self.row_groups = row_groups
+        blocks = [(g.uncond, g) for g in guided] + [(g.cond, g) for g in groups]
+        self.calls = self._model_calls(blocks, engine.shift, engine.device)
         # Which of x's rows have an unconditional twin, and the guidance of each x row.
         flags = [g.uncond is not None for g in groups for _ in range(g.samples)]
         self.all_guided = all(flags)
         self.guided_rows = torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long, device=engine.device)
         scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.uncond is not None]
         self.guidance = torch.tensor(scales, dtype=torch.float32, device=engine.device).view(-1, 1, 1, 1)
+        # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' and ComfyUI's rule).
         controlnet = engine.controlnet
-        # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' rule).
-        if getattr(controlnet.config, "force_zeros_for_pooled_projection", True):
-            self.control_pooled = torch.zeros_like(self.pooled)
-        else:
-            self.control_pooled = self.pooled
-        self.control_tokens = self.tokens if controlnet.config.joint_attention_dim is not None else None
-        # Schedule points, to find which step a (possibly intermediate) sigma belongs to.
-        self.step_sigmas = [float(s) for s in sigmas[:-1]]
+        self.zero_control_pooled = getattr(controlnet.config, "force_zeros_for_pooled_projection", True)
+        self.control_reads_tokens = controlnet.config.joint_attention_dim is not None
         self.cancelled = cancelled
 
-    def step_index(self, sigma: float) -> int:
-        """The step whose interval [sigmas[i+1], sigmas[i]] holds sigma (multi-stage samplers included)."""
-        index = 0
-        for i, s in enumerate(self.step_sigmas):
-            if s >= sigma * (1 - 1e-6):
-                index = i
-        return index
+    @staticmethod
+    def _model_calls(
+        blocks: list[tuple[PromptEmbeds, RowGroup]], shift: float, device: torch.device
+    ) -> list[_ModelCall]:
+        by_length: dict[int, list[int]] = {}
+        row_blocks: list[tuple[PromptEmbeds, RowGroup]] = []
+        for embeds, group in blocks:
+            for _ in range(group.samples):
+                by_length.setdefault(embeds.tokens.shape[1], []).append(len(row_blocks))
+                row_blocks.append((embeds, group))
+        calls = []
+        for rows in by_length.values():
+            picked = [row_blocks[i] for i in rows]
+            calls.append(
+                _ModelCall(
+                    rows=None if len(by_length) == 1 else torch.tensor(rows, dtype=torch.long, device=device),
+                    tokens=torch.cat([embeds.tokens for embeds, _ in picked]),
+                    pooled=torch.cat([embeds.pooled for embeds, _ in picked]),
+                    control=torch.cat([group.control for _, group in picked]),
+                    strengths=[group.strength for _, group in picked],
+                    windows=[control_window(group.control_start, group.control_end, shift) for _, group in picked],
+                )
+            )
+        return calls
 
-    def row_control_scales(self, sigma: float) -> list[float]:
-        """The ControlNet scale of each model row at this sigma (strength x the control window)."""
-        steps, step = len(self.step_sigmas), self.step_index(sigma)
-        per_group = [g.strength * control_keep(step, steps, g.control_start, g.control_end) for g in self.row_groups]
-        return [scale for g, scale in zip(self.row_groups, per_group, strict=True) for _ in range(g.samples)]
+    def row_control_scales(self, call: _ModelCall, sigma: float) -> list[float]:
+        """The ControlNet scale of each row of a model call at this sigma (strength x the control window)."""
+        return [
+            strength * float(control_active(sigma, window))
+            for strength, window in zip(call.strengths, call.windows, strict=True)
+        ]
 
-    def _control_blocks(self, model_in: torch.Tensor, timestep: torch.Tensor, sigma: float) -> list | None:
-        scales = self.row_control_scales(sigma)
+    def _control_blocks(self, call: _ModelCall, model_in: torch.Tensor, timestep: torch.Tensor, sigma: float):
+        scales = self.row_control_scales(call, sigma)
         if not any(scales):  # at scale 0 the ControlNet adds exact zeros: skip it
             return None
         # A compiled ControlNet always runs at scale 1 (scaled per row below): a Python float argument
@@ -175,9 +213,9 @@ class Sd3Denoiser:
         blocks = self.engine.controlnet(
             hidden_states=model_in,
             timestep=timestep,
-            encoder_hidden_states=self.control_tokens,
-            pooled_projections=self.control_pooled,
-            controlnet_cond=self.control,
+            encoder_hidden_states=call.tokens if self.control_reads_tokens else None,
+            pooled_projections=torch.zeros_like(call.pooled) if self.zero_control_pooled else call.pooled,
+            controlnet_cond=call.control,
             conditioning_scale=scales[0] if uniform else 1.0,
             return_dict=False,
         )[0]
@@ -187,27 +225,34 @@ class Sd3Denoiser:
         row_scale = torch.tensor(scales, dtype=torch.float32, device=model_in.device).view(-1, 1, 1)
         return [(block.float() * row_scale).to(block.dtype) for block in blocks]
 
+    def _run(self, call: _ModelCall, model_in: torch.Tensor, sigma: float, value: float) -> torch.Tensor:
+        timestep = torch.full((model_in.shape[0],), value, dtype=torch.float32, device=self.engine.device)
+        return self.engine.transformer(
+            hidden_states=model_in,
+            timestep=timestep,
+            encoder_hidden_states=call.tokens,
+            pooled_projections=call.pooled,
+            block_controlnet_hidden_states=self._control_blocks(call, model_in, timestep, sigma),
+            return_dict=False,
+        )[0]
+
     def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The model's flow velocity for every model row (uncond rows first when guiding), in float32."""
         if self.cancelled is not None and self.cancelled():
             raise GenerationCancelledError("the generation was cancelled")
-        engine = self.engine
-        model_in = x.to(engine.dtype)
+        model_in = x.to(self.engine.dtype)
         if self.cfg:
             uncond_in = model_in if self.all_guided else model_in.index_select(0, self.guided_rows)
             model_in = torch.cat([uncond_in, model_in])
         # The float32 product diffusers forms, filled on the device without a blocking host-to-device copy.
         value = torch.tensor(sigma, dtype=torch.float32).mul(NUM_TRAIN_TIMESTEPS).item()
-        timestep = torch.full((self.rows,), value, dtype=torch.float32, device=engine.device)
-        velocity = engine.transformer(
-            hidden_states=model_in,
-            timestep=timestep,
-            encoder_hidden_states=self.tokens,
-            pooled_projections=self.pooled,
-            block_controlnet_hidden_states=self._control_blocks(model_in, timestep, sigma),
-            return_dict=False,
-        )[0]
-        return velocity.float()
+        if len(self.calls) == 1:
+            return self._run(self.calls[0], model_in, sigma, value).float()
+        velocity = torch.empty_like(model_in, dtype=torch.float32)
+        for call in self.calls:
+            part = self._run(call, model_in.index_select(0, call.rows), sigma, value)
+            velocity.index_copy_(0, call.rows, part.float())
+        return velocity
 
     def __call__(
         self, x: torch.Tensor, sigma: torch.Tensor, *, return_uncond: bool = False
@@ -477,7 +522,7 @@ class Engine:
             for job in jobs
         ]
         sigmas = self.sigmas(first.scheduler, first.steps, first.sampler)
-        denoiser = Sd3Denoiser(self, groups, sigmas, cancelled=all_cancelled if checks else None)
+        denoiser = Sd3Denoiser(self, groups, cancelled=all_cancelled if checks else None)
         shape = (self.latent_channels, first.height // self.vae_scale_factor, first.width // self.vae_scale_factor)
         seeds = [seed for job in jobs for seed in job.seeds]
         x = initial_noise(seeds, shape, self.device) * float(sigmas[0])

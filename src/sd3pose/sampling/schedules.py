@@ -124,3 +124,16 @@ def _schedule(name: str, steps: int, shift: float) -> torch.Tensor:
         sigmas = _exponential(steps, sigma_min, sigma_max)
     # In float32 arithmetic where ComfyUI computes in float32 (normal, sgm_uniform, karras, exponential).
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
+
+
+def percent_to_sigma(percent: float, shift: float = DEFAULT_SHIFT) -> float:
+    """The sigma at `percent` of the way through sampling, as ComfyUI's flow model sampling maps it.
+
+    0 (or less) is the start, sigma 1; 1 (or more) is the end, sigma 0; in between, the flow sigma of
+    the remaining time 1 - percent (in float64, like ComfyUI's Python arithmetic).
+    """
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    return float(flow_sigma(1.0 - percent, shift))

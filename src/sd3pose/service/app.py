@@ -152,7 +152,7 @@ def create_app(
     queue: JobQueue | None = None,
 ) -> FastAPI:
     """The service app. Give `generator_factory(device) -> Generator` (the embedded queue), or a queue."""
-    from sd3pose.service import routes_generate, routes_pose, routes_system
+    from sd3pose.service import routes_comfy, routes_generate, routes_pose, routes_system
 
     settings = settings or ServiceSettings()
     db = Database(settings.db_path)
@@ -181,6 +181,7 @@ def create_app(
     app.add_middleware(AccessMiddleware, services=services)
     app.include_router(routes_generate.router)
     app.include_router(routes_pose.router)
+    app.include_router(routes_comfy.router)
     app.include_router(routes_system.router)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
     return app
