@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# The tests' real CLIP vocabulary (a data file in this MIT wheel); --no-deps: it would pull torchvision.
+	$(BIN)/pip install -q -c constraints.txt --no-deps clip-anytorch==2.6.0
 	touch $@
 
 serve: install

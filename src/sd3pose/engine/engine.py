@@ -24,7 +24,7 @@ import torch
 
 from sd3pose.cache import LruCache, image_digest
 from sd3pose.engine.loading import Components, choose_device, choose_dtype, load_components
-from sd3pose.engine.speed import compile_models, prepare_models
+from sd3pose.engine.speed import compile_models, prepare_models, vae_memory_format
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
 from sd3pose.sampling.names import resolve_sampler_name, resolve_scheduler_name
@@ -300,7 +300,7 @@ class Engine:
             engine.compile()
         if engine.is_demo:
             logger.warning(
-                "this is the tiny random-weight demo model: its images are noise, not pictures; "
+                "this is a random-weight test model (sd3pose make-tiny-model): its images are noise, not pictures; "
                 "run `sd3pose download DIR` and point the server at real weights for real images"
             )
         return engine
@@ -367,7 +367,7 @@ class Engine:
         if image.size != (width, height):
             logger.warning("control image is %dx%d; resizing it to %dx%d", *image.size, width, height)
         pixels = self.image_processor.preprocess(image, height=height, width=width)
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        pixels = pixels.to(device=self.device, dtype=self.dtype, memory_format=vae_memory_format(self.device))
         latent = self.vae.encode(pixels).latent_dist.mean
         # InstantX's SD3 ControlNets were trained without the VAE shift (diffusers' rule).
         if getattr(self.controlnet.config, "force_zeros_for_pooled_projection", True):
@@ -386,9 +386,7 @@ class Engine:
         """Final latents -> RGB images."""
         config = self.vae.config
         scaled = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        scaled = scaled.to(self.dtype)
-        if self.device.type == "cuda":
-            scaled = scaled.to(memory_format=torch.channels_last)  # matches the channels-last VAE
+        scaled = scaled.to(self.dtype, memory_format=vae_memory_format(self.device))
         pixels = self.vae.decode(scaled, return_dict=False)[0]
         return self.image_processor.postprocess(pixels, output_type="pil")
 

@@ -184,6 +184,19 @@ def _read_json(source: str, filename: str) -> dict:
     return json.loads(Path(hf_hub_download(source, filename)).read_text())
 
 
+def tie_t5_embedding(model: torch.nn.Module) -> None:
+    """Make T5's encoder read its token embedding from `shared`, where SD3's checkpoint stores it.
+
+    The real file holds the embedding once, as `shared.weight`, and its config says
+    `tie_word_embeddings: false`; transformers shares the module between `shared` and the encoder
+    in T5's own constructor, whatever that flag says. Tie it here too, so a transformers release
+    that followed the flag could not leave the encoder with an untrained embedding.
+    """
+    if model.encoder.embed_tokens.weight is not model.shared.weight:
+        logger.debug("tying T5's encoder embedding to shared.weight")
+        model.encoder.set_input_embeddings(model.shared)
+
+
 def load_components(
     model: str | Path,
     controlnet: str | Path,
@@ -212,6 +225,7 @@ def load_components(
         if use_t5:
             logger.info("loading the T5 text encoder (pass --no-t5 to save its memory)")
             text_encoder_3 = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_3", dtype=dtype)
+            tie_t5_embedding(text_encoder_3)
             tokenizer_3 = T5TokenizerFast.from_pretrained(base, subfolder="tokenizer_3")
         else:
             logger.info("running without T5: its prompt features are zeros, as SD3 does when T5 is dropped")
