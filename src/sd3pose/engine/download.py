@@ -111,22 +111,14 @@ def _hub_error(repo: str, exc: BaseException) -> ModelLoadError:
     )
 
 
-def plan_download(
-    directory: str | Path,
-    *,
-    token: str | None = None,
-    with_t5: bool = True,
-    base_repo: str = BASE_REPO,
-    controlnet_repo: str = CONTROLNET_REPO,
-) -> DownloadPlan:
+def plan_download(directory: Path, *, token: str | None, with_t5: bool) -> DownloadPlan:
     """Ask the hub which files the download selects and how large they are (nothing is downloaded)."""
     from huggingface_hub import snapshot_download
 
-    directory = Path(directory).expanduser()
     plans = []
     for repo, target, allow in (
-        (base_repo, directory / "base", base_patterns(with_t5)),
-        (controlnet_repo, directory / "controlnet", CONTROLNET_PATTERNS),
+        (BASE_REPO, directory / "base", base_patterns(with_t5)),
+        (CONTROLNET_REPO, directory / "controlnet", CONTROLNET_PATTERNS),
     ):
         try:
             files = snapshot_download(repo, local_dir=target, allow_patterns=allow, token=token, dry_run=True)
@@ -176,8 +168,6 @@ def download_models(
     *,
     token: str | None = None,
     with_t5: bool = True,
-    base_repo: str = BASE_REPO,
-    controlnet_repo: str = CONTROLNET_REPO,
     announce: Callable[[str], None] = logger.info,
 ) -> tuple[Path, Path]:
     """Download both models into DIR/base and DIR/controlnet; return the two folders.
@@ -188,7 +178,7 @@ def download_models(
 
     directory = Path(directory).expanduser()
     token = token or os.environ.get("HF_TOKEN") or None
-    plan = plan_download(directory, token=token, with_t5=with_t5, base_repo=base_repo, controlnet_repo=controlnet_repo)
+    plan = plan_download(directory, token=token, with_t5=with_t5)
     announce("download plan" + (" (without T5)" if not with_t5 else "") + ":\n" + describe(plan))
     check_free_space(plan, directory)
     for repo in plan.repos:
