@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +24,9 @@ import PIL.Image
 import torch
 
 from sd3pose.cache import LruCache, image_digest
-from sd3pose.engine.loading import Components, choose_device, choose_dtype, load_components
+from sd3pose.engine.loading import Components, check_offload, choose_device, choose_dtype, load_components
+from sd3pose.engine.memory import log_peak_gpu_memory
+from sd3pose.engine.offload import ModelOffload
 from sd3pose.engine.speed import compile_models, prepare_models, vae_memory_format
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
@@ -264,6 +267,7 @@ class Engine:
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.control_cache: LruCache[torch.Tensor] = LruCache(CONTROL_CACHE_SIZE)
         self.compiled = False
+        self.offload: ModelOffload | None = None
         if optimize:
             prepare_models(self.transformer, self.controlnet, self.vae, device, self.native_resolution)
 
@@ -277,24 +281,32 @@ class Engine:
         dtype: torch.dtype | str | None = None,
         use_t5: bool = True,
         compile: bool = False,
+        offload: bool = False,
     ) -> Engine:
         """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly.
 
         `compile=True` runs torch.compile on the transformer and ControlNet and warms them up here,
-        so the first request does not pay for compilation.
+        so the first request does not pay for compilation. `offload=True` keeps the models in main
+        memory and moves each to the GPU while it runs (engine/offload.py), for GPUs under 16 GB.
         """
         started = time.perf_counter()
         chosen_device = choose_device(device)
+        check_offload(offload, chosen_device, compile)
         chosen_dtype = choose_dtype(dtype, chosen_device)
-        parts = load_components(model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5)
+        parts = load_components(
+            model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5, offload=offload
+        )
         engine = cls(parts, chosen_device, chosen_dtype)
+        if offload:
+            engine.enable_offload()
         logger.info(
-            "model ready in %.1f s on %s (%s, T5 %s, native size %d px)",
+            "model ready in %.1f s on %s (%s, T5 %s, native size %d px%s)",
             time.perf_counter() - started,
             chosen_device,
             str(chosen_dtype).removeprefix("torch."),
             "on" if use_t5 else "off",
             engine.native_resolution,
+            ", offloaded to main memory between uses" if offload else "",
         )
         if compile:
             engine.compile()
@@ -304,6 +316,26 @@ class Engine:
                 "run `sd3pose download DIR` and point the server at real weights for real images"
             )
         return engine
+
+    def enable_offload(self) -> None:
+        """Keep the models in main memory and move each to the device only while it runs."""
+        self.offload = ModelOffload(
+            text_encoders=[encoder for _, encoder in self.text.clips] + ([self.text.t5[1]] if self.text.t5 else []),
+            controlnet=self.controlnet,
+            transformer=self.transformer,
+            vae=self.vae,
+            device=self.device,
+        )
+
+    @contextmanager
+    def _serving(self, what: str) -> Iterator[None]:
+        """Around one request or batch: log its peak GPU memory, and with offload empty the GPU after it."""
+        with log_peak_gpu_memory(self.device, what):
+            try:
+                yield
+            finally:
+                if self.offload is not None:
+                    self.offload.release()
 
     def compile(self, *, backend: str = "inductor", mode: str | None = None) -> None:
         """torch.compile the transformer and ControlNet, then warm up the shapes a default request uses."""
@@ -512,10 +544,11 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
     ) -> list[PIL.Image.Image]:
         """One image per seed of the job."""
-        latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
-        if cancelled is not None and cancelled():
-            raise GenerationCancelledError("the generation was cancelled")
-        return self.decode(latents)
+        with self._serving(f"1 job, {len(job.seeds)} image(s) of {job.width}x{job.height}"):
+            latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
+            if cancelled is not None and cancelled():
+                raise GenerationCancelledError("the generation was cancelled")
+            return self.decode(latents)
 
     def generate_batch(
         self,
@@ -530,6 +563,17 @@ class Engine:
         Compatible jobs (equal `batch_key`) are merged into model batches of at most `max_batch_images`
         images (a single job larger than that runs alone); the rest run one after another.
         """
+        images = sum(len(job.seeds) for job in jobs)
+        with self._serving(f"{len(jobs)} job(s), {images} image(s)"):
+            return self._generate_batch(jobs, on_step, cancelled, max_batch_images)
+
+    def _generate_batch(
+        self,
+        jobs: list[EngineJob],
+        on_step: list[Callable[[int, int], None] | None] | None,
+        cancelled: list[Callable[[], bool] | None] | None,
+        max_batch_images: int,
+    ) -> list[list[PIL.Image.Image] | Exception]:
         on_step = list(on_step) if on_step is not None else [None] * len(jobs)
         cancelled = list(cancelled) if cancelled is not None else [None] * len(jobs)
         results: list[list[PIL.Image.Image] | Exception | None] = [None] * len(jobs)

@@ -101,6 +101,23 @@ def check_device_available(device: torch.device) -> None:
             )
 
 
+def check_offload(offload: bool, device: torch.device, compile: bool) -> None:
+    """Raise ModelLoadError when `--offload` cannot apply: it needs a CUDA GPU, and not torch.compile."""
+    if not offload:
+        return
+    if device.type != "cuda":
+        raise ModelLoadError(
+            f"--offload moves each model from main memory to a CUDA GPU while it runs, but the device is "
+            f"{str(device)!r}; drop --offload (on {device.type} the models already live in one memory) "
+            "or choose --device cuda"
+        )
+    if compile:
+        raise ModelLoadError(
+            "--offload and --compile cannot be combined: compiled graphs expect the weights to stay on the "
+            "GPU; drop one of them (--offload for GPUs under 16 GB, --compile for speed)"
+        )
+
+
 def cuda_has_native_bf16(device: torch.device) -> bool:
     """True when this CUDA device computes in bf16 natively (Ampere, compute capability 8.0, or newer; ROCm).
 
@@ -204,8 +221,12 @@ def load_components(
     device: torch.device,
     dtype: torch.dtype,
     use_t5: bool = True,
+    offload: bool = False,
 ) -> Components:
-    """Load every component in `dtype` onto `device`, in eval mode."""
+    """Load every component in `dtype` onto `device`, in eval mode.
+
+    With `offload` the models stay in main memory (offload hooks move them to `device` as they run).
+    """
     from diffusers import AutoencoderKL, SD3ControlNetModel, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -259,7 +280,7 @@ def load_components(
     models = [transformer, control_net, vae, text_encoder, text_encoder_2, text_encoder_3]
     for module in models:
         if module is not None:
-            module.to(device).eval().requires_grad_(False)
+            module.to("cpu" if offload else device).eval().requires_grad_(False)
     return Components(
         transformer=transformer,
         controlnet=control_net,
