@@ -1,4 +1,5 @@
-"""Session fixtures shared by the whole suite: the tiny random-weight model, built once, and an engine on it."""
+"""Session fixtures shared by the whole suite: the tiny random-weight model (built once, and an engine on it) and the
+real-shaped one (published widths and file formats, depth reduced), built once when a test asks for it."""
 
 from __future__ import annotations
 

@@ -133,11 +133,11 @@ def write_clip_tokenizer(target: Path, published: Path, pad_token: str) -> None:
         logger.warning("clip-anytorch is not installed: the CLIP tokenizers get the tiny trained vocabulary")
         build_clip_tokenizer(pad_token=pad_token).save_pretrained(target)
     else:
-        from sd3pose.engine.tiny import _bytes_to_unicode
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
         lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGES + 1]]
-        alphabet = list(_bytes_to_unicode().values())
+        alphabet = list(bytes_to_unicode().values())
         tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
         tokens += ["<|startoftext|>", "<|endoftext|>"]
         (target / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
