@@ -257,3 +257,24 @@ def test_t5_encoder_embedding_is_tied_to_shared_when_a_release_leaves_it_apart()
     ids = torch.tensor([[5, 7, 1]])
     with torch.no_grad():
         assert torch.equal(model(ids).last_hidden_state, model.encoder(inputs_embeds=model.shared(ids))[0])
+
+
+def test_from_configs_needs_the_published_layout(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sd3pose.cli import app
+
+    def make(configs: Path):
+        return CliRunner().invoke(app, ["make-tiny-model", str(tmp_path / "m"), "--from-configs", str(configs)])
+
+    result = make(tmp_path / "nowhere")
+    assert result.exit_code == 2 and "is not a folder" in result.output
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    (tmp_path / "configs" / "controlnet" / "config.json").unlink()
+    result = make(tmp_path / "configs")
+    assert result.exit_code == 2
+    assert "controlnet/config.json' is missing" in result.output
+    assert "laid out like the real repositories" in result.output
+    assert not (tmp_path / "m").exists()  # nothing written before every config was read
