@@ -38,6 +38,9 @@ class ModelOffload:
     ) -> None:
         from accelerate import cpu_offload_with_hook
 
+        if device.type == "cuda" and device.index is None:
+            # The hooks skip the move when a model is already on the device, compared with its index.
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.hooks = []
         previous = None
