@@ -61,6 +61,9 @@ def generate_command(
         envvar="SD3POSE_COMPILE",
         help="torch.compile the models (slow start, faster steps; pays off on GPUs).",
     ),
+    offload: bool = typer.Option(
+        False, "--offload", help="Keep models in main memory, each on the GPU only while it runs (GPUs < 16 GB)."
+    ),
     data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Where the demo model is built."),
 ) -> None:
     """Generate images in the pose of a photo (or pose map) from the command line."""
@@ -116,6 +119,7 @@ def generate_command(
             dtype=dtype,
             use_t5=not no_t5,
             compile=compile_models,
+            offload=offload,
             data_dir=data_dir,
             input_limits=InputLimits(allow_local_paths=True, allow_private_urls=True),
         )

@@ -55,6 +55,8 @@ class EngineSettings:
     # torch.compile the transformer and ControlNet, warmed up at load (`--compile`, or SD3POSE_COMPILE=1
     # for entry points without the flag, such as the Celery worker).
     compile: bool = field(default_factory=lambda: compile_from_env())
+    # Keep the models in main memory and move each to the GPU while it runs (`--offload`, GPUs under 16 GB).
+    offload: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
     input_limits: InputLimits = field(default_factory=InputLimits)
 
@@ -151,6 +153,7 @@ class Generator:
             dtype=settings.dtype,
             use_t5=settings.use_t5,
             compile=settings.compile,
+            offload=settings.offload,
         )
         generator = cls(engine, input_limits=settings.input_limits)
         if warm_up:

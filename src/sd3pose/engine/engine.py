@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,8 +25,10 @@ import PIL.Image
 import torch
 
 from sd3pose.cache import LruCache, image_digest
-from sd3pose.engine.loading import Components, choose_device, choose_dtype, load_components
-from sd3pose.engine.speed import compile_models, prepare_models
+from sd3pose.engine.loading import Components, check_offload, choose_device, choose_dtype, load_components
+from sd3pose.engine.memory import log_peak_gpu_memory
+from sd3pose.engine.offload import ModelOffload
+from sd3pose.engine.speed import compile_models, prepare_models, vae_memory_format
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
 from sd3pose.sampling.names import resolve_sampler_name, resolve_scheduler_name
@@ -311,6 +314,7 @@ class Engine:
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.control_cache: LruCache[torch.Tensor] = LruCache(CONTROL_CACHE_SIZE)
         self.compiled = False
+        self.offload: ModelOffload | None = None
         if optimize:
             prepare_models(self.transformer, self.controlnet, self.vae, device, self.native_resolution)
 
@@ -324,33 +328,61 @@ class Engine:
         dtype: torch.dtype | str | None = None,
         use_t5: bool = True,
         compile: bool = False,
+        offload: bool = False,
     ) -> Engine:
         """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly.
 
         `compile=True` runs torch.compile on the transformer and ControlNet and warms them up here,
-        so the first request does not pay for compilation.
+        so the first request does not pay for compilation. `offload=True` keeps the models in main
+        memory and moves each to the GPU while it runs (engine/offload.py), for GPUs under 16 GB.
         """
         started = time.perf_counter()
         chosen_device = choose_device(device)
+        check_offload(offload, chosen_device, compile)
         chosen_dtype = choose_dtype(dtype, chosen_device)
-        parts = load_components(model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5)
+        parts = load_components(
+            model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5, offload=offload
+        )
         engine = cls(parts, chosen_device, chosen_dtype)
+        if offload:
+            engine.enable_offload()
         logger.info(
-            "model ready in %.1f s on %s (%s, T5 %s, native size %d px)",
+            "model ready in %.1f s on %s (%s, T5 %s, native size %d px%s)",
             time.perf_counter() - started,
             chosen_device,
             str(chosen_dtype).removeprefix("torch."),
             "on" if use_t5 else "off",
             engine.native_resolution,
+            ", offloaded to main memory between uses" if offload else "",
         )
         if compile:
             engine.compile()
         if engine.is_demo:
             logger.warning(
-                "this is the tiny random-weight demo model: its images are noise, not pictures; "
+                "this is a random-weight test model (sd3pose make-tiny-model): its images are noise, not pictures; "
                 "run `sd3pose download DIR` and point the server at real weights for real images"
             )
         return engine
+
+    def enable_offload(self) -> None:
+        """Keep the models in main memory and move each to the device only while it runs."""
+        self.offload = ModelOffload(
+            text_encoders=[encoder for _, encoder in self.text.clips] + ([self.text.t5[1]] if self.text.t5 else []),
+            controlnet=self.controlnet,
+            transformer=self.transformer,
+            vae=self.vae,
+            device=self.device,
+        )
+
+    @contextmanager
+    def _serving(self, what: str) -> Iterator[None]:
+        """Around one request or batch: log its peak GPU memory, and with offload empty the GPU after it."""
+        with log_peak_gpu_memory(self.device, what):
+            try:
+                yield
+            finally:
+                if self.offload is not None:
+                    self.offload.release()
 
     def compile(self, *, backend: str = "inductor", mode: str | None = None) -> None:
         """torch.compile the transformer and ControlNet, then warm up the shapes a default request uses."""
@@ -414,7 +446,7 @@ class Engine:
         if image.size != (width, height):
             logger.warning("control image is %dx%d; resizing it to %dx%d", *image.size, width, height)
         pixels = self.image_processor.preprocess(image, height=height, width=width)
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        pixels = pixels.to(device=self.device, dtype=self.dtype, memory_format=vae_memory_format(self.device))
         latent = self.vae.encode(pixels).latent_dist.mean
         # InstantX's SD3 ControlNets were trained without the VAE shift (diffusers' rule).
         if getattr(self.controlnet.config, "force_zeros_for_pooled_projection", True):
@@ -434,9 +466,7 @@ class Engine:
         """Final latents -> RGB images."""
         config = self.vae.config
         scaled = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        scaled = scaled.to(self.dtype)
-        if self.device.type == "cuda":
-            scaled = scaled.to(memory_format=torch.channels_last)  # matches the channels-last VAE
+        scaled = scaled.to(self.dtype, memory_format=vae_memory_format(self.device))
         pixels = self.vae.decode(scaled, return_dict=False)[0]
         return self.image_processor.postprocess(pixels, output_type="pil")
 
@@ -563,10 +593,11 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
     ) -> list[PIL.Image.Image]:
         """One image per seed of the job."""
-        latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
-        if cancelled is not None and cancelled():
-            raise GenerationCancelledError("the generation was cancelled")
-        return self.decode(latents)
+        with self._serving(f"1 job, {len(job.seeds)} image(s) of {job.width}x{job.height}"):
+            latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
+            if cancelled is not None and cancelled():
+                raise GenerationCancelledError("the generation was cancelled")
+            return self.decode(latents)
 
     def generate_batch(
         self,
@@ -581,6 +612,17 @@ class Engine:
         Compatible jobs (equal `batch_key`) are merged into model batches of at most `max_batch_images`
         images (a single job larger than that runs alone); the rest run one after another.
         """
+        images = sum(len(job.seeds) for job in jobs)
+        with self._serving(f"{len(jobs)} job(s), {images} image(s)"):
+            return self._generate_batch(jobs, on_step, cancelled, max_batch_images)
+
+    def _generate_batch(
+        self,
+        jobs: list[EngineJob],
+        on_step: list[Callable[[int, int], None] | None] | None,
+        cancelled: list[Callable[[], bool] | None] | None,
+        max_batch_images: int,
+    ) -> list[list[PIL.Image.Image] | Exception]:
         on_step = list(on_step) if on_step is not None else [None] * len(jobs)
         cancelled = list(cancelled) if cancelled is not None else [None] * len(jobs)
         results: list[list[PIL.Image.Image] | Exception | None] = [None] * len(jobs)

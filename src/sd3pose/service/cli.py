@@ -162,6 +162,9 @@ def serve_command(
         envvar="SD3POSE_COMPILE",
         help="torch.compile the models at start-up (slower start, faster steps).",
     ),
+    offload: bool = typer.Option(
+        False, "--offload", help="Keep models in main memory, each on the GPU only while it runs (GPUs < 16 GB)."
+    ),
     price: float = typer.Option(1.0, "--price", min=0.0, help="Credits charged per delivered image."),
     rate_limit: int = typer.Option(
         60, "--rate-limit", min=0, max=MAX_RATE_LIMIT, help="Requests/minute per key (0 = none)."
@@ -216,6 +219,7 @@ def serve_command(
         use_t5=not no_t5,
         allow_private_urls=allow_private_urls,
         compile_models=compile_models,
+        offload=offload,
     )
 
 
@@ -228,6 +232,7 @@ def run_server(
     use_t5: bool = True,
     allow_private_urls: bool = False,
     compile_models: bool = False,
+    offload: bool = False,
 ) -> None:
     """Serve until interrupted; the models load in the background (GET /ready says when)."""
     import uvicorn
@@ -246,6 +251,7 @@ def run_server(
                 dtype=dtype,
                 use_t5=use_t5,
                 compile=compile_models,
+                offload=offload,
                 data_dir=Path(settings.data_dir),
                 input_limits=InputLimits(allow_private_urls=allow_private_urls),
             ),
@@ -278,6 +284,7 @@ def demo_command(
         dtype=None,
         no_t5=False,
         compile_models=False,
+        offload=False,
         price=1.0,
         rate_limit=60,
         max_queue=32,
