@@ -34,8 +34,7 @@ def test_offload_chain_follows_a_request(offloaded):
     """Each text encoder sends the previous one back; ControlNet and transformer both send back the last text
     encoder (never each other: they alternate at every step); the VAE sends back the transformer."""
     hooks = {id(hook.model): hook for hook in offloaded.offload.hooks}
-    clip_l, clip_g = (encoder for _, encoder in offloaded.text.clips)
-    t5 = offloaded.text.t5[1]
+    clip_l, clip_g, t5 = offloaded.text.models
 
     def previous(model):
         before = hooks[id(model)].hook.prev_module_hook

@@ -367,7 +367,7 @@ class Engine:
     def enable_offload(self) -> None:
         """Keep the models in main memory and move each to the device only while it runs."""
         self.offload = ModelOffload(
-            text_encoders=[encoder for _, encoder in self.text.clips] + ([self.text.t5[1]] if self.text.t5 else []),
+            text_encoders=self.text.models,
             controlnet=self.controlnet,
             transformer=self.transformer,
             vae=self.vae,

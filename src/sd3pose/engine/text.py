@@ -118,6 +118,12 @@ class PromptEncoder:
         self.encoder_set = ("clip_l", "clip_g", "t5" if self.t5 is not None else "no_t5")
         self.cache: LruCache[PromptEmbeds] = LruCache(cache_size)
 
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        """The text encoders in the order a request runs them: CLIP-L, CLIP-G, then T5 if loaded."""
+        encoders = [self.clip_l, self.clip_g] + ([self.t5] if self.t5 is not None else [])
+        return [encoder.model for encoder in encoders]
+
     def encode(self, prompt: str) -> PromptEmbeds:
         """The conditioning of one prompt (an empty string is a valid, unconditional prompt), cached.
 
