@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# The test references of pyproject's `reference` extra, without their dependencies (see there).
+	$(BIN)/pip install -q --no-deps -c constraints.txt k-diffusion clip-anytorch
 	touch $@
 
 serve: install

@@ -76,6 +76,7 @@ def main() -> None:
                 pipe(
                     prompt=job.prompt,
                     negative_prompt=job.negative_prompt,
+                    max_sequence_length=77,  # T5 at 77 tokens, as ComfyUI (and we) read a short prompt
                     num_inference_steps=STEPS,
                     guidance_scale=job.guidance_scale,
                     control_image=pose,

@@ -339,6 +339,7 @@ def run_dtype(name: str, config: dict, args: argparse.Namespace, device: torch.d
             return pipe(
                 prompt=PROMPT,
                 negative_prompt=NEGATIVE,
+                max_sequence_length=77,  # T5 at 77 tokens, as ComfyUI (and we) read a short prompt
                 control_image=pose,
                 controlnet_conditioning_scale=STRENGTH,
                 num_inference_steps=steps,

@@ -110,6 +110,7 @@ def main() -> None:
                 return pipe(
                     prompt=PROMPT,
                     negative_prompt=NEGATIVE,
+                    max_sequence_length=77,  # T5 at 77 tokens, as ComfyUI (and we) read a short prompt
                     num_inference_steps=STEPS,
                     guidance_scale=7.0,
                     control_image=pose,

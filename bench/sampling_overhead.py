@@ -62,7 +62,7 @@ def main() -> None:
             guidance_scale=7.0,
             strength=0.8,
         )
-        denoiser = Sd3Denoiser(engine, [group], sigmas)
+        denoiser = Sd3Denoiser(engine, [group])
         shape = (1, engine.latent_channels, args.size // engine.vae_scale_factor, args.size // engine.vae_scale_factor)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
         target = torch.zeros_like(x)

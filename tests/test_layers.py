@@ -19,7 +19,8 @@ PACKAGE = Path(sd3pose.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("sd3pose", "sd3pose.errors", "sd3pose.results", "sd3pose.cache", "sd3pose.settings"),
     ("sd3pose.sampling",),  # the samplers: maths on tensors, no model code
-    ("sd3pose.request",),  # the validated parameters of one generation
+    ("sd3pose.request", "sd3pose.prompt_syntax"),  # the validated parameters of one generation
+    ("sd3pose.comfy_workflow",),  # a request as the equivalent ComfyUI workflow
     ("sd3pose.images",),  # images in (SSRF-guarded fetch, decoding) and out (encoding)
     ("sd3pose.pose",),  # photo -> keypoints -> pose map
     ("sd3pose.engine",),  # SD3 + ControlNet on diffusers

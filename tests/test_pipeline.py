@@ -8,7 +8,7 @@ import io
 import pytest
 from tiny_jobs import pose_map
 
-from sd3pose.pipeline import Generator
+from sd3pose.pipeline import Generator, output_size
 from sd3pose.pose.openpose_json import pose_from_openpose_json
 from sd3pose.request import parse_request
 
@@ -37,7 +37,7 @@ def test_output_size_follows_the_input_aspect_ratio(
 ) -> None:
     request = parse_request({"prompt": "x", "pose_keypoints": canvas(*source), **extra})
     keypoints = pose_from_openpose_json(request.pose_keypoints)
-    assert generator._output_size(request, None, keypoints) == expected
+    assert output_size(request, None, keypoints, generator.engine.native_resolution) == expected
 
 
 def test_warm_up_loads_the_pose_models_before_the_first_request(tiny_engine) -> None:

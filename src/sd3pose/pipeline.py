@@ -26,7 +26,6 @@ from sd3pose.request import (
     SIZE_MULTIPLE,
     GenerationRequest,
     OutputFormat,
-    PoseMode,
     default_size,
 )
 from sd3pose.results import GenerationResult, PosePreview
@@ -37,6 +36,62 @@ log = logging.getLogger(__name__)
 
 def _round16(side: float) -> int:
     return int(min(MAX_SIDE, max(MIN_SIDE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)))
+
+
+def output_size(
+    request: GenerationRequest, image: Image.Image | None, keypoints: Pose | None, native: int
+) -> tuple[int, int]:
+    """The generation size: the request's, else the input's aspect ratio at about native x native pixels."""
+    if image is not None:
+        source = image.size
+    elif keypoints is not None:
+        source = (keypoints.width, keypoints.height)
+    else:
+        source = (native, native)
+    if request.width and request.height:
+        return request.width, request.height
+    # One side given: the other follows the input's aspect ratio (rounded to 16).
+    aspect = source[0] / source[1]
+    if request.width:
+        return request.width, _round16(request.width / aspect)
+    if request.height:
+        return _round16(request.height * aspect), request.height
+    return default_size(*source, native=native)
+
+
+def prepare_control(
+    request: GenerationRequest,
+    *,
+    native: int,
+    input_limits: InputLimits,
+    detector: PoseDetector | None = None,
+    timings: dict[str, float] | None = None,
+) -> ControlResult:
+    """The pose map a request generates with, at its generation size (no models needed but the detector's).
+
+    `native` is the model's native side in pixels (for the default size); `detector` finds poses in
+    photos (default: the process-wide MediaPipe detector, loaded only when a photo needs it).
+    """
+    timings = timings if timings is not None else {}
+    start = time.perf_counter()
+    image = load_image(request.image, input_limits) if request.image is not None else None
+    timings["load_image"] = time.perf_counter() - start
+
+    given = pose_from_openpose_json(request.pose_keypoints) if request.pose_keypoints is not None else None
+    width, height = output_size(request, image, given, native)
+    start = time.perf_counter()
+    control = build_control_image(
+        image,
+        given,
+        mode=request.pose_mode,
+        parts=request.pose_parts,
+        width=width,
+        height=height,
+        resize_mode=request.resize_mode,
+        detector=detector,  # used only for a photo that needs detecting
+    )
+    timings["pose"] = time.perf_counter() - start
+    return control
 
 
 class Generator:
@@ -67,6 +122,7 @@ class Generator:
             dtype=settings.dtype,
             use_t5=settings.use_t5,
             compile=settings.compile,
+            offload=settings.offload,
             warm_up=warm_up,
         )
         limits = input_limits or InputLimits(allow_private_urls=settings.allow_private_urls)
@@ -88,46 +144,13 @@ class Generator:
         self.detector.detect(Image.new("RGB", (64, 64)))
 
     def _control(self, request: GenerationRequest, timings: dict[str, float]) -> ControlResult:
-        start = time.perf_counter()
-        image = load_image(request.image, self.input_limits) if request.image is not None else None
-        timings["load_image"] = time.perf_counter() - start
-
-        given = pose_from_openpose_json(request.pose_keypoints) if request.pose_keypoints is not None else None
-        width, height = self._output_size(request, image, given)
-        start = time.perf_counter()
-        needs_detector = image is not None and request.pose_mode is not PoseMode.none
-        control = build_control_image(
-            image,
-            given,
-            mode=request.pose_mode,
-            parts=request.pose_parts,
-            width=width,
-            height=height,
-            resize_mode=request.resize_mode,
-            detector=_DetectorOnFirstUse(self) if needs_detector else None,
+        return prepare_control(
+            request,
+            native=self.engine.native_resolution,
+            input_limits=self.input_limits,
+            detector=_DetectorOnFirstUse(lambda: self.detector),
+            timings=timings,
         )
-        timings["pose"] = time.perf_counter() - start
-        return control
-
-    def _output_size(
-        self, request: GenerationRequest, image: Image.Image | None, keypoints: Pose | None
-    ) -> tuple[int, int]:
-        native = self.engine.native_resolution
-        if image is not None:
-            source = image.size
-        elif keypoints is not None:
-            source = (keypoints.width, keypoints.height)
-        else:
-            source = (native, native)
-        if request.width and request.height:
-            return request.width, request.height
-        # One side given: the other follows the input's aspect ratio (rounded to 16).
-        aspect = source[0] / source[1]
-        if request.width:
-            return request.width, _round16(request.width / aspect)
-        if request.height:
-            return _round16(request.height * aspect), request.height
-        return default_size(*source, native=native)
 
     def preview_pose(self, request: GenerationRequest) -> PosePreview:
         """The control image and keypoints a generation with this request would use."""
@@ -241,11 +264,11 @@ class Generator:
 
 
 class _DetectorOnFirstUse:
-    """The generator's detector, loaded only if the image really needs detecting (auto mode keeps
-    ready pose maps as they are, and loading MediaPipe takes about a second)."""
+    """A detector loaded only if an image really needs detecting (auto mode keeps ready pose maps as
+    they are, and loading MediaPipe takes about a second)."""
 
-    def __init__(self, generator: Generator) -> None:
-        self._generator = generator
+    def __init__(self, get: Callable[[], PoseDetector | CachedPoseDetector]) -> None:
+        self._get = get
 
     def detect(self, image: Image.Image) -> Pose:
-        return self._generator.detector.detect(image)
+        return self._get().detect(image)

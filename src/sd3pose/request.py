@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sd3pose.errors import InvalidRequestError
+from sd3pose.prompt_syntax import parse_prompt
+from sd3pose.sampling.caveats import caveat_list, caveat_summary
 from sd3pose.sampling.names import (
     SAMPLER_NAMES,
     SCHEDULER_NAMES,
@@ -67,15 +69,24 @@ class GenerationRequest(BaseModel):
         description="A photo of a person or a rendered pose map: http(s) URL, raw base64 or data: URI. "
         "Required unless pose_keypoints is given.",
     )
-    prompt: str = Field(..., min_length=1, max_length=10_000, description="What to draw.")
-    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=10_000, description="What to avoid.")
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=10_000,
+        description="What to draw. Read whole (CLIP in 77-token windows, T5 unabridged). Emphasis as in "
+        "ComfyUI: (words) weighs 1.1x, (words:1.3) sets the weight 1.3, groups nest, \\( and \\) are literal brackets.",
+    )
+    negative_prompt: str = Field(
+        DEFAULT_NEGATIVE_PROMPT, max_length=10_000, description="What to avoid (same syntax as the prompt)."
+    )
     num_inference_steps: int = Field(20, ge=1, le=100, description="Denoising steps.")
     guidance_scale: float = Field(7.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     seed: int = Field(
         DEFAULT_SEED,
         ge=-1,
         le=MAX_SEED,
-        description="Seed of sample 0 (sample i uses seed+i, modulo 2^32); -1 = random.",
+        description="Seed of sample 0 (sample i uses seed+i, modulo 2^32, each on its own; ComfyUI would draw "
+        "a batch from one seed); -1 = random.",
     )
     samples: int = Field(
         1,
@@ -84,7 +95,12 @@ class GenerationRequest(BaseModel):
         json_schema_extra={"maximum": DEFAULT_MAX_SAMPLES},
     )
     strength: float = Field(0.8, ge=0.0, le=1.0, description="ControlNet conditioning strength.")
-    sampler: str = Field("dpmpp_2m", description="Sampler.", json_schema_extra={"enum": list(SAMPLER_NAMES)})
+    sampler: str = Field(
+        "dpmpp_2m",
+        description="Sampler: ComfyUI's algorithm of that name. These pairs misbehave on SD3 as they do in "
+        f"ComfyUI (x-caveats says why): {caveat_summary()}.",
+        json_schema_extra={"enum": list(SAMPLER_NAMES), "x-caveats": caveat_list()},
+    )
     scheduler: str = Field(
         "sgm_uniform", description="Sigma schedule.", json_schema_extra={"enum": list(SCHEDULER_NAMES)}
     )
@@ -111,8 +127,16 @@ class GenerationRequest(BaseModel):
         min_length=1,
         description="Which parts of a detected pose to draw.",
     )
-    control_start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the schedule where control starts.")
-    control_end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the schedule where control ends.")
+    control_start: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Where the ControlNet starts acting, from 0 (pure noise) to 1 (the image): ComfyUI's "
+        "start_percent, mapped to a noise level through SD3's flow schedule.",
+    )
+    control_end: float = Field(
+        1.0, ge=0.0, le=1.0, description="Where the ControlNet stops acting (ComfyUI's end_percent), edge included."
+    )
     resize_mode: ResizeMode = Field(
         ResizeMode.crop, description="How a control image of another aspect ratio is fitted."
     )
@@ -134,6 +158,15 @@ class GenerationRequest(BaseModel):
     def _plain_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
             _check_json(value, depth=1)
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _emphasis_readable(cls, value: str) -> str:
+        try:
+            parse_prompt(value)  # refuses weights such as (word:inf) before the job is queued
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
         return value
 
     @field_validator("prompt")

@@ -44,6 +44,9 @@ class EngineSettings(_Settings):
     dtype: str | None = Field(None, description="bf16, fp16 or fp32 (default: by device).")
     use_t5: bool = Field(True, description="Load the T5 text encoder (--no-t5 saves its memory).")
     compile: bool = Field(False, description="torch.compile the models (slow start, faster steps; pays off on GPUs).")
+    offload: bool = Field(
+        False, description="Keep models in main memory, each on the GPU only while it runs (GPUs < 16 GB)."
+    )
     allow_private_urls: bool = Field(
         False, description="Let image URLs point at private/loopback hosts (trusted LANs only)."
     )

@@ -13,7 +13,7 @@ from sd3pose.cli.options import settings_options
 from sd3pose.settings import EngineSettings
 
 runner = CliRunner()
-MODEL_OPTIONS = ("--model", "--controlnet", "--dtype", "--t5", "--no-t5", "--compile", "SD3POSE_MODEL")
+MODEL_OPTIONS = ("--model", "--controlnet", "--dtype", "--t5", "--no-t5", "--compile", "--offload", "SD3POSE_MODEL")
 
 
 def _help(*command: str) -> str:
@@ -57,12 +57,12 @@ def test_an_option_comes_from_the_command_line_then_the_environment_then_the_def
 
 
 def test_a_new_settings_field_becomes_an_option_of_the_commands_that_share_it() -> None:
-    class WithOffload(EngineSettings):
-        offload: bool = Field(False, description="Keep idle models in CPU memory.")
+    class WithSlicing(EngineSettings):
+        attention_slicing: bool = Field(False, description="Compute attention in slices (less memory).")
 
-    probe, seen = _probe(WithOffload)
-    assert "--offload" in runner.invoke(probe, ["--help"], env={"COLUMNS": "400"}).output
-    assert runner.invoke(probe, ["--offload"]).exit_code == 0 and seen["engine"].offload is True
+    probe, seen = _probe(WithSlicing)
+    assert "--attention-slicing" in runner.invoke(probe, ["--help"], env={"COLUMNS": "400"}).output
+    assert runner.invoke(probe, ["--attention-slicing"]).exit_code == 0 and seen["engine"].attention_slicing is True
 
 
 def test_a_value_out_of_range_is_one_clear_line() -> None:

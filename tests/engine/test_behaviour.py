@@ -44,6 +44,15 @@ def test_negative_prompt_is_unused_without_guidance(tiny_engine):
     assert torch.equal(first, second)
 
 
+def test_cfg_pp_samplers_use_the_negative_prompt_even_at_guidance_one(tiny_engine):
+    # ComfyUI's CFG++ samplers take their noise direction from the unconditional prediction at any cfg.
+    first = tiny_engine.generate_latents(job(guidance_scale=1.0, sampler="euler_pp"))
+    second = tiny_engine.generate_latents(
+        job(guidance_scale=1.0, sampler="euler_pp", negative_prompt="something else entirely")
+    )
+    assert not torch.allclose(first, second, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("sampler", "guidance"), [("euler", 7.0), ("euler_ancestral", 7.0), ("dpm_adaptive", 7.0), ("dpm_adaptive", 1.0)]
 )

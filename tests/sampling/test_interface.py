@@ -75,7 +75,7 @@ def test_low_precision_input_is_sampled_in_float32_and_returned_in_its_dtype(gau
 
 
 def test_dpm_adaptive_model_passes_are_bounded_and_it_still_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server request must not run unbounded passes: dpm_adaptive gets a budget and still lands on 0."""
+    """A server request must not run unbounded passes: dpm_adaptive gets a budget and still finishes its range."""
     import sd3pose.sampling.dpm_solver as dpm_solver
 
     problem, eps = GaussianData(), GaussianData().noise(1, seed=3)
@@ -88,11 +88,51 @@ def test_dpm_adaptive_model_passes_are_bounded_and_it_still_finishes(monkeypatch
     monkeypatch.setattr(dpm_solver, "ADAPTIVE_ATTEMPTS_PER_STEP", 0)
     problem.calls = 0
     capped = sample("dpm_adaptive", problem, eps.clone(), sigmas)
-    # 2 attempts x 3 evaluations, 8 finishing order-2 steps x 2, the first step from sigma = 1, the last D.
-    assert problem.calls <= 2 * 3 + 8 * 2 + 2
+    # 2 attempts x 3 evaluations, then 8 finishing order-2 steps x 2.
+    assert problem.calls <= 2 * 3 + 8 * 2
     # Finished, not cut off halfway: as close to the exact ODE solution as a fixed 8-step second-order
-    # solver gets (dpmpp_2m: 0.23 here), if less accurate than unconstrained.
+    # solver gets, if less accurate than unconstrained.
     exact = problem.exact(eps)
     reference = sample("dpmpp_2m", problem, eps.clone(), sigmas)
     assert float((capped - exact).abs().max()) <= float((reference - exact).abs().max())
     assert float((free - exact).abs().max()) <= float((capped - exact).abs().max())
+
+
+STOCHASTIC = [n for n, info in SAMPLERS.items() if info.stochastic]
+
+
+def _draws_of(value: float, calls: list):
+    def draws(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        assert sigma.ndim == 0 and sigma_next.ndim == 0
+        calls.append((float(sigma), float(sigma_next)))
+        return torch.full((2, 4, 2, 3), value, dtype=torch.float64)
+
+    return draws
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_a_noise_sampler_replaces_every_draw(gaussian, name: str) -> None:
+    x, sigmas = gaussian.noise(2), get_sigmas("karras", 5).double()
+    calls: list = []
+    first = sample(name, gaussian, x, sigmas, seed=1, noise_sampler=_draws_of(0.3, calls))
+    assert calls
+    assert torch.equal(first, sample(name, gaussian, x, sigmas, seed=2, noise_sampler=_draws_of(0.3, [])))
+    assert not torch.allclose(first, sample(name, gaussian, x, sigmas, seed=1))
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLER_NAMES if n not in STOCHASTIC])
+def test_deterministic_samplers_ignore_draws(gaussian, name: str) -> None:
+    # dpm_fast and dpm_adaptive call it after each step, as ComfyUI does, and multiply the draw by 0.
+    x, sigmas = gaussian.noise(2), get_sigmas("karras", 5).double()
+    calls: list = []
+    with_draws = sample(name, gaussian, x, sigmas, noise_sampler=_draws_of(1e6, calls))
+    assert torch.equal(with_draws, sample(name, gaussian, x, sigmas))
+    assert bool(calls) == (name in ("dpm_fast", "dpm_adaptive"))
+
+
+def test_a_schedule_ending_above_zero_is_scaled_by_one_over_one_minus_sigma(gaussian) -> None:
+    # ComfyUI's KSAMPLER ends with the CONST inverse noise scaling x/(1 - sigma_last).
+    x = gaussian.noise(1)
+    denoised = gaussian(x, torch.tensor(1.0, dtype=x.dtype))
+    out = sample("euler", gaussian, x, [1.0, 0.5])
+    torch.testing.assert_close(out, (0.5 * x + 0.5 * denoised) / 0.5)

@@ -39,7 +39,9 @@ def test_same_seed_same_result_other_seed_other_result(sampler: str) -> None:
     assert not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpm_adaptive", "lcm"])
+@pytest.mark.parametrize(
+    "sampler", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm"]
+)
 def test_a_rows_result_does_not_depend_on_its_batch(sampler: str) -> None:
     x = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
     sig = get_sigmas("normal", 5)
@@ -49,6 +51,16 @@ def test_a_rows_result_does_not_depend_on_its_batch(sampler: str) -> None:
         torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-5, atol=1e-6)
     listed = sample(sampler, cheap_denoiser, x[[2, 0]], sig, seed=[102, 100])
     torch.testing.assert_close(listed, batch[[2, 0]], rtol=1e-5, atol=1e-6)
+
+
+def test_dpm_adaptive_steps_follow_the_whole_batch_as_in_comfyui() -> None:
+    # Its error norm runs over the whole batch (ComfyUI's rule), so a row's steps depend on its
+    # neighbours; the engine therefore runs each dpm_adaptive image on its own (tests/engine).
+    x = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
+    sig = get_sigmas("normal", 5)
+    batch = sample("dpm_adaptive", cheap_denoiser, x, sig)
+    alone = sample("dpm_adaptive", cheap_denoiser, x[:1], sig)
+    assert not torch.allclose(batch[:1], alone, rtol=0, atol=1e-6)
 
 
 def test_seed_list_must_match_the_batch() -> None:
@@ -77,7 +89,7 @@ def test_sampler_noise_is_not_the_initial_latent_noise() -> None:
 
 
 def test_gpu_variants_run_the_same_maths() -> None:
-    # On one device the _gpu variant's noise stream is the device's own; on CPU it is the same stream.
+    # The _gpu variants keep their Brownian tree on x's device; on the CPU that is the same tree.
     x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
     sig = get_sigmas("exponential", 7)
     for name in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"):

@@ -136,6 +136,8 @@ def test_openapi_success_responses_match_the_schema(live) -> None:
 
     response = call("/v1/pose", "POST", body={"image": small["image"], "width": 64, "height": 64})
     assert response.status_code == 200 and response.json()["detected"] is True
+    response = call("/v1/comfy-workflow", "POST", body={**small, "samples": 2})
+    assert response.status_code == 200 and response.json()["seeds"] == [698845, 698846]
 
     submitted = call("/v2/sd3-med-pose", "POST", body={**small, "return_pose": True}).json()
     request_id = {"request_id": submitted["request_id"]}

@@ -26,6 +26,7 @@ from PIL import Image
 from service_helpers import running_server
 
 from sd3pose.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_SEED, GenerationRequest
+from sd3pose.sampling.caveats import caveat
 from sd3pose.sampling.names import SAMPLER_NAMES, SCHEDULER_NAMES
 
 CHROMIUM = "/usr/bin/chromium"
@@ -266,6 +267,16 @@ def test_playground_form_follows_the_contract(page, server) -> None:
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def test_playground_warns_about_a_pair_that_misbehaves(page, server) -> None:
+    warning = page.locator("#pair-warning")
+    assert warning.is_hidden()  # the defaults (dpmpp_2m, sgm_uniform) are fine
+    page.select_option("#scheduler", "normal")  # dpmpp_2m + normal is one of caveats.CAVEATS
+    assert warning.is_visible()
+    assert warning.inner_text() == f"dpmpp_2m with normal: {caveat('dpmpp_2m', 'normal')}."
+    page.select_option("#sampler", "euler")
+    assert warning.is_hidden()
+
+
 def test_playground_api_key_is_remembered_and_sent(page, server, photo: Path) -> None:
     url, key, _ = server
     page.fill("#api-key", "sd3_wrong_key")
@@ -383,3 +394,34 @@ def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path)
     (row,) = services.db.query("SELECT request_json FROM jobs WHERE kind = 'sync'")
     sent = json.loads(row["request_json"])
     assert (sent["prompt"], sent["num_inference_steps"], sent["width"]) == (prompt, 2, 64)
+
+
+def test_playground_copy_as_comfyui_workflow(page, server, photo: Path) -> None:
+    url, key, services = server
+    page.fill("#api-key", key)
+    _upload_and_wait_for_skeleton(page, photo)
+    _small_settings(page, steps=3)
+    page.fill("#prompt", "an (astronaut:1.3) dancing")
+    page.fill("#samples", "2")
+    jobs_before = len(services.db.query("SELECT id FROM jobs"))
+    page.click("#copy-comfy")
+    page.wait_for_function("document.querySelector('#comfy-status').textContent.includes('64×64')")
+    workflow = json.loads(page.input_value("#comfy-text"))
+    by_class = {}
+    for node in workflow.values():
+        by_class.setdefault(node["class_type"], []).append(node["inputs"])
+    assert [n["text"] for n in by_class["CLIPTextEncode"]] == ["an (astronaut:1.3) dancing", DEFAULT_NEGATIVE_PROMPT]
+    assert [(k["seed"], k["steps"], k["sampler_name"]) for k in by_class["KSampler"]] == [
+        (DEFAULT_SEED, 3, "euler"),
+        (DEFAULT_SEED + 1, 3, "euler"),
+    ]
+    (load,) = by_class["LoadImage"]
+    assert page.get_attribute("#comfy-pose", "download") == load["image"]
+    with page.expect_download() as download:
+        page.click("#comfy-pose")
+    pose = Image.open(download.value.path())
+    assert pose.format == "PNG" and pose.size == (64, 64)  # the pose map the workflow loads, at its size
+    with page.expect_download() as download:
+        page.click("#comfy-download")
+    assert json.loads(Path(download.value.path()).read_text()) == workflow
+    assert len(services.db.query("SELECT id FROM jobs")) == jobs_before  # nothing was generated

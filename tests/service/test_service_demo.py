@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,42 +37,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("base64") is None, reason="needs curl and base64")
-def test_demo_server_answers_the_readme_curl_example(tmp_path: Path) -> None:
+@contextmanager
+def cli_server(arguments: list[str], tmp_path: Path, ready_timeout_s: float = 240) -> Iterator[int]:
+    """`sd3pose ARGUMENTS --port P` in a subprocess of its own session, ready (GET /ready is 200); yields P.
+
+    Always stopped after, with SIGINT so uvicorn shuts down cleanly. Its log is in tmp_path/server.log.
+    """
     port = _free_port()
     cli = [sys.executable, "-c", "from sd3pose.cli import app; app()"]
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [*cli, "demo", "--port", str(port), "--data-dir", str(tmp_path / "var")],
+        [*cli, *arguments, "--port", str(port)],
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the demo server did not become ready"
+            assert time.monotonic() < deadline, "the server did not become ready"
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        done = subprocess.run(
-            ["bash", "-c", readme_example(port)],
-            cwd=tmp_path,
-            check=True,
-            timeout=300,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "SD3POSE_KEY": ""},
-        )
-        headers = done.stdout[done.stdout.index("HTTP/") :]
-        assert " 200" in headers.splitlines()[0], headers
-        assert "x-seed: 698845" in headers.lower()
-        assert Image.open(tmp_path / "out.jpg").format == "JPEG"
+        yield port
     finally:
         os.killpg(server.pid, signal.SIGINT)  # the group we started: uvicorn shuts down cleanly
         try:
@@ -79,3 +73,26 @@ def test_demo_server_answers_the_readme_curl_example(tmp_path: Path) -> None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(10)
         log.close()
+
+
+def run_example(script: str, tmp_path: Path) -> str:
+    """Run a README example script as a user would (bash, no key); return the printed response headers."""
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SD3POSE_KEY": ""},
+    )
+    return done.stdout[done.stdout.index("HTTP/") :]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("base64") is None, reason="needs curl and base64")
+def test_demo_server_answers_the_readme_curl_example(tmp_path: Path) -> None:
+    with cli_server(["demo", "--data-dir", str(tmp_path / "var")], tmp_path) as port:
+        headers = run_example(readme_example(port), tmp_path)
+    assert " 200" in headers.splitlines()[0], headers
+    assert "x-seed: 698845" in headers.lower()
+    assert Image.open(tmp_path / "out.jpg").format == "JPEG"

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from sd3pose.cli.comfy import comfy_workflow_command
 from sd3pose.cli.generate import generate_command, sample_photo_command
 from sd3pose.cli.models import download_command, make_tiny_model_command
 from sd3pose.cli.pose import pose_command
@@ -63,3 +64,4 @@ register_service_commands(app)  # serve, demo, keys
 app.command("worker")(worker_command)
 app.command("make-tiny-model")(make_tiny_model_command)
 app.command("download")(download_command)
+app.command("comfy-workflow")(comfy_workflow_command)

@@ -246,6 +246,9 @@ def build_tiny_components(
     # Real SD3: CLIP-L uses quick_gelu, OpenCLIP-G uses gelu.
     text_encoder = clip(tokenizer, "quick_gelu", SEED + 3)
     text_encoder_2 = clip(tokenizer_2, "gelu", SEED + 4)
+    # SD3's CLIP-L projection is the identity: its pooled vector reads the same projected or not.
+    with torch.no_grad():
+        text_encoder.text_projection.weight.copy_(torch.eye(CLIP_DIM))
 
     torch.manual_seed(SEED + 5)
     text_encoder_3 = T5EncoderModel(

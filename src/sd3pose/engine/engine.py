@@ -1,13 +1,14 @@
 """The generation engine: prompts + pose map -> SD3 Medium + SD3 ControlNet -> images.
 
-Semantics follow diffusers' StableDiffusion3ControlNetPipeline (the parity tests hold us to it):
-classifier-free guidance on the flow velocity with [uncond, cond] rows, the ControlNet fed the
-prompt tokens and (for InstantX-style nets) zero pooled projections, the pose map VAE-encoded
-without the VAE shift for those nets, and control_start/control_end as fractions of the step
-count. Two deliberate differences: the pose map's latent is the VAE posterior *mean* (diffusers
-draws a sample from the global RNG, which makes runs irreproducible; a trained VAE's posterior is
-nearly a point, so the two agree closely), and the initial noise is drawn per sample from
-seed + i on the CPU, so sample i of a batch equals a single request with seed + i on any device.
+The model forward passes are diffusers' (SD3Transformer2DModel, SD3ControlNetModel, AutoencoderKL);
+what a request means follows ComfyUI v0.12.1's SD3 + ControlNet workflow, the hosted service's:
+classifier-free guidance with [uncond, cond] rows, the ControlNet fed the prompt tokens and zero
+pooled projections, the pose map's latent the VAE posterior *mean* scaled without the VAE shift,
+prompts read as ComfyUI reads them (`sd3pose.engine.text`), and the control window
+control_start/control_end mapped to sigmas (`control_window`). Where the two agree (plain short
+prompts, the whole schedule), the result equals diffusers' StableDiffusion3ControlNetPipeline.
+The initial noise of sample i is drawn from seed + i on the CPU, so sample i of a batch equals a
+single request with seed + i on any device (ComfyUI instead draws a whole batch from one seed).
 Sampling itself (the k-diffusion-style loop over sigmas) is `sd3pose.sampling`'s job.
 """
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,8 +25,10 @@ import PIL.Image
 import torch
 
 from sd3pose.cache import LruCache, image_digest
-from sd3pose.engine.loading import Components, choose_device, choose_dtype, load_components
-from sd3pose.engine.speed import compile_models, prepare_models
+from sd3pose.engine.loading import Components, check_offload, choose_device, choose_dtype, load_components
+from sd3pose.engine.memory import log_peak_gpu_memory
+from sd3pose.engine.offload import ModelOffload
+from sd3pose.engine.speed import compile_models, prepare_models, vae_memory_format
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
 from sd3pose.request import SIZE_MULTIPLE
@@ -78,9 +82,22 @@ def batch_key(job: EngineJob) -> tuple | None:
     return (job.width, job.height, job.steps, sampler, resolve_scheduler_name(job.scheduler))
 
 
-def control_keep(step: int, steps: int, start: float, end: float) -> float:
-    """1.0 where the ControlNet acts at this step index, else 0.0 (diffusers' controlnet_keep rule)."""
-    return 1.0 - float(step / steps < start or (step + 1) / steps > end)
+def control_window(start: float, end: float, shift: float) -> tuple[float, float]:
+    """The sigmas (highest, lowest) between which the ControlNet acts, for a window given in percent.
+
+    ComfyUI maps control_start/control_end through the flow model sampling's percent_to_sigma and
+    compares them with each model call's sigma in float32, edges included: see `control_active`.
+    """
+    from sd3pose.sampling.schedules import percent_to_sigma
+
+    high, low = (float(torch.tensor(percent_to_sigma(p, shift), dtype=torch.float32)) for p in (start, end))
+    return high, low
+
+
+def control_active(sigma: float, window: tuple[float, float]) -> bool:
+    """True when a model call at `sigma` (a float32 value) lies in the window, edges included."""
+    high, low = window
+    return low <= sigma <= high
 
 
 @dataclass
@@ -88,7 +105,7 @@ class RowGroup:
     """One job's share of a (possibly merged) model batch: its conditioning and per-job knobs."""
 
     cond: PromptEmbeds
-    uncond: PromptEmbeds | None  # needed when guidance_scale > 1
+    uncond: PromptEmbeds | None  # needed when guidance_scale > 1 or the sampler is CFG++
     control: torch.Tensor  # (1, C, h, w) control latent
     samples: int
     guidance_scale: float
@@ -97,23 +114,41 @@ class RowGroup:
     control_end: float = 1.0
 
 
+@dataclass
+class _ModelCall:
+    """Model rows whose contexts have one length, run through the models together.
+
+    `rows` picks them out of all model rows (None: all of them, in order); the rest are those rows'
+    conditioning, ControlNet strengths and control windows (see `control_window`).
+    """
+
+    rows: torch.Tensor | None
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    control: torch.Tensor
+    strengths: list[float]
+    windows: list[tuple[float, float]]
+
+
 class Sd3Denoiser:
-    """D(x, sigma) -> x0 for a batch: one batched ControlNet + transformer pass per call.
+    """D(x, sigma) -> x0 for a batch: batched ControlNet + transformer passes per call.
 
     With guidance > 1 the unconditional and conditional rows go through the models together
-    ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run.
+    ([uncond..., cond...], as diffusers orders them); at guidance 1 only the conditional rows run,
+    unless the group carries a negative prompt anyway (the CFG++ samplers need its prediction).
     A merged batch holds several jobs' rows (one `RowGroup` each), each with its own prompt, negative
     prompt, control latent, guidance, strength and control window: guidance is applied per row, and
     when the rows' ControlNet scales differ the ControlNet runs at scale 1 and its residuals are
     scaled per row (the same float32 product diffusers forms with a scalar, so a row's result does
-    not depend on its neighbours beyond matmul rounding).
+    not depend on its neighbours beyond matmul rounding). Prompts of different lengths (a long prompt
+    reads more 77-token windows) cannot share one attention batch: rows run in one model call per
+    context length, as ComfyUI runs a prompt and a negative prompt of different lengths apart.
     """
 
     def __init__(
         self,
         engine: Engine,
         groups: list[RowGroup],
-        sigmas: torch.Tensor,
         cancelled: Callable[[], bool] | None = None,
     ) -> None:
         """A denoiser over the rows of `groups`, in the order given (x's rows follow the same order)."""
@@ -121,50 +156,58 @@ class Sd3Denoiser:
             raise ValueError("guidance_scale > 1 needs the negative prompt's conditioning")
         self.engine = engine
         self.batch = sum(g.samples for g in groups)
-        guided = [g for g in groups if g.guidance_scale > 1.0]
+        # Groups with a negative prompt get unconditional rows: guidance > 1, or CFG++ at any guidance.
+        guided = [g for g in groups if g.uncond is not None]
         self.cfg = bool(guided)
         # Model rows: the unconditional rows of the guided jobs, then every job's conditional rows.
-        row_groups = guided + groups
-        parts = [g.uncond for g in guided] + [g.cond for g in groups]
-        counts = [g.samples for g in row_groups]
-        self.tokens = torch.cat([p.tokens.expand(n, -1, -1) for p, n in zip(parts, counts, strict=True)])
-        self.pooled = torch.cat([p.pooled.expand(n, -1) for p, n in zip(parts, counts, strict=True)])
-        self.rows = self.tokens.shape[0]
-        self.control = torch.cat([g.control.expand(n, -1, -1, -1) for g, n in zip(row_groups, counts, strict=True)])
-        self.row_groups = row_groups
+        blocks = [(g.uncond, g) for g in guided] + [(g.cond, g) for g in groups]
+        self.calls = self._model_calls(blocks, engine.shift, engine.device)
         # Which of x's rows have an unconditional twin, and the guidance of each x row.
-        flags = [g.guidance_scale > 1.0 for g in groups for _ in range(g.samples)]
+        flags = [g.uncond is not None for g in groups for _ in range(g.samples)]
         self.all_guided = all(flags)
         self.guided_rows = torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long, device=engine.device)
-        scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.guidance_scale > 1.0]
+        scales = [g.guidance_scale for g in groups for _ in range(g.samples) if g.uncond is not None]
         self.guidance = torch.tensor(scales, dtype=torch.float32, device=engine.device).view(-1, 1, 1, 1)
+        # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' and ComfyUI's rule).
         controlnet = engine.controlnet
-        # InstantX's SD3 ControlNets were trained with zero pooled projections (diffusers' rule).
-        if getattr(controlnet.config, "force_zeros_for_pooled_projection", True):
-            self.control_pooled = torch.zeros_like(self.pooled)
-        else:
-            self.control_pooled = self.pooled
-        self.control_tokens = self.tokens if controlnet.config.joint_attention_dim is not None else None
-        # Schedule points, to find which step a (possibly intermediate) sigma belongs to.
-        self.step_sigmas = [float(s) for s in sigmas[:-1]]
+        self.zero_control_pooled = getattr(controlnet.config, "force_zeros_for_pooled_projection", True)
+        self.control_reads_tokens = controlnet.config.joint_attention_dim is not None
         self.cancelled = cancelled
 
-    def step_index(self, sigma: float) -> int:
-        """The step whose interval [sigmas[i+1], sigmas[i]] holds sigma (multi-stage samplers included)."""
-        index = 0
-        for i, s in enumerate(self.step_sigmas):
-            if s >= sigma * (1 - 1e-6):
-                index = i
-        return index
+    @staticmethod
+    def _model_calls(
+        blocks: list[tuple[PromptEmbeds, RowGroup]], shift: float, device: torch.device
+    ) -> list[_ModelCall]:
+        by_length: dict[int, list[int]] = {}
+        row_blocks: list[tuple[PromptEmbeds, RowGroup]] = []
+        for embeds, group in blocks:
+            for _ in range(group.samples):
+                by_length.setdefault(embeds.tokens.shape[1], []).append(len(row_blocks))
+                row_blocks.append((embeds, group))
+        calls = []
+        for rows in by_length.values():
+            picked = [row_blocks[i] for i in rows]
+            calls.append(
+                _ModelCall(
+                    rows=None if len(by_length) == 1 else torch.tensor(rows, dtype=torch.long, device=device),
+                    tokens=torch.cat([embeds.tokens for embeds, _ in picked]),
+                    pooled=torch.cat([embeds.pooled for embeds, _ in picked]),
+                    control=torch.cat([group.control for _, group in picked]),
+                    strengths=[group.strength for _, group in picked],
+                    windows=[control_window(group.control_start, group.control_end, shift) for _, group in picked],
+                )
+            )
+        return calls
 
-    def row_control_scales(self, sigma: float) -> list[float]:
-        """The ControlNet scale of each model row at this sigma (strength x the control window)."""
-        steps, step = len(self.step_sigmas), self.step_index(sigma)
-        per_group = [g.strength * control_keep(step, steps, g.control_start, g.control_end) for g in self.row_groups]
-        return [scale for g, scale in zip(self.row_groups, per_group, strict=True) for _ in range(g.samples)]
+    def row_control_scales(self, call: _ModelCall, sigma: float) -> list[float]:
+        """The ControlNet scale of each row of a model call at this sigma (strength x the control window)."""
+        return [
+            strength * float(control_active(sigma, window))
+            for strength, window in zip(call.strengths, call.windows, strict=True)
+        ]
 
-    def _control_blocks(self, model_in: torch.Tensor, timestep: torch.Tensor, sigma: float) -> list | None:
-        scales = self.row_control_scales(sigma)
+    def _control_blocks(self, call: _ModelCall, model_in: torch.Tensor, timestep: torch.Tensor, sigma: float):
+        scales = self.row_control_scales(call, sigma)
         if not any(scales):  # at scale 0 the ControlNet adds exact zeros: skip it
             return None
         # A compiled ControlNet always runs at scale 1 (scaled per row below): a Python float argument
@@ -173,9 +216,9 @@ class Sd3Denoiser:
         blocks = self.engine.controlnet(
             hidden_states=model_in,
             timestep=timestep,
-            encoder_hidden_states=self.control_tokens,
-            pooled_projections=self.control_pooled,
-            controlnet_cond=self.control,
+            encoder_hidden_states=call.tokens if self.control_reads_tokens else None,
+            pooled_projections=torch.zeros_like(call.pooled) if self.zero_control_pooled else call.pooled,
+            controlnet_cond=call.control,
             conditioning_scale=scales[0] if uniform else 1.0,
             return_dict=False,
         )[0]
@@ -185,27 +228,34 @@ class Sd3Denoiser:
         row_scale = torch.tensor(scales, dtype=torch.float32, device=model_in.device).view(-1, 1, 1)
         return [(block.float() * row_scale).to(block.dtype) for block in blocks]
 
+    def _run(self, call: _ModelCall, model_in: torch.Tensor, sigma: float, value: float) -> torch.Tensor:
+        timestep = torch.full((model_in.shape[0],), value, dtype=torch.float32, device=self.engine.device)
+        return self.engine.transformer(
+            hidden_states=model_in,
+            timestep=timestep,
+            encoder_hidden_states=call.tokens,
+            pooled_projections=call.pooled,
+            block_controlnet_hidden_states=self._control_blocks(call, model_in, timestep, sigma),
+            return_dict=False,
+        )[0]
+
     def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The model's flow velocity for every model row (uncond rows first when guiding), in float32."""
         if self.cancelled is not None and self.cancelled():
             raise GenerationCancelledError("the generation was cancelled")
-        engine = self.engine
-        model_in = x.to(engine.dtype)
+        model_in = x.to(self.engine.dtype)
         if self.cfg:
             uncond_in = model_in if self.all_guided else model_in.index_select(0, self.guided_rows)
             model_in = torch.cat([uncond_in, model_in])
         # The float32 product diffusers forms, filled on the device without a blocking host-to-device copy.
         value = torch.tensor(sigma, dtype=torch.float32).mul(NUM_TRAIN_TIMESTEPS).item()
-        timestep = torch.full((self.rows,), value, dtype=torch.float32, device=engine.device)
-        velocity = engine.transformer(
-            hidden_states=model_in,
-            timestep=timestep,
-            encoder_hidden_states=self.tokens,
-            pooled_projections=self.pooled,
-            block_controlnet_hidden_states=self._control_blocks(model_in, timestep, sigma),
-            return_dict=False,
-        )[0]
-        return velocity.float()
+        if len(self.calls) == 1:
+            return self._run(self.calls[0], model_in, sigma, value).float()
+        velocity = torch.empty_like(model_in, dtype=torch.float32)
+        for call in self.calls:
+            part = self._run(call, model_in.index_select(0, call.rows), sigma, value)
+            velocity.index_copy_(0, call.rows, part.float())
+        return velocity
 
     def __call__(
         self, x: torch.Tensor, sigma: torch.Tensor, *, return_uncond: bool = False
@@ -264,6 +314,7 @@ class Engine:
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.control_cache: LruCache[torch.Tensor] = LruCache(CONTROL_CACHE_SIZE)
         self.compiled = False
+        self.offload: ModelOffload | None = None
         if optimize:
             prepare_models(self.transformer, self.controlnet, self.vae, device, self.native_resolution)
 
@@ -277,35 +328,64 @@ class Engine:
         dtype: torch.dtype | str | None = None,
         use_t5: bool = True,
         compile: bool = False,
+        offload: bool = False,
         warm_up: bool = True,
     ) -> Engine:
         """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly.
 
         `compile=True` runs torch.compile on the transformer and ControlNet and, with `warm_up`, compiles
         the default shapes here, so a server's first request does not pay for compilation (a one-shot
-        command compiles only the shapes its own request needs, on first use).
+        command compiles only the shapes its own request needs, on first use). `offload=True` keeps the
+        models in main memory and moves each to the GPU while it runs (engine/offload.py), for GPUs
+        under 16 GB.
         """
         started = time.perf_counter()
         chosen_device = choose_device(device)
+        check_offload(offload, chosen_device, compile)
         chosen_dtype = choose_dtype(dtype, chosen_device)
-        parts = load_components(model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5)
+        parts = load_components(
+            model, controlnet, device=chosen_device, dtype=chosen_dtype, use_t5=use_t5, offload=offload
+        )
         engine = cls(parts, chosen_device, chosen_dtype)
+        if offload:
+            engine.enable_offload()
         logger.info(
-            "model ready in %.1f s on %s (%s, T5 %s, native size %d px)",
+            "model ready in %.1f s on %s (%s, T5 %s, native size %d px%s)",
             time.perf_counter() - started,
             chosen_device,
             str(chosen_dtype).removeprefix("torch."),
             "on" if use_t5 else "off",
             engine.native_resolution,
+            ", offloaded to main memory between uses" if offload else "",
         )
         if compile:
             engine.compile(warm_up=warm_up)
         if engine.is_demo:
             logger.warning(
-                "this is the tiny random-weight demo model: its images are noise, not pictures; "
+                "this is a random-weight test model (sd3pose make-tiny-model): its images are noise, not pictures; "
                 "run `sd3pose download DIR` and point the server at real weights for real images"
             )
         return engine
+
+    def enable_offload(self) -> None:
+        """Keep the models in main memory and move each to the device only while it runs."""
+        self.offload = ModelOffload(
+            text_encoders=self.text.models,
+            controlnet=self.controlnet,
+            transformer=self.transformer,
+            vae=self.vae,
+            device=self.device,
+        )
+
+    @contextmanager
+    def _serving(self, what: str) -> Iterator[None]:
+        """Around one request or batch: log its peak GPU memory, and with offload empty the GPU after it."""
+        with log_peak_gpu_memory(self.device, what):
+            try:
+                yield
+            finally:
+                if self.offload is not None:
+                    self.offload.release()
 
     def compile(self, *, backend: str = "inductor", mode: str | None = None, warm_up: bool = True) -> None:
         """torch.compile the transformer and ControlNet, then (`warm_up`) compile the shapes a default
@@ -372,7 +452,7 @@ class Engine:
         if image.size != (width, height):
             logger.warning("control image is %dx%d; resizing it to %dx%d", *image.size, width, height)
         pixels = self.image_processor.preprocess(image, height=height, width=width)
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        pixels = pixels.to(device=self.device, dtype=self.dtype, memory_format=vae_memory_format(self.device))
         latent = self.vae.encode(pixels).latent_dist.mean
         # InstantX's SD3 ControlNets were trained without the VAE shift (diffusers' rule).
         if getattr(self.controlnet.config, "force_zeros_for_pooled_projection", True):
@@ -381,19 +461,18 @@ class Engine:
             shift = self.vae.config.shift_factor
         return (latent - shift) * self.vae.config.scaling_factor
 
-    def sigmas(self, scheduler: str, steps: int) -> torch.Tensor:
+    def sigmas(self, scheduler: str, steps: int, sampler: str | None = None) -> torch.Tensor:
+        """The schedule ComfyUI's KSampler hands ``sampler`` (some samplers drop a sigma)."""
         from sd3pose.sampling import get_sigmas
 
-        return get_sigmas(scheduler, steps, shift=self.shift)
+        return get_sigmas(scheduler, steps, shift=self.shift, sampler=sampler)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> list[PIL.Image.Image]:
         """Final latents -> RGB images."""
         config = self.vae.config
         scaled = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        scaled = scaled.to(self.dtype)
-        if self.device.type == "cuda":
-            scaled = scaled.to(memory_format=torch.channels_last)  # matches the channels-last VAE
+        scaled = scaled.to(self.dtype, memory_format=vae_memory_format(self.device))
         pixels = self.vae.decode(scaled, return_dict=False)[0]
         return self.image_processor.postprocess(pixels, output_type="pil")
 
@@ -424,7 +503,7 @@ class Engine:
         job i. The denoiser stops sampling (GenerationCancelledError) at its next model call once every
         job is cancelled; a job cancelled earlier keeps its rows computed, and generate_batch discards them.
         """
-        from sd3pose.sampling import sample
+        from sd3pose.sampling import sample, sampler_info
 
         jobs = [self.check_job(job) for job in jobs]
         if not jobs:
@@ -459,10 +538,11 @@ class Engine:
             ",".join(f"{job.guidance_scale:g}" for job in jobs),
             ",".join(f"{job.strength:g}" for job in jobs),
         )
+        cfg_pp = sampler_info(first.sampler).needs_uncond  # ComfyUI's CFG++ uses the negative prompt even at 1
         groups = [
             RowGroup(
                 cond=self.text.encode(job.prompt),
-                uncond=self.text.encode(job.negative_prompt) if job.guidance_scale > 1 else None,
+                uncond=self.text.encode(job.negative_prompt) if job.guidance_scale > 1 or cfg_pp else None,
                 control=self.encode_control(job.control_image, job.width, job.height),
                 samples=len(job.seeds),
                 guidance_scale=job.guidance_scale,
@@ -472,8 +552,8 @@ class Engine:
             )
             for job in jobs
         ]
-        sigmas = self.sigmas(first.scheduler, first.steps)
-        denoiser = Sd3Denoiser(self, groups, sigmas, cancelled=all_cancelled if checks else None)
+        sigmas = self.sigmas(first.scheduler, first.steps, first.sampler)
+        denoiser = Sd3Denoiser(self, groups, cancelled=all_cancelled if checks else None)
         shape = (self.latent_channels, first.height // self.vae_scale_factor, first.width // self.vae_scale_factor)
         seeds = [seed for job in jobs for seed in job.seeds]
         x = initial_noise(seeds, shape, self.device) * float(sigmas[0])
@@ -485,7 +565,7 @@ class Engine:
                 if report is not None:
                     report(done, total)
 
-        latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback).float()
+        latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback, shift=self.shift).float()
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
         return list(latents.split([len(job.seeds) for job in jobs]))
 
@@ -513,7 +593,8 @@ class Engine:
         cancelled: Callable[[], bool] | None = None,
     ) -> list[PIL.Image.Image]:
         """One image per seed of the job; `cancelled` stops sampling at the next model call."""
-        return self.decode(self.generate_latents(job, on_step=on_step, cancelled=cancelled))
+        with self._serving(f"1 job, {len(job.seeds)} image(s) of {job.width}x{job.height}"):
+            return self.decode(self.generate_latents(job, on_step=on_step, cancelled=cancelled))
 
     def generate_batch(
         self,
@@ -528,6 +609,17 @@ class Engine:
         Compatible jobs (equal `batch_key`) are merged into model batches of at most `max_batch_images`
         images (a single job larger than that runs alone); the rest run one after another.
         """
+        images = sum(len(job.seeds) for job in jobs)
+        with self._serving(f"{len(jobs)} job(s), {images} image(s)"):
+            return self._generate_batch(jobs, on_step, cancelled, max_batch_images)
+
+    def _generate_batch(
+        self,
+        jobs: list[EngineJob],
+        on_step: list[Callable[[int, int], None] | None] | None,
+        cancelled: list[Callable[[], bool] | None] | None,
+        max_batch_images: int,
+    ) -> list[list[PIL.Image.Image] | Exception]:
         on_step = list(on_step) if on_step is not None else [None] * len(jobs)
         cancelled = list(cancelled) if cancelled is not None else [None] * len(jobs)
         results: list[list[PIL.Image.Image] | Exception | None] = [None] * len(jobs)

@@ -103,6 +103,23 @@ def check_device_available(device: torch.device) -> None:
             )
 
 
+def check_offload(offload: bool, device: torch.device, compile: bool) -> None:
+    """Raise ModelLoadError when `--offload` cannot apply: it needs a CUDA GPU, and not torch.compile."""
+    if not offload:
+        return
+    if device.type != "cuda":
+        raise ModelLoadError(
+            f"--offload moves each model from main memory to a CUDA GPU while it runs, but the device is "
+            f"{str(device)!r}; drop --offload (on {device.type} the models already live in one memory) "
+            "or choose --device cuda"
+        )
+    if compile:
+        raise ModelLoadError(
+            "--offload and --compile cannot be combined: compiled graphs expect the weights to stay on the "
+            "GPU; drop one of them (--offload for GPUs under 16 GB, --compile for speed)"
+        )
+
+
 def cuda_has_native_bf16(device: torch.device) -> bool:
     """True when this CUDA device computes in bf16 natively (Ampere, compute capability 8.0, or newer; ROCm).
 
@@ -186,6 +203,19 @@ def _read_json(source: str, filename: str) -> dict:
     return json.loads(Path(hf_hub_download(source, filename)).read_text())
 
 
+def tie_t5_embedding(model: torch.nn.Module) -> None:
+    """Make T5's encoder read its token embedding from `shared`, where SD3's checkpoint stores it.
+
+    The real file holds the embedding once, as `shared.weight`, and its config says
+    `tie_word_embeddings: false`; transformers shares the module between `shared` and the encoder
+    in T5's own constructor, whatever that flag says. Tie it here too, so a transformers release
+    that followed the flag could not leave the encoder with an untrained embedding.
+    """
+    if model.encoder.embed_tokens.weight is not model.shared.weight:
+        logger.debug("tying T5's encoder embedding to shared.weight")
+        model.encoder.set_input_embeddings(model.shared)
+
+
 def load_components(
     model: str | Path,
     controlnet: str | Path,
@@ -193,8 +223,12 @@ def load_components(
     device: torch.device,
     dtype: torch.dtype,
     use_t5: bool = True,
+    offload: bool = False,
 ) -> Components:
-    """Load every component in `dtype` onto `device`, in eval mode."""
+    """Load every component in `dtype` onto `device`, in eval mode.
+
+    With `offload` the models stay in main memory (offload hooks move them to `device` as they run).
+    """
     from diffusers import AutoencoderKL, SD3ControlNetModel, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
@@ -214,6 +248,7 @@ def load_components(
         if use_t5:
             logger.info("loading the T5 text encoder (pass --no-t5 to save its memory)")
             text_encoder_3 = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_3", dtype=dtype)
+            tie_t5_embedding(text_encoder_3)
             tokenizer_3 = T5TokenizerFast.from_pretrained(base, subfolder="tokenizer_3")
         else:
             logger.info("running without T5: its prompt features are zeros, as SD3 does when T5 is dropped")
@@ -247,7 +282,7 @@ def load_components(
     models = [transformer, control_net, vae, text_encoder, text_encoder_2, text_encoder_3]
     for module in models:
         if module is not None:
-            module.to(device).eval().requires_grad_(False)
+            module.to("cpu" if offload else device).eval().requires_grad_(False)
     return Components(
         transformer=transformer,
         controlnet=control_net,

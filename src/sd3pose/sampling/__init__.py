@@ -1,12 +1,13 @@
-"""sd3pose.sampling: the hosted API's 27 samplers and 6 schedulers for rectified flow, in pure torch.
+"""sd3pose.sampling: the hosted API's 27 samplers and 6 schedulers, computing what ComfyUI computes for SD3.
 
-    sigmas = get_sigmas("sgm_uniform", 20)            # 21 descending values, last 0 (SD3 shift 3)
-    x = sigmas[0] * torch.randn(...)                   # the state at sigmas[0]
-    x0 = sample("dpmpp_2m", denoiser, x, sigmas, seed=698845, callback=progress)
+    sigmas = get_sigmas("sgm_uniform", 20, sampler="dpmpp_2m")   # ComfyUI's KSampler sigmas (SD3 shift 3)
+    x = sigmas[0] * torch.randn(...)                               # the state at sigmas[0]
+    out = sample("dpmpp_2m", denoiser, x, sigmas, seed=698845, callback=progress)
 
 ``denoiser(x, sigma) -> x0`` follows the ``Denoiser`` protocol (see ``core``); ``SAMPLERS[name]`` says
 whether a sampler is stochastic, needs the unconditional prediction (CFG++), and how many model
-evaluations it makes per step.
+evaluations it makes per step; ``caveats`` lists the pairs that misbehave on SD3 (as in ComfyUI).
+docs/samplers.md has the rules and the measurements.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sd3pose.sampling.names import (
 )
 
 if TYPE_CHECKING:
-    from sd3pose.sampling.core import Denoiser, NoiseSource, row_seeds
+    from sd3pose.sampling.core import Denoiser, NoiseSampler, row_seeds
     from sd3pose.sampling.samplers import SAMPLERS, SamplerInfo, sample, sampler_info
     from sd3pose.sampling.schedules import DEFAULT_SHIFT, flow_sigma, get_sigmas, sigma_table
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 # that runs no model) never imports torch.
 _LAZY = {
     "Denoiser": "core",
-    "NoiseSource": "core",
+    "NoiseSampler": "core",
     "row_seeds": "core",
     "SAMPLERS": "samplers",
     "SamplerInfo": "samplers",
@@ -57,7 +58,7 @@ __all__ = [
     "SAMPLER_NAMES",
     "SCHEDULER_NAMES",
     "Denoiser",
-    "NoiseSource",
+    "NoiseSampler",
     "SamplerInfo",
     "flow_sigma",
     "get_sigmas",

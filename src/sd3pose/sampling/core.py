@@ -1,8 +1,8 @@
-"""Shared machinery of the samplers: the denoiser protocol, seeded noise, and the per-run context.
+"""Shared machinery of the samplers: the denoiser protocol, the noise draws, and the per-run context.
 
-Flow notation used by every sampler module: x_sigma = alpha*x0 + sigma*eps with alpha = 1 - sigma.
-Given a data prediction D = x0_hat, the implied noise prediction is eps_hat = (x - alpha*D)/sigma and
-the flow velocity dx/dsigma is v = (x - D)/sigma; both stay finite at sigma = 1 (eps_hat = x there).
+Every sampler computes what ComfyUI computes for SD3's flow model sampling (CONST: x_sigma =
+(1-sigma)*x0 + sigma*eps, shift 3): the same update in the same variables. Scalar coefficients are
+computed in float64 (Python floats); tensor maths runs in the state's dtype.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import numpy as np
 import torch
 
 from sd3pose.errors import InvalidRequestError
+from sd3pose.sampling.schedules import flow_sigma
 
 log = logging.getLogger(__name__)
 
 Seed = int | Sequence[int] | None
 Callback = Callable[[dict[str, Any]], None]
+# k-diffusion's convention: noise_sampler(sigma, sigma_next) -> standard normal noise shaped like x.
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @runtime_checkable
@@ -32,9 +35,10 @@ class Denoiser(Protocol):
     when the sampler state is float64). The model sees x_sigma = (1 - sigma)*x0 + sigma*eps.
 
     The CFG++ samplers (``euler_pp``, ``euler_ancestral_pp``) call
-    ``denoiser(x, sigma, return_uncond=True)`` and need the tuple ``(x0_guided, x0_uncond)``; a
-    denoiser without guidance returns the same tensor twice. Other samplers never pass the keyword,
-    so a plain ``lambda x, sigma: ...`` is enough for them.
+    ``denoiser(x, sigma, return_uncond=True)`` and need the tuple ``(x0_guided, x0_uncond)``; the
+    unconditional prediction is the negative prompt's, at every guidance scale including 1 (as
+    ComfyUI computes it for these samplers). Other samplers never pass the keyword, so a plain
+    ``lambda x, sigma: ...`` is enough for them.
     """
 
     def __call__(
@@ -63,46 +67,79 @@ def _stream_seed(seed: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-class NoiseSource:
-    """Per-row seeded Gaussian noise, so a row's result never depends on the rest of its batch.
+class GaussianNoise:
+    """Per-row seeded standard-normal draws on the CPU (the same numbers on every device).
 
-    Non-_gpu samplers draw on the CPU in float32 and move the noise to x's device (the same result on
-    every device); ``_gpu`` variants draw on x's device (faster, device-dependent numbers).
+    A row's draws depend only on its own seed, so its result never depends on the rest of its batch.
     """
 
-    def __init__(self, seed: Seed, like: torch.Tensor, on_device: bool = False) -> None:
+    def __init__(self, seeds: list[int] | None, like: torch.Tensor) -> None:
         self.shape = tuple(like.shape)
         self.device, self.dtype = like.device, like.dtype
-        self.gen_device = like.device if on_device else torch.device("cpu")
-        seeds = row_seeds(seed, self.shape[0])
-        self.generators = (
-            None if seeds is None else [torch.Generator(self.gen_device).manual_seed(_stream_seed(s)) for s in seeds]
-        )
+        self.generators = None if seeds is None else [torch.Generator().manual_seed(_stream_seed(s)) for s in seeds]
 
-    def __call__(self) -> torch.Tensor:
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         if self.generators is None:
-            z = torch.randn(self.shape, device=self.gen_device, dtype=torch.float32)
+            z = torch.randn(self.shape, dtype=torch.float32)
         else:
-            z = torch.stack(
-                [
-                    torch.randn(self.shape[1:], generator=g, device=self.gen_device, dtype=torch.float32)
-                    for g in self.generators
-                ]
-            )
+            z = torch.stack([torch.randn(self.shape[1:], generator=g, dtype=torch.float32) for g in self.generators])
         return z.to(self.device, self.dtype)
 
 
+class BrownianNoise:
+    """Per-row torchsde Brownian trees over [sigma_min, sigma_max], as ComfyUI's BrownianTreeNoiseSampler.
+
+    ``noise(sigma, sigma_next)`` is the path's increment between the two levels divided by the square
+    root of their distance: standard normal per draw, and draws over overlapping intervals are
+    correlated as one Brownian path is. Row i's tree has entropy ``seeds[i]`` (ComfyUI seeds its tree
+    with the request's seed). Times are float32, as ComfyUI's CPU tree takes them. The tree lives on
+    the CPU (the same numbers on every device) unless ``on_device`` (the ``_gpu`` samplers).
+    """
+
+    TOLERANCE_DIGITS = 6  # the trees resolve time to 1e-6 (torchsde's default, which ComfyUI uses)
+
+    def __init__(
+        self, seeds: list[int] | None, like: torch.Tensor, sigma_min: float, sigma_max: float, on_device: bool
+    ) -> None:
+        import torchsde  # only the SDE samplers need it
+
+        self.device, self.dtype = like.device, like.dtype
+        tree_device = like.device if on_device else torch.device("cpu")
+        t0, t1 = (torch.tensor(v, dtype=torch.float32, device=tree_device) for v in (sigma_min, sigma_max))
+        # The trees round their ends and every query to the tolerance and clamp queries into their range
+        # (warning each time); a query at sigma_min can round just outside, so clamp first, quietly.
+        self.start, self.end = (round(float(t), self.TOLERANCE_DIGITS) for t in (t0, t1))
+        w0 = torch.zeros(like.shape[1:], dtype=like.dtype, device=tree_device)
+        if seeds is None:
+            seeds = [int(torch.randint(0, 2**63 - 1, ()).item()) for _ in range(like.shape[0])]
+        tol = 10.0**-self.TOLERANCE_DIGITS
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=seed, tol=tol) for seed in seeds]
+
+    def _time(self, sigma: float) -> float:
+        as_float32 = float(torch.tensor(sigma, dtype=torch.float32))
+        return min(max(round(as_float32, self.TOLERANCE_DIGITS), self.start), self.end)
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        a, b = float(sigma), float(sigma_next)
+        lo, hi, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        ta, tb = self._time(lo), self._time(hi)
+        w = torch.stack([tree(ta, tb) for tree in self.trees]).to(self.device, self.dtype)
+        return w * (sign / math.sqrt(abs(b - a)))
+
+
 class Run:
-    """One sampling run: calls the denoiser with the protocol's sigma tensors, reports steps."""
+    """One sampling run: the denoiser with the protocol's sigma tensors, the noise draws, step reports."""
 
     def __init__(
         self,
         denoiser: Denoiser,
         x: torch.Tensor,
         sigmas: Sequence[float],
+        *,
         seed: Seed,
+        noise_sampler: NoiseSampler | None,
         callback: Callback | None,
-        noise_on_device: bool,
+        shift: float,
     ) -> None:
         self.denoiser = denoiser
         self.dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -110,8 +147,10 @@ class Run:
         self.sigmas = [float(s) for s in sigmas]
         self.total = len(self.sigmas) - 1
         self.callback = callback
-        self._seed, self._noise_on_device = seed, noise_on_device
-        self._noise: NoiseSource | None = None
+        self.shift = shift
+        self.seeds = row_seeds(seed, x.shape[0])
+        self.user_noise = noise_sampler
+        self._noise: NoiseSampler | None = noise_sampler
         self._like = x
         self.evals = 0
 
@@ -135,12 +174,28 @@ class Run:
             )
         return out[0].to(self.dtype), out[1].to(self.dtype)
 
-    def noise(self) -> torch.Tensor:
-        """A fresh standard-normal tensor shaped like x, from the run's per-row seeded streams."""
+    def use_gaussian_noise(self) -> None:
+        """Default draws: per-row seeded Gaussian streams (a given noise_sampler takes precedence)."""
         if self._noise is None:
-            like = self._like.to(self.dtype)
-            self._noise = NoiseSource(self._seed, like, on_device=self._noise_on_device)
-        return self._noise()
+            self._noise = GaussianNoise(self.seeds, self._like.to(self.dtype))
+
+    def use_brownian_noise(self, on_device: bool) -> None:
+        """Default draws: per-row Brownian trees from the smallest positive sigma to the largest (the SDE samplers)."""
+        if self._noise is None:
+            low, high = min(v for v in self.sigmas if v > 0.0), max(self.sigmas)
+            self._noise = BrownianNoise(self.seeds, self._like.to(self.dtype), low, high, on_device)
+
+    def noise(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        """The sampler's draw for the step sigma -> sigma_next, shaped like x, in the working dtype."""
+        if self._noise is None:
+            raise RuntimeError("a sampler drew noise without choosing its noise source")
+        z = self._noise(torch.tensor(sigma, dtype=torch.float64), torch.tensor(sigma_next, dtype=torch.float64))
+        return z.to(self.device, self.dtype)
+
+    def unused_draw(self, sigma: float, sigma_next: float) -> None:
+        """A draw ComfyUI makes and multiplies by 0: only a caller's noise_sampler sees it (same call order)."""
+        if self.user_noise is not None:
+            self.user_noise(torch.tensor(sigma, dtype=torch.float64), torch.tensor(sigma_next, dtype=torch.float64))
 
     def step_done(
         self,
@@ -152,9 +207,9 @@ class Run:
         sigma: float | None = None,
         sigma_next: float | None = None,
     ) -> None:
-        """Report a completed step: x is the new state at sigmas[i+1]; denoised was predicted at sigmas[i].
+        """Report a completed step: x is the new state at sigma_next; denoised was predicted at sigma.
 
-        Samplers with their own step grid (dpm_fast, dpm_adaptive) pass total/sigma/sigma_next.
+        Samplers whose steps are not the schedule's (dpm_fast, dpm_adaptive, uni_pc) pass total/sigma/sigma_next.
         """
         if self.callback is not None:
             self.callback(
@@ -169,18 +224,40 @@ class Run:
             )
 
 
-def eps_hat(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Noise implied by a data prediction: (x - (1-sigma)*D)/sigma (equals x at sigma = 1)."""
-    return (x - (1.0 - sigma) * denoised) / sigma
-
-
-def velocity(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The flow ODE's dx/dsigma = (x - D)/sigma."""
+def to_d(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
+    """k-diffusion's ODE derivative (x - D)/sigma, taken on the flow sigma itself (as ComfyUI does)."""
     return (x - denoised) / sigma
 
 
-def half_log_snr(sigma: float) -> float:
-    """lambda = log(alpha/sigma) = -log(sigma_ve); -inf at sigma = 1, +inf at sigma = 0."""
+def ancestral_split(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """k-diffusion's (sigma_down, sigma_up) between two levels of a variance-exploding schedule.
+
+    A deterministic step to sigma_down followed by fresh noise of scale sigma_up lands on sigma_to.
+    From sigma_from = inf (a flow sigma of 1 seen in VE units) ComfyUI's formula evaluates to nan
+    inside ``min(sigma_to, nan)``, which keeps sigma_to: all of the step becomes noise.
+    """
+    if not eta:
+        return sigma_to, 0.0
+    if math.isinf(sigma_from):
+        return 0.0, sigma_to
+    up = min(sigma_to, eta * math.sqrt(max(0.0, sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2)))
+    return math.sqrt(max(0.0, sigma_to**2 - up**2)), up
+
+
+def flow_ancestral(sigma: float, sigma_next: float) -> tuple[float, float, float]:
+    """ComfyUI's rectified-flow ancestral split at eta = 1: (sigma_down, rescale, renoise), for sigma_next > 0.
+
+    The step goes deterministically to sigma_down = sigma_next^2/sigma, is rescaled by
+    (1-sigma_next)/(1-sigma_down) and gets fresh noise of std ``renoise``.
+    """
+    down = sigma_next * (sigma_next / sigma)
+    rescale = (1.0 - sigma_next) / (1.0 - down)
+    renoise = math.sqrt(max(0.0, sigma_next**2 - down**2 * rescale**2))
+    return down, rescale, renoise
+
+
+def logit_lambda(sigma: float) -> float:
+    """ComfyUI's half-log-SNR of a flow sigma, log((1-sigma)/sigma): -inf at 1, +inf at 0."""
     if sigma >= 1.0:
         return -math.inf
     if sigma <= 0.0:
@@ -188,21 +265,13 @@ def half_log_snr(sigma: float) -> float:
     return math.log1p(-sigma) - math.log(sigma)
 
 
-def sigma_ve(sigma: float) -> float:
-    """The variance-exploding sigma of the same noise level, sigma/(1-sigma) (inf at sigma = 1)."""
-    return math.inf if sigma >= 1.0 else sigma / (1.0 - sigma)
+def lambda_to_sigma(lam: float) -> float:
+    """The flow sigma of a half-log-SNR: 1/(1 + e^lambda)."""
+    return 1.0 / (1.0 + math.exp(lam)) if lam < 700 else 0.0
 
 
-def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """k-diffusion's ancestral split in VE units, (sigma_down_ve, sigma_up_ve), exact at sigma = 1.
-
-    Going from sigma to sigma_next, a deterministic step to sigma_down followed by fresh noise of
-    scale sigma_up lands on the same marginal; eta = 1 is the DDPM posterior.
-    """
-    if sigma_next <= 0.0:
-        return 0.0, 0.0
-    sn = sigma_ve(sigma_next)
-    ratio = (sigma_next / (1.0 - sigma_next)) * ((1.0 - sigma) / sigma)  # sn/s, 0 at sigma = 1
-    up = min(sn, eta * sn * math.sqrt(max(0.0, 1.0 - ratio * ratio)))
-    down = math.sqrt(max(0.0, sn * sn - up * up))
-    return down, up
+def first_sigma_offset(sigmas: list[float], shift: float) -> list[float]:
+    """ComfyUI's SNR samplers start from sigma(t = 1 - 1e-4) instead of a first sigma of 1 (finite lambda)."""
+    if len(sigmas) <= 1 or sigmas[0] < 1.0:
+        return sigmas
+    return [flow_sigma(1.0 - 1e-4, shift), *sigmas[1:]]

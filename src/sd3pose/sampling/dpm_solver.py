@@ -1,26 +1,22 @@
-"""DPM-Solver with its own step grid: dpm_fast (DPM-Solver-fast) and dpm_adaptive (DPM-Solver-23).
+"""dpm_fast (DPM-Solver-fast) and dpm_adaptive (DPM-Solver-23), as ComfyUI runs them on SD3.
 
-Form: the noise-prediction DPM-Solver-1/2/3 of Lu et al. (2022) for general (alpha, sigma) in
-lambda = log(alpha/sigma), which is k-diffusion's DPMSolver through the exact change of variables.
-These eps-form updates are singular at lambda = -inf (sigma = 1) and at sigma = 0, so:
+ComfyUI calls k-diffusion's DPMSolver on the flow sigmas directly: noise prediction
+eps = (x - D)/sigma, time t = -log(sigma), sigma(t) = e^-t, from sigma_max = sigmas[0] to sigma_min =
+the last sigma, or the one before it when the last is 0. Both return the state *at sigma_min*: on a
+schedule ending in 0 the result keeps sigma_min's share of noise, as ComfyUI's does.
 
-* a schedule starting at sigma = 1 begins with the exact DDIM step to sigmas[1] (the limit of
-  every DPM-Solver step from lambda = -inf), using one evaluation;
-* the solver runs between sigmas[1] (or sigmas[0] < 1) and sigmas[-2], like k-diffusion's
-  sigma_min/sigma_max range;
-* the last evaluation, at sigmas[-2], lands exactly on sigma = 0 (x = D), where k-diffusion would
-  return the still slightly noisy state at sigma_min.
+* dpm_fast spends len(sigmas) - 1 model evaluations on steps evenly spaced in t, third order except
+  for the last (orders 3, ..., 3, then 2,1 or the remainder).
+* dpm_adaptive picks its own steps: an embedded order-2/order-3 pair, error norm over the whole batch
+  with rtol 0.05, atol 0.0078, first step 0.05 in t, accepted when the step factor is at least 0.81,
+  integral control (factor (1/error)^(1/3), limited by 1 + atan(f - 1)) -- k-diffusion's defaults,
+  which ComfyUI uses. ComfyUI lets it run as long as it needs; a server cannot, so each run gets
+  ``max(ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP * steps)`` attempts (3 model evaluations
+  each), which ComfyUI's runs stay well inside (bench/samplers.py prints the counts); when they run
+  out, the rest of the range is covered by ``steps`` fixed second-order steps (and a warning is logged).
 
-dpm_fast spends exactly len(sigmas) - 1 evaluations: the DDIM step, then DPM-Solver-fast's order
-pattern (3, 3, ..., then 2,1 or the remainder) on steps evenly spaced in lambda, then the final D.
-dpm_adaptive ignores the step count: it picks its own steps with an embedded order-2/order-3 pair
-(rtol 0.01, atol 0.001 in flow units, initial h 0.05, safety 0.9; k-diffusion's rtol 0.05 /
-atol 0.0078 were tuned for VE-scaled states and leave ~0.2 errors on unit-scale flow latents) and runs each batch
-row separately so that a row's steps never depend on the other rows. Its callback is called per
-accepted step with ``total`` an estimate. A server cannot let one request run unbounded model passes,
-so each row gets a budget of ``max(ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP * steps)``
-attempts (3 model evaluations each); when it runs out, the rest of the range is covered by
-``steps`` fixed order-2 steps, so the image is complete but less accurate (and a warning is logged).
+When a caller passes a noise_sampler, it is called where ComfyUI calls its own after every step
+(with eta = 0 the draw is multiplied by 0), so the draws of a shared sequence stay aligned.
 """
 
 from __future__ import annotations
@@ -28,172 +24,136 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import torch
 
-from sd3pose.sampling.core import Run, eps_hat, half_log_snr
+from sd3pose.sampling.core import Run
 
 log = logging.getLogger(__name__)
 
-RTOL, ATOL, H_INIT, SAFETY = 0.01, 0.001, 0.05, 0.9
-ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP = 16, 4
+RTOL, ATOL, H_INIT, ACCEPT_SAFETY, PID_EPS = 0.05, 0.0078, 0.05, 0.81, 1e-8
+ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP = 100, 10
 
 
-def _sigma(lam: float) -> float:
-    return 1.0 / (1.0 + math.exp(lam))
+def _sigma(t: float) -> float:
+    return math.exp(-t)
 
 
-def _alpha(lam: float) -> float:
-    return 1.0 / (1.0 + math.exp(-lam))
-
-
-class _Eps:
-    """eps(x, lambda) from the run's denoiser."""
+class _Solver:
+    """DPM-Solver-1/2/3 steps in t = -log(sigma) with the run's denoiser as a noise predictor."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
 
-    def __call__(self, x: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma = _sigma(lam)
+    def eps(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = _sigma(t)
         denoised = self.run.denoise(x, sigma)
-        return eps_hat(x, denoised, sigma), denoised
+        return (x - denoised) / sigma, denoised
+
+    @staticmethod
+    def first_order(x: torch.Tensor, t: float, t_next: float, eps: torch.Tensor) -> torch.Tensor:
+        return x - (_sigma(t_next) * math.expm1(t_next - t)) * eps
+
+    def second_order(
+        self, x: torch.Tensor, t: float, t_next: float, eps: torch.Tensor, r1: float = 0.5
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step, and the noise prediction at t + r1*h (reused by the third-order step)."""
+        h = t_next - t
+        s1 = t + r1 * h
+        eps_1 = self.eps(x - (_sigma(s1) * math.expm1(r1 * h)) * eps, s1)[0]
+        return self.first_order(x, t, t_next, eps) - (_sigma(t_next) / (2 * r1) * math.expm1(h)) * (eps_1 - eps), eps_1
+
+    def third_order(
+        self, x: torch.Tensor, t: float, t_next: float, eps: torch.Tensor, eps_1: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r1, r2 = 1 / 3, 2 / 3
+        h = t_next - t
+        s1, s2 = t + r1 * h, t + r2 * h
+        if eps_1 is None:
+            eps_1 = self.eps(x - (_sigma(s1) * math.expm1(r1 * h)) * eps, s1)[0]
+        phi = math.expm1(r2 * h)
+        u2 = x - (_sigma(s2) * phi) * eps - (_sigma(s2) * (r2 / r1) * (phi / (r2 * h) - 1)) * (eps_1 - eps)
+        eps_2 = self.eps(u2, s2)[0]
+        return self.first_order(x, t, t_next, eps) - (_sigma(t_next) / r2 * (math.expm1(h) / h - 1)) * (eps_2 - eps)
 
 
-def _step1(x: torch.Tensor, ls: float, lt: float, e: torch.Tensor) -> torch.Tensor:
-    h = lt - ls
-    return (_alpha(lt) / _alpha(ls)) * x - _sigma(lt) * math.expm1(h) * e
-
-
-def _step2(eps: _Eps, x, ls, lt, e, r1=0.5, cache=None):
-    h = lt - ls
-    s1 = ls + r1 * h
-    if cache is None:
-        u1 = _step1(x, ls, s1, e)
-        cache = eps(u1, s1)[0]
-    e1 = cache
-    x_t = _step1(x, ls, lt, e) - _sigma(lt) / (2 * r1) * math.expm1(h) * (e1 - e)
-    return x_t, e1
-
-
-def _step3(eps: _Eps, x, ls, lt, e, r1=1 / 3, r2=2 / 3, e1=None):
-    h = lt - ls
-    s1, s2 = ls + r1 * h, ls + r2 * h
-    if e1 is None:
-        e1 = eps(_step1(x, ls, s1, e), s1)[0]
-    u2 = (
-        (_alpha(s2) / _alpha(ls)) * x
-        - _sigma(s2) * math.expm1(r2 * h) * e
-        - _sigma(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1.0) * (e1 - e)
-    )
-    e2 = eps(u2, s2)[0]
-    return _step1(x, ls, lt, e) - (_sigma(lt) / r2) * (math.expm1(h) / h - 1.0) * (e2 - e)
-
-
-def _range(run: Run, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-    """Take the exact DDIM step from sigma = 1 if needed; returns (x, start index, its D)."""
-    s = run.sigmas
-    if s[0] < 1.0 or run.total < 2:
-        return x, 0, None
-    denoised = run.denoise(x, s[0])
-    x = (1.0 - s[1]) * denoised + s[1] * x  # eps_hat = x at sigma = 1
-    return x, 1, denoised
+def _range(sigmas: list[float]) -> tuple[float, float]:
+    """(t_start, t_end): from sigmas[0] to the last sigma, or the one before it when the last is 0."""
+    sigma_min = sigmas[-1] if sigmas[-1] != 0.0 else sigmas[-2]
+    return -math.log(sigmas[0]), -math.log(sigma_min)
 
 
 def dpm_fast(run: Run, x: torch.Tensor) -> torch.Tensor:
-    s = run.sigmas
-    if run.total == 1:
-        denoised = run.denoise(x, s[0])
-        run.step_done(0, denoised, denoised)
-        return denoised
-    x, start, first = _range(run, x)
-    to_zero = s[-1] == 0.0  # else the solver ends on sigmas[-1] itself
-    nfe = run.total - start - (1 if to_zero else 0)
-    orders = [] if nfe <= 0 else ([3] * (nfe // 3 - 1) + [2, 1] if nfe % 3 == 0 else [3] * (nfe // 3) + [nfe % 3])
-    total = len(orders) + start + (1 if to_zero else 0)
-    if first is not None:
-        run.step_done(0, x, first, total=total, sigma=s[0], sigma_next=s[1])
-    eps = _Eps(run)
-    l0, l1 = half_log_snr(s[start]), half_log_snr(s[-2] if to_zero else s[-1])
-    grid = [l0 + (l1 - l0) * k / len(orders) for k in range(len(orders) + 1)] if orders else [l0]
-    for k, order in enumerate(orders):
-        ls, lt = grid[k], grid[k + 1]
-        e, denoised = eps(x, ls)
+    t_start, t_end = _range(run.sigmas)
+    evals = run.total
+    m = evals // 3 + 1
+    orders = [3] * (m - 2) + [2, 1] if evals % 3 == 0 else [3] * (m - 1) + [evals % 3]
+    grid = np.linspace(t_start, t_end, m + 1).tolist()
+    solver = _Solver(run)
+    for i, order in enumerate(orders):
+        t, t_next = grid[i], grid[i + 1]
+        eps, denoised = solver.eps(x, t)
         if order == 1:
-            x = _step1(x, ls, lt, e)
+            x = solver.first_order(x, t, t_next, eps)
         elif order == 2:
-            x = _step2(eps, x, ls, lt, e)[0]
+            x = solver.second_order(x, t, t_next, eps)[0]
         else:
-            x = _step3(eps, x, ls, lt, e)
-        run.step_done(start + k, x, denoised, total=total, sigma=_sigma(ls), sigma_next=_sigma(lt))
-    if not to_zero:
-        return x
-    sigma_last = _sigma(grid[-1]) if orders else s[start]
-    denoised = run.denoise(x, sigma_last)
-    run.step_done(total - 1, denoised, denoised, total=total, sigma=sigma_last, sigma_next=0.0)
-    return denoised
-
-
-def _adaptive_row(run: Run, x: torch.Tensor, row: int, rows: int) -> torch.Tensor:
-    s = run.sigmas
-    lam_start = lam_end = 0.0
-
-    def report(xr: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float, done: float) -> None:
-        # The number of steps is not known in advance: progress is the share of the log-SNR range
-        # covered (all rows together), on the requested step count; only the very end reports the last step.
-        overall = (row + done) / rows
-        i = run.total - 1 if overall >= 1.0 else min(run.total - 2, int(overall * (run.total - 1)))
-        run.step_done(max(i, 0), xr, d, total=run.total, sigma=sigma, sigma_next=sigma_next)
-
-    def share(lam_now: float) -> float:
-        # Short of the end while the final denoise to 0 is still to come: that step reports the end.
-        covered = 0.0 if lam_end <= lam_start else (lam_now - lam_start) / (lam_end - lam_start)
-        return min(0.999 if to_zero else 1.0, covered)
-
-    if run.total == 1:
-        denoised = run.denoise(x, s[0])
-        report(denoised, denoised, s[0], 0.0, 1.0)
-        return denoised
-    x, start, first = _range(run, x)
-    if first is not None:
-        report(x, first, s[0], s[1], 0.0)
-    eps = _Eps(run)
-    to_zero = s[-1] == 0.0
-    lam, lam_end = half_log_snr(s[start]), half_log_snr(s[-2] if to_zero else s[-1])
-    lam_start = lam
-    h, x_prev = H_INIT, x
-    budget = max(ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP * run.total)
-    for _ in range(budget):
-        if lam_end - lam <= 1e-5:
-            break
-        h = min(h, lam_end - lam)
-        e, denoised = eps(x, lam)
-        x_low, e1 = _step2(eps, x, lam, lam + h, e, r1=1 / 3)
-        x_high = _step3(eps, x, lam, lam + h, e, e1=e1)
-        delta = torch.maximum(torch.full_like(x, ATOL), RTOL * torch.maximum(x_low.abs(), x_prev.abs()))
-        err = float(((x_low - x_high) / delta).pow(2).mean().sqrt())
-        if err <= 1.0:
-            x_prev = x
-            x, lam = x_high, lam + h
-            report(x, denoised, _sigma(lam - h), _sigma(lam), share(lam))
-        h *= min(5.0, max(0.2, SAFETY * (err if err > 0 else 1e-10) ** (-1 / 3)))
-    else:
-        if lam_end - lam > 1e-5:
-            # Out of budget: finish the range on a fixed grid (order 2, as many steps as requested).
-            finish = max(2, run.total)
-            log.warning("dpm_adaptive used its %d attempts; finishing with %d fixed steps", budget, finish)
-            grid = [lam + (lam_end - lam) * j / finish for j in range(finish + 1)]
-            for ls, lt in zip(grid[:-1], grid[1:], strict=True):
-                e, denoised = eps(x, ls)
-                x = _step2(eps, x, ls, lt, e)[0]
-                report(x, denoised, _sigma(ls), _sigma(lt), share(lt))
-            lam = lam_end
-    if not to_zero:
-        return x
-    sigma_last = _sigma(lam)
-    denoised = run.denoise(x, sigma_last)
-    report(denoised, denoised, sigma_last, 0.0, 1.0)
-    return denoised
+            x = solver.third_order(x, t, t_next, eps)
+        run.unused_draw(_sigma(t), _sigma(t_next))
+        run.step_done(i, x, denoised, total=len(orders), sigma=_sigma(t), sigma_next=_sigma(t_next))
+    return x
 
 
 def dpm_adaptive(run: Run, x: torch.Tensor) -> torch.Tensor:
-    rows = x.shape[0]
-    return torch.cat([_adaptive_row(run, x[b : b + 1], b, rows) for b in range(rows)])
+    t_start, t_end = _range(run.sigmas)
+    forward = t_end > t_start
+    solver = _Solver(run)
+    h = H_INIT if forward else -H_INIT
+    s, x_prev = t_start, x
+    budget = max(ADAPTIVE_MIN_ATTEMPTS, ADAPTIVE_ATTEMPTS_PER_STEP * run.total)
+
+    def unfinished(s: float) -> bool:
+        return s < t_end - 1e-5 if forward else s > t_end + 1e-5
+
+    reported_end = False
+
+    def report(x: torch.Tensor, denoised: torch.Tensor, s: float, t: float) -> None:
+        # The number of steps is not known in advance: progress is the share of the t range covered,
+        # on the requested step count, and only the very end reports the last step.
+        nonlocal reported_end
+        reported_end = reported_end or not unfinished(t)
+        if unfinished(t) and run.total < 2:
+            return
+        covered = 1.0 if t_end == t_start else (t - t_start) / (t_end - t_start)
+        i = run.total - 1 if not unfinished(t) else min(run.total - 2, int(covered * (run.total - 1)))
+        run.step_done(max(i, 0), x, denoised, sigma=_sigma(s), sigma_next=_sigma(t))
+
+    attempts = 0
+    while unfinished(s) and attempts < budget:
+        attempts += 1
+        t = min(t_end, s + h) if forward else max(t_end, s + h)
+        eps, denoised = solver.eps(x, s)
+        x_low, eps_1 = solver.second_order(x, s, t, eps, r1=1 / 3)
+        x_high = solver.third_order(x, s, t, eps, eps_1)
+        delta = torch.maximum(torch.full_like(x, ATOL), RTOL * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = float(torch.linalg.vector_norm((x_low - x_high) / delta)) / math.sqrt(x.numel())
+        # k-diffusion's PID controller with its defaults (integral only, order 3).
+        factor = (1.0 / (error + PID_EPS)) ** (1 / 3)
+        factor = 1.0 + math.atan(factor - 1.0)
+        if factor >= ACCEPT_SAFETY:
+            x_prev, x = x_low, x_high
+            run.unused_draw(_sigma(s), _sigma(t))
+            report(x, denoised, s, t)
+            s = t
+        h *= factor
+    if unfinished(s):
+        finish = max(2, run.total)
+        log.warning("dpm_adaptive used its %d attempts; finishing with %d fixed second-order steps", budget, finish)
+        grid = np.linspace(s, t_end, finish + 1).tolist()
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+            eps, denoised = solver.eps(x, t)
+            x = solver.second_order(x, t, t_next, eps)[0]
+            report(x, denoised, t, t_next)
+    if not reported_end:  # nothing to integrate (sigma_min = sigma_max): still report the run's end
+        run.step_done(run.total - 1, x, x, sigma=_sigma(s), sigma_next=_sigma(t_end))
+    return x

@@ -1,78 +1,105 @@
-"""First-order samplers: euler, euler_pp, euler_ancestral, euler_ancestral_pp, ddim, ddpm.
+"""First-order samplers: euler (and ddim, which ComfyUI runs as euler), euler_pp, euler_ancestral,
+euler_ancestral_pp, ddpm and lcm, each as ComfyUI runs it on SD3's flow (CONST) model sampling.
 
-Forms (flow notation of ``core``):
-* euler -- native flow Euler on dx/dsigma = v; identical to diffusers' FlowMatchEulerDiscreteScheduler.
-  (Euler in VE variables through the change of variables gives the same update: it is DDIM.)
-* ddim -- the DDIM (eta = 0) update x' = alpha'*D + sigma'*eps_hat, which is algebraically the same
-  map as euler for flow; kept as its own name because the hosted API lists both.
-* euler_ancestral / ddpm -- k-diffusion's ancestral Euler run through x_ve = x/alpha,
-  sigma_ve = sigma/alpha: a step to sigma_down_ve, then fresh noise of sigma_up_ve, back to flow.
-  With eta = 1 this is the DDPM posterior q(x_sigma' | x_sigma, x0 = D) (so ``ddpm`` is the same
-  update). At sigma = 1 (sigma_ve = inf) the split is taken in its limit: sigma_down = 0,
-  sigma_up = sigma'_ve, i.e. x' = alpha'*D + sigma'*z.
-* euler_pp / euler_ancestral_pp -- CFG++ (Chung et al. 2024): the data term uses the guided
-  prediction and the re-noising direction uses the unconditional one,
-  x' = alpha'*(D_g + sigma_down_ve*eps_u [+ sigma_up_ve*z]).
+* euler -- x += (x - D)/sigma * (sigma' - sigma) on the flow sigma itself.
+* euler_ancestral -- ComfyUI's rectified-flow branch: a step to sigma_down = sigma'^2/sigma, a
+  rescale by (1-sigma')/(1-sigma_down), fresh noise to make up the variance; lands on D at sigma' = 0.
+* euler_pp, euler_ancestral_pp -- CFG++ with ComfyUI's flow-aware step: alpha = 1 - sigma, the data
+  term uses the guided prediction and the noise direction the unconditional one; the ancestral split
+  is taken on the VE levels sigma/alpha (infinite at sigma = 1: the whole step becomes noise there).
+* ddpm -- ComfyUI's DDPM step, which reads the flow sigma as a VE sigma: the state is scaled by
+  1/sqrt(1 + sigma^2) and the DDPM posterior is taken with alpha_bar = 1/(1 + sigma^2). On a flow
+  model this is not the flow posterior; it is reproduced because the name promises ComfyUI's result.
+* lcm -- x' = (1 - sigma')*D + sigma'*z with fresh noise each step (CONST noise scaling).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from sd3pose.sampling.core import Run, ancestral_step, eps_hat, velocity
+from sd3pose.sampling.core import Run, ancestral_split, flow_ancestral, to_d
 
 
 def euler(run: Run, x: torch.Tensor) -> torch.Tensor:
     s = run.sigmas
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        x = x + (s[i + 1] - s[i]) * velocity(x, denoised, s[i])
-        run.step_done(i, x, denoised)
-    return x
-
-
-def ddim(run: Run, x: torch.Tensor) -> torch.Tensor:
-    s = run.sigmas
-    for i in range(run.total):
-        denoised = run.denoise(x, s[i])
-        x = (1.0 - s[i + 1]) * denoised + s[i + 1] * eps_hat(x, denoised, s[i])
-        run.step_done(i, x, denoised)
-    return x
-
-
-def _ancestral(run: Run, x: torch.Tensor, cfg_pp: bool, eta: float = 1.0) -> torch.Tensor:
-    s = run.sigmas
-    for i in range(run.total):
-        if cfg_pp:
-            denoised, uncond = run.denoise_pp(x, s[i])
-        else:
-            denoised = uncond = run.denoise(x, s[i])
-        down, up = ancestral_step(s[i], s[i + 1], eta)
-        # In VE units: x_ve' = D + sigma_down_ve*eps_hat + sigma_up_ve*z; back to flow with alpha'.
-        x_ve = denoised + down * eps_hat(x, uncond, s[i])
-        if up > 0.0:
-            x_ve = x_ve + up * run.noise()
-        x = (1.0 - s[i + 1]) * x_ve
+        x = x + to_d(x, denoised, s[i]) * (s[i + 1] - s[i])
         run.step_done(i, x, denoised)
     return x
 
 
 def euler_ancestral(run: Run, x: torch.Tensor) -> torch.Tensor:
-    return _ancestral(run, x, cfg_pp=False)
+    run.use_gaussian_noise()
+    s = run.sigmas
+    for i in range(run.total):
+        denoised = run.denoise(x, s[i])
+        if s[i + 1] == 0.0:
+            x = denoised
+        else:
+            down, rescale, renoise = flow_ancestral(s[i], s[i + 1])
+            keep = down / s[i]
+            x = keep * x + (1.0 - keep) * denoised
+            x = rescale * x + renoise * run.noise(s[i], s[i + 1])
+        run.step_done(i, x, denoised)
+    return x
 
 
-def ddpm(run: Run, x: torch.Tensor) -> torch.Tensor:
-    return _ancestral(run, x, cfg_pp=False)
-
-
-def euler_ancestral_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
-    return _ancestral(run, x, cfg_pp=True)
+def _cfg_pp(run: Run, x: torch.Tensor, eta: float) -> torch.Tensor:
+    if eta:
+        run.use_gaussian_noise()
+    s = run.sigmas
+    for i in range(run.total):
+        denoised, uncond = run.denoise_pp(x, s[i])
+        if s[i + 1] == 0.0:
+            x = denoised
+        else:
+            alpha, alpha_next = 1.0 - s[i], 1.0 - s[i + 1]
+            d = to_d(x, alpha * uncond, s[i])  # the unconditional noise direction
+            ve_from = math.inf if alpha == 0.0 else s[i] / alpha
+            down, up = ancestral_split(ve_from, s[i + 1] / alpha_next, eta)
+            x = alpha_next * denoised + (alpha_next * down) * d
+            if eta:
+                x = x + (alpha_next * up) * run.noise(s[i], s[i + 1])
+        run.step_done(i, x, denoised)
+    return x
 
 
 def euler_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _cfg_pp(run, x, eta=0.0)
+
+
+def euler_ancestral_pp(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return _cfg_pp(run, x, eta=1.0)
+
+
+def ddpm(run: Run, x: torch.Tensor) -> torch.Tensor:
+    run.use_gaussian_noise()
     s = run.sigmas
     for i in range(run.total):
-        guided, uncond = run.denoise_pp(x, s[i])
-        x = (1.0 - s[i + 1]) * guided + s[i + 1] * eps_hat(x, uncond, s[i])
-        run.step_done(i, x, guided)
+        denoised = run.denoise(x, s[i])
+        eps = to_d(x, denoised, s[i])
+        alpha_bar, alpha_bar_next = 1.0 / (s[i] ** 2 + 1.0), 1.0 / (s[i + 1] ** 2 + 1.0)
+        alpha = alpha_bar / alpha_bar_next
+        scaled = x / math.sqrt(1.0 + s[i] ** 2)
+        x = math.sqrt(1.0 / alpha) * (scaled - ((1.0 - alpha) / math.sqrt(1.0 - alpha_bar)) * eps)
+        if s[i + 1] > 0.0:
+            spread = math.sqrt((1.0 - alpha) * (1.0 - alpha_bar_next) / (1.0 - alpha_bar))
+            x = x + spread * run.noise(s[i], s[i + 1])
+            x = x * math.sqrt(1.0 + s[i + 1] ** 2)
+        run.step_done(i, x, denoised)
+    return x
+
+
+def lcm(run: Run, x: torch.Tensor) -> torch.Tensor:
+    run.use_gaussian_noise()
+    s = run.sigmas
+    for i in range(run.total):
+        denoised = run.denoise(x, s[i])
+        x = denoised
+        if s[i + 1] > 0.0:
+            x = s[i + 1] * run.noise(s[i], s[i + 1]) + (1.0 - s[i + 1]) * denoised
+        run.step_done(i, x, denoised)
     return x

@@ -1,30 +1,34 @@
 """The 27 samplers of the hosted API, and ``sample``: the one entry point the engine calls.
 
-Every sampler is exact for rectified flow, x_sigma = (1-sigma)*x0 + sigma*eps. Each module's
-docstring says which form its samplers use (native flow formulas, or the k-diffusion algorithm run
-through the exact change of variables x_ve = x/(1-sigma), sigma_ve = sigma/(1-sigma)) and how the
-first step from sigma = 1 (sigma_ve = inf) is taken exactly:
+Each name computes what ComfyUI (v0.12.1) computes for SD3's flow model sampling: given the same
+denoiser, start, sigmas and noise draws, ``sample`` returns what ComfyUI's KSAMPLER returns -- the
+sampler function, then the CONST inverse noise scaling x/(1 - sigma_last) with the last sigma as
+the sampler leaves it (0 for all but uni_pc, which ends at 0.001). The modules say which update
+each name runs, and where ComfyUI's formula misbehaves on a flow model:
 
-* ``first_order``  -- euler, euler_pp, euler_ancestral, euler_ancestral_pp, ddim, ddpm
-* ``single_step``  -- heun, heunpp2, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, lcm
-* ``multistep``    -- lms, ipndm, ipndm_v, deis, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, uni_pc, uni_pc_bh2
+* ``first_order``  -- euler, ddim (ComfyUI runs euler), euler_pp, euler_ancestral, euler_ancestral_pp, ddpm, lcm
+* ``single_step``  -- heun, heunpp2, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde
+* ``multistep``    -- lms, ipndm, ipndm_v, deis, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
+* ``unipc``        -- uni_pc, uni_pc_bh2
 * ``dpm_solver``   -- dpm_fast, dpm_adaptive
 
-``*_gpu`` variants run the same maths with their noise drawn on x's device.
+``*_gpu`` variants run the same maths with their Brownian tree on x's device.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sd3pose.errors import InvalidRequestError
-from sd3pose.sampling import dpm_solver, first_order, multistep, single_step
-from sd3pose.sampling.core import Callback, Denoiser, Run, Seed
+from sd3pose.sampling import dpm_solver, first_order, multistep, single_step, unipc
+from sd3pose.sampling.core import Callback, Denoiser, NoiseSampler, Run, Seed
 from sd3pose.sampling.names import SAMPLER_NAMES, resolve_sampler_name
+from sd3pose.sampling.schedules import DEFAULT_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +44,12 @@ class SamplerInfo:
     stochastic: bool = False  # draws noise during sampling (results depend on `seed`)
     needs_uncond: bool = False  # CFG++: calls denoiser(..., return_uncond=True)
     evals_per_step: int = 1  # model evaluations per step (the last step may use fewer)
-    noise_on_device: bool = False  # `_gpu` variants: noise drawn on x's device
+    noise_on_device: bool = False  # `_gpu` variants: the Brownian tree lives on x's device
     adaptive: bool = False  # chooses its own steps (dpm_adaptive): sigmas give only the range
+    final_sigma_for_zero: float = 0.0  # the last sigma the sampler ends at when the schedule ends at 0
 
 
-def _gpu(info: SamplerInfo) -> SamplerInfo:
-    return SamplerInfo(f"{info.name}_gpu", info.fn, info.stochastic, info.needs_uncond, info.evals_per_step, True)
-
-
-_BASE = (
+_ALL = (
     SamplerInfo("euler", first_order.euler),
     SamplerInfo("euler_pp", first_order.euler_pp, needs_uncond=True),
     SamplerInfo("euler_ancestral", first_order.euler_ancestral, stochastic=True),
@@ -62,23 +63,25 @@ _BASE = (
     SamplerInfo("dpm_adaptive", dpm_solver.dpm_adaptive, evals_per_step=3, adaptive=True),
     SamplerInfo("dpmpp_2s_ancestral", single_step.dpmpp_2s_ancestral, stochastic=True, evals_per_step=2),
     SamplerInfo("dpmpp_sde", single_step.dpmpp_sde, stochastic=True, evals_per_step=2),
+    SamplerInfo("dpmpp_sde_gpu", single_step.dpmpp_sde_gpu, stochastic=True, evals_per_step=2, noise_on_device=True),
     SamplerInfo("dpmpp_2m", multistep.dpmpp_2m),
     SamplerInfo("dpmpp_2m_sde", multistep.dpmpp_2m_sde, stochastic=True),
+    SamplerInfo("dpmpp_2m_sde_gpu", multistep.dpmpp_2m_sde_gpu, stochastic=True, noise_on_device=True),
     SamplerInfo("dpmpp_3m_sde", multistep.dpmpp_3m_sde, stochastic=True),
+    SamplerInfo("dpmpp_3m_sde_gpu", multistep.dpmpp_3m_sde_gpu, stochastic=True, noise_on_device=True),
     SamplerInfo("ddpm", first_order.ddpm, stochastic=True),
-    SamplerInfo("lcm", single_step.lcm, stochastic=True),
+    SamplerInfo("lcm", first_order.lcm, stochastic=True),
     SamplerInfo("ipndm", multistep.ipndm),
     SamplerInfo("ipndm_v", multistep.ipndm_v),
     SamplerInfo("deis", multistep.deis),
-    SamplerInfo("ddim", first_order.ddim),
-    SamplerInfo("uni_pc", multistep.uni_pc),
-    SamplerInfo("uni_pc_bh2", multistep.uni_pc_bh2),
+    SamplerInfo("ddim", first_order.euler),
+    SamplerInfo("uni_pc", unipc.uni_pc, final_sigma_for_zero=unipc.FINAL_SIGMA),
+    SamplerInfo("uni_pc_bh2", unipc.uni_pc_bh2, final_sigma_for_zero=unipc.FINAL_SIGMA),
 )
-_BY_NAME = {info.name: info for info in _BASE}
-_GPU = tuple(_gpu(_BY_NAME[n]) for n in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"))
+_BY_NAME = {info.name: info for info in _ALL}
 
 # In the hosted API's order.
-SAMPLERS: dict[str, SamplerInfo] = {name: {**_BY_NAME, **{g.name: g for g in _GPU}}[name] for name in SAMPLER_NAMES}
+SAMPLERS: dict[str, SamplerInfo] = {name: _BY_NAME[name] for name in SAMPLER_NAMES}
 
 
 def sampler_info(name: str) -> SamplerInfo:
@@ -104,23 +107,35 @@ def sample(
     sigmas: torch.Tensor | Sequence[float],
     *,
     seed: Seed = None,
+    noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
+    shift: float = DEFAULT_SHIFT,
 ) -> torch.Tensor:
-    """Integrate from ``x`` (the state at sigmas[0]) down the sigmas; return the final state.
+    """Integrate from ``x`` (the state at sigmas[0]) down the sigmas, as ComfyUI's KSAMPLER does.
 
-    ``denoiser`` follows the ``Denoiser`` protocol. ``seed`` (int: row i uses seed + i; a sequence:
-    one per row; None: nondeterministic) drives every noise draw of stochastic samplers, per row,
-    so a row's result does not depend on the rest of the batch. ``callback`` is called after each
-    completed step with {"i", "total", "x", "sigma", "sigma_next", "denoised"} and may raise to abort.
-    Math is done in float32 (float64 if x is float64); the result has x's dtype.
+    ``denoiser`` follows the ``Denoiser`` protocol. ``noise_sampler(sigma, sigma_next)`` (k-diffusion's
+    convention; 0-dim float64 tensors in, standard normal noise shaped like x out), when given,
+    replaces every random draw and is called where, in the order and with the values with which
+    ComfyUI's sampler of that name calls its own. Without it, ``seed`` drives the draws per row
+    (int: row i uses seed + i; a sequence: one per row; None: nondeterministic), so a row's result
+    does not depend on the rest of the batch: Gaussian streams, or for the SDE samplers a Brownian
+    tree per row. ``callback`` is called after each step with {"i", "total", "x", "sigma",
+    "sigma_next", "denoised"} and may raise to abort. ``shift`` is the model's flow shift (the SDE
+    samplers start from sigma(t = 1 - 1e-4) of it). Math runs in float32 (float64 if x is float64);
+    the result has x's dtype. A single sigma means no step: x comes back unchanged.
     """
     info = sampler_info(sampler)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise InvalidRequestError("x must be a floating-point tensor with a batch dimension first")
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        raise InvalidRequestError(f"shift must be a positive number, got {shift!r}")
     values = _check_sigmas(sigmas)
-    run = Run(denoiser, x, values, seed, callback, info.noise_on_device)
+    run = Run(denoiser, x, values, seed=seed, noise_sampler=noise_sampler, callback=callback, shift=float(shift))
     if run.total == 0:
         return x
     log.debug("sampling with %s over %d steps", info.name, run.total)
     out = info.fn(run, x.to(run.dtype))
+    last = values[-1] if values[-1] != 0.0 else info.final_sigma_for_zero
+    if last != 0.0:  # CONST inverse noise scaling
+        out = out / (1.0 - last)
     return out.to(x.dtype)

@@ -1,20 +1,19 @@
-"""Single-step higher-order samplers: heun, heunpp2, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral,
-dpmpp_sde (+ _gpu), and lcm.
+"""Single-step higher-order samplers: heun, heunpp2, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral and
+dpmpp_sde (+ _gpu), each as ComfyUI runs it on SD3's flow (CONST) model sampling.
 
-Forms (flow notation of ``core``; VE quantities are s = sigma/(1-sigma), x_ve = x/(1-sigma)):
-* heun -- native flow Heun on dx/dsigma = v with an Euler last step; identical to diffusers'
-  FlowMatchHeunDiscreteScheduler (2 evaluations per step, 1 on the step to 0).
-* heunpp2 -- the Heun++ weighting natively in flow sigma: a third evaluation one step further and the
-  slopes averaged with weights w2 = sigma_{i+1}/(2 sigma_0), w3 = sigma_{i+2}/(2 sigma_0),
-  w1 = 1 - w2 - w3; Heun on the second-to-last step and Euler on the last.
-* dpm_2, dpm_2_ancestral -- k-diffusion's DPM-Solver-2 (midpoint in log s) through the change of
-  variables, written with eps_hat so it is finite everywhere. From sigma = 1 (s = inf) the midpoint
-  is at s = inf too and the step's limit is the first-order DDIM step, taken with one evaluation.
-* dpmpp_2s_ancestral, dpmpp_sde -- k-diffusion's DPM-Solver++(2S) (midpoint in lambda = -log s, data
-  prediction), ancestral / SDE noise with eta = 1; from sigma = 1 the first-order limit (an ancestral
-  DDPM step) is taken. dpmpp_sde's two noise draws of a step are increments of one Brownian path in
-  s (k-diffusion uses a Brownian tree; our per-step construction has the same joint law).
-* lcm -- latent-consistency sampling: x' = (1-sigma')*D + sigma'*z (fresh noise each step).
+* heun -- Karras et al.'s Heun on dx/dsigma = (x - D)/sigma, Euler into sigma = 0.
+* heunpp2 -- Heun++: a third evaluation one step further, slopes weighted w2 = sigma_{i+1}/(3 sigma_0),
+  w3 = sigma_{i+2}/(3 sigma_0), w1 = 1 - w2 - w3; on the step before the last one Heun weighted
+  w2 = sigma_{i+1}/(2 sigma_0), w1 = 1 - w2; Euler on the last step. "Last" means the schedule's
+  final sigma, whatever its value.
+* dpm_2 -- k-diffusion's DPM-Solver-2 taken directly on the flow sigmas: a midpoint at
+  sqrt(sigma*sigma'), Euler into sigma = 0. ComfyUI hands it a schedule without its second-to-last
+  sigma (see ``schedules.get_sigmas``).
+* dpm_2_ancestral, dpmpp_2s_ancestral -- ComfyUI's rectified-flow branches: the deterministic part
+  goes to sigma_down = sigma'^2/sigma, then a rescale and fresh noise (``core.flow_ancestral``).
+  dpmpp_2s_ancestral's midpoint is the lambda = logit midpoint, or 0.9999 when sigma is exactly 1.
+* dpmpp_sde -- DPM-Solver++ SDE in ComfyUI's logit half-log-SNR with alpha = 1 - sigma, starting
+  from sigma(t = 1 - 1e-4) instead of 1; its two draws per step come from a Brownian tree.
 """
 
 from __future__ import annotations
@@ -23,148 +22,147 @@ import math
 
 import torch
 
-from sd3pose.sampling.core import Run, ancestral_step, eps_hat, sigma_ve, velocity
+from sd3pose.sampling.core import (
+    Run,
+    ancestral_split,
+    first_sigma_offset,
+    flow_ancestral,
+    lambda_to_sigma,
+    logit_lambda,
+    to_d,
+)
 
 
 def heun(run: Run, x: torch.Tensor) -> torch.Tensor:
     s = run.sigmas
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        d = velocity(x, denoised, s[i])
+        d = to_d(x, denoised, s[i])
         dt = s[i + 1] - s[i]
         if s[i + 1] == 0.0:
-            x = x + dt * d
+            x = x + d * dt
         else:
-            x_2 = x + dt * d
-            d_2 = velocity(x_2, run.denoise(x_2, s[i + 1]), s[i + 1])
-            x = x + dt * 0.5 * (d + d_2)
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, run.denoise(x_2, s[i + 1]), s[i + 1])
+            x = x + ((d + d_2) / 2) * dt
         run.step_done(i, x, denoised)
     return x
 
 
 def heunpp2(run: Run, x: torch.Tensor) -> torch.Tensor:
     s = run.sigmas
+    end = s[-1]
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        d = velocity(x, denoised, s[i])
+        d = to_d(x, denoised, s[i])
         dt = s[i + 1] - s[i]
-        if s[i + 1] == 0.0:
-            x = x + dt * d
+        if s[i + 1] == end:
+            x = x + d * dt
         else:
-            x_2 = x + dt * d
-            d_2 = velocity(x_2, run.denoise(x_2, s[i + 1]), s[i + 1])
-            if i + 2 >= len(s) or s[i + 2] == 0.0:
-                x = x + dt * 0.5 * (d + d_2)
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, run.denoise(x_2, s[i + 1]), s[i + 1])
+            if s[i + 2] == end:
+                w2 = s[i + 1] / (2 * s[0])
+                x = x + (d * (1.0 - w2) + d_2 * w2) * dt
             else:
-                x_3 = x_2 + (s[i + 2] - s[i + 1]) * d_2
-                d_3 = velocity(x_3, run.denoise(x_3, s[i + 2]), s[i + 2])
-                w = 2.0 * s[0]
-                w2, w3 = s[i + 1] / w, s[i + 2] / w
-                x = x + dt * ((1.0 - w2 - w3) * d + w2 * d_2 + w3 * d_3)
+                x_3 = x_2 + d_2 * (s[i + 2] - s[i + 1])
+                d_3 = to_d(x_3, run.denoise(x_3, s[i + 2]), s[i + 2])
+                w2, w3 = s[i + 1] / (3 * s[0]), s[i + 2] / (3 * s[0])
+                x = x + ((1.0 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
         run.step_done(i, x, denoised)
     return x
 
 
-def _flow_at(x_ve: torch.Tensor, s_ve: float) -> tuple[torch.Tensor, float]:
-    """VE state -> (flow state, flow sigma)."""
-    sigma = s_ve / (1.0 + s_ve)
-    return (1.0 - sigma) * x_ve, sigma
+def _log_midpoint(a: float, b: float) -> float:
+    """exp of the midpoint of log a and log b (k-diffusion's DPM-Solver-2 midpoint)."""
+    log_a = math.log(a)
+    return math.exp(log_a + 0.5 * (math.log(b) - log_a))
 
 
-def _dpm2_to(run: Run, x: torch.Tensor, sigma: float, denoised: torch.Tensor, target_ve: float) -> torch.Tensor:
-    """One DPM-Solver-2 step in VE units from flow (x, sigma) to VE level ``target_ve``; returns x_ve."""
-    eps = eps_hat(x, denoised, sigma)
-    if target_ve == 0.0 or sigma >= 1.0:  # to 0, or the limit from s = inf: first order (DDIM)
-        return denoised + target_ve * eps
-    s = sigma_ve(sigma)
-    s_mid = math.sqrt(s * target_ve)
-    x_mid, sigma_mid = _flow_at(denoised + s_mid * eps, s_mid)
-    eps_mid = eps_hat(x_mid, run.denoise(x_mid, sigma_mid), sigma_mid)
-    return x / (1.0 - sigma) + (target_ve - s) * eps_mid
+def _dpm_2_to(run: Run, x: torch.Tensor, d: torch.Tensor, sigma: float, target: float) -> torch.Tensor:
+    """DPM-Solver-2 from (x, sigma) with slope d to ``target`` > 0: the slope at the log midpoint."""
+    mid = _log_midpoint(sigma, target)
+    x_2 = x + d * (mid - sigma)
+    d_2 = to_d(x_2, run.denoise(x_2, mid), mid)
+    return x + d_2 * (target - sigma)
 
 
 def dpm_2(run: Run, x: torch.Tensor) -> torch.Tensor:
     s = run.sigmas
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        x = (1.0 - s[i + 1]) * _dpm2_to(run, x, s[i], denoised, sigma_ve(s[i + 1]))
+        d = to_d(x, denoised, s[i])
+        x = x + d * (s[i + 1] - s[i]) if s[i + 1] == 0.0 else _dpm_2_to(run, x, d, s[i], s[i + 1])
         run.step_done(i, x, denoised)
     return x
 
 
 def dpm_2_ancestral(run: Run, x: torch.Tensor) -> torch.Tensor:
+    run.use_gaussian_noise()
     s = run.sigmas
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        down, up = ancestral_step(s[i], s[i + 1])
-        x_ve = _dpm2_to(run, x, s[i], denoised, down)
-        if up > 0.0:
-            x_ve = x_ve + up * run.noise()
-        x = (1.0 - s[i + 1]) * x_ve
+        d = to_d(x, denoised, s[i])
+        down, rescale, renoise = flow_ancestral(s[i], s[i + 1]) if s[i + 1] > 0.0 else (0.0, 1.0, 0.0)
+        if down == 0.0:
+            x = x + d * (down - s[i])
+        else:
+            x = _dpm_2_to(run, x, d, s[i], down)
+            x = rescale * x + renoise * run.noise(s[i], s[i + 1])
         run.step_done(i, x, denoised)
     return x
-
-
-def _dpmpp_2s_to(run: Run, x: torch.Tensor, sigma: float, denoised: torch.Tensor, target_ve: float) -> torch.Tensor:
-    """DPM-Solver++(2S) (r = 1/2) from flow (x, sigma) to VE level ``target_ve``; returns x_ve."""
-    eps = eps_hat(x, denoised, sigma)
-    if target_ve == 0.0 or sigma >= 1.0:
-        return denoised + target_ve * eps
-    s = sigma_ve(sigma)
-    s_mid = math.sqrt(s * target_ve)  # lambda midpoint
-    x_mid, sigma_mid = _flow_at(denoised + s_mid * eps, s_mid)
-    d_mid = run.denoise(x_mid, sigma_mid)
-    # x_ve' = (t/s) x_ve + (1 - t/s) D_mid, written around eps_hat so it stays finite.
-    return d_mid + target_ve * eps + (target_ve / s) * (denoised - d_mid)
 
 
 def dpmpp_2s_ancestral(run: Run, x: torch.Tensor) -> torch.Tensor:
+    run.use_gaussian_noise()
     s = run.sigmas
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        down, up = ancestral_step(s[i], s[i + 1])
-        x_ve = _dpmpp_2s_to(run, x, s[i], denoised, down)
-        if up > 0.0:
-            x_ve = x_ve + up * run.noise()
-        x = (1.0 - s[i + 1]) * x_ve
+        if s[i + 1] == 0.0:
+            x = x + to_d(x, denoised, s[i]) * (0.0 - s[i])
+        else:
+            down, rescale, renoise = flow_ancestral(s[i], s[i + 1])
+            if s[i] == 1.0:
+                mid = 0.9999  # ComfyUI's stand-in: the logit midpoint from lambda = -inf is undefined
+            else:
+                lam = logit_lambda(s[i])
+                mid = lambda_to_sigma(lam + 0.5 * (logit_lambda(down) - lam))
+            keep = mid / s[i]
+            denoised_mid = run.denoise(keep * x + (1.0 - keep) * denoised, mid)
+            keep = down / s[i]
+            x = keep * x + (1.0 - keep) * denoised_mid
+            x = rescale * x + renoise * run.noise(s[i], s[i + 1])
         run.step_done(i, x, denoised)
     return x
 
 
-def dpmpp_sde(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """DPM-Solver++ SDE, k-diffusion's defaults: r = 1/2, eta = 1, s_noise = 1."""
-    s = run.sigmas
+def dpmpp_sde(run: Run, x: torch.Tensor, noise_on_device: bool = False) -> torch.Tensor:
+    """DPM-Solver++ SDE with ComfyUI's defaults: r = 1/2, eta = 1, s_noise = 1."""
+    run.use_brownian_noise(noise_on_device)
+    s = first_sigma_offset(run.sigmas, run.shift)
     for i in range(run.total):
         denoised = run.denoise(x, s[i])
-        eps = eps_hat(x, denoised, s[i])
         if s[i + 1] == 0.0:
             x = denoised
-        elif s[i] >= 1.0:  # limit from s = inf: the ancestral (DDPM) step
-            down, up = ancestral_step(s[i], s[i + 1])
-            x = (1.0 - s[i + 1]) * (denoised + down * eps + up * run.noise())
         else:
-            sv, tv = sigma_ve(s[i]), sigma_ve(s[i + 1])
-            mv = math.sqrt(sv * tv)
-            # Brownian path in s: increments over [s, s_mid] and [s_mid, t]; z1, z2 normalised.
-            g1, g2 = run.noise(), run.noise()
-            a, b = sv - mv, mv - tv
-            z1, z2 = g1, (math.sqrt(a) * g1 + math.sqrt(b) * g2) / math.sqrt(a + b)
-            down1, up1 = ancestral_step(s[i], mv / (1.0 + mv))
-            x_mid, sigma_mid = _flow_at(denoised + down1 * eps + up1 * z1, mv)
-            d_mid = run.denoise(x_mid, sigma_mid)
-            down, up = ancestral_step(s[i], s[i + 1])
-            x_ve = d_mid + down * eps + (down / sv) * (denoised - d_mid) + up * z2
-            x = (1.0 - s[i + 1]) * x_ve
-        run.step_done(i, x, denoised)
+            lam_s, lam_t = logit_lambda(s[i]), logit_lambda(s[i + 1])
+            lam_mid = lam_s + 0.5 * (lam_t - lam_s)
+            sigma_mid = lambda_to_sigma(lam_mid)
+            alpha_s, alpha_mid, alpha_t = 1.0 - s[i], 1.0 - sigma_mid, 1.0 - s[i + 1]
+            # Step 1: to the midpoint, with noise (the split is taken on the VE levels e^-lambda).
+            down, up = ancestral_split(math.exp(-lam_s), math.exp(-lam_mid))
+            h = -math.log(down) - lam_s
+            x_2 = ((alpha_mid / alpha_s) * math.exp(-h)) * x - (alpha_mid * math.expm1(-h)) * denoised
+            x_2 = x_2 + (alpha_mid * up) * run.noise(s[i], sigma_mid)
+            denoised_2 = run.denoise(x_2, sigma_mid)
+            # Step 2: the whole step with the midpoint's prediction (r = 1/2 weighs it fully).
+            down, up = ancestral_split(math.exp(-lam_s), math.exp(-lam_t))
+            h = -math.log(down) - lam_s
+            x = ((alpha_t / alpha_s) * math.exp(-h)) * x - (alpha_t * math.expm1(-h)) * denoised_2
+            x = x + (alpha_t * up) * run.noise(s[i], s[i + 1])
+        run.step_done(i, x, denoised, sigma=s[i])
     return x
 
 
-def lcm(run: Run, x: torch.Tensor) -> torch.Tensor:
-    s = run.sigmas
-    for i in range(run.total):
-        denoised = run.denoise(x, s[i])
-        x = denoised
-        if s[i + 1] > 0.0:
-            x = (1.0 - s[i + 1]) * denoised + s[i + 1] * run.noise()
-        run.step_done(i, x, denoised)
-    return x
+def dpmpp_sde_gpu(run: Run, x: torch.Tensor) -> torch.Tensor:
+    return dpmpp_sde(run, x, noise_on_device=True)

@@ -128,7 +128,7 @@ def create_app(
     `limiter` that share its state (a scaled-out replica: its job store settles credits itself, and
     nothing is opened under the data folder).
     """
-    from sd3pose.service import routes_generate, routes_pose, routes_system
+    from sd3pose.service import routes_comfy, routes_generate, routes_pose, routes_system
 
     settings = settings or ServiceSettings()
     if queue is None and generator_factory is None:
@@ -171,6 +171,7 @@ def create_app(
     app.add_middleware(AccessMiddleware, services=services)
     app.include_router(routes_generate.router)
     app.include_router(routes_pose.router)
+    app.include_router(routes_comfy.router)
     app.include_router(routes_system.router)
     app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
     return app

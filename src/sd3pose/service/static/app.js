@@ -1,6 +1,6 @@
 // The sd3pose playground: one page, no build step, nothing loaded from outside this server.
 // Talks to the same API as every other client: POST /v1/pose for the skeleton preview,
-// POST /v2/sd3-med-pose + polling of its status for generation.
+// POST /v2/sd3-med-pose + polling of its status for generation, POST /v1/comfy-workflow to copy a workflow.
 "use strict";
 
 (() => {
@@ -127,9 +127,22 @@
     }));
   }
 
+  // Sampler x scheduler pairs that misbehave on SD3 (x-caveats of the sampler field); none without a schema.
+  let caveats = [];
+
+  function showPairWarning() {
+    const sampler = $("sampler").value;
+    const scheduler = $("scheduler").value;
+    const found = caveats.find((c) => c.sampler === sampler && c.scheduler === scheduler);
+    const box = $("pair-warning");
+    box.textContent = found ? `${sampler} with ${scheduler}: ${found.warning}.` : "";
+    box.hidden = !found;
+  }
+
   function applySchema(schemas) {
     const model = schemas && schemas.GenerationRequest;
     const props = (model && model.properties) || {};
+    caveats = (props.sampler && props.sampler["x-caveats"]) || [];
     for (const name of ["sampler", "scheduler", "output_format", "pose_mode", "resize_mode"]) {
       const prop = resolve(schemas, props[name]);
       const values = Array.isArray(prop.enum) && prop.enum.length ? prop.enum : FALLBACK_ENUMS[name];
@@ -499,6 +512,21 @@
     return lines.join("\n");
   }
 
+  // The clipboard API where the page may use it (https or localhost), else the selected text area.
+  async function copyText(text, area) {
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(text);
+        return true;
+      }
+    } catch {
+      // fall through to the text area
+    }
+    area.focus();
+    area.select();
+    return Boolean(document.execCommand && document.execCommand("copy"));
+  }
+
   async function copyCurl() {
     if (!state.source) {
       showError("Choose or drop a photo first (or give an image URL), then copy the curl command.");
@@ -511,22 +539,50 @@
     box.hidden = false;
     box.open = true;
     area.value = command;
-    let copied = false;
-    try {
-      if (navigator.clipboard && window.isSecureContext) {
-        await navigator.clipboard.writeText(command);
-        copied = true;
-      }
-    } catch {
-      copied = false;
-    }
-    if (!copied) {
-      area.focus();
-      area.select();
-      copied = document.execCommand && document.execCommand("copy");
-    }
+    const copied = await copyText(command, area);
     const keyNote = apiKey() ? " Set SD3POSE_API_KEY to your key first." : "";
     $("curl-status").textContent = (copied ? "Copied to the clipboard." : "Select the text and copy it.") + keyNote;
+  }
+
+  // --- copy as ComfyUI workflow ---------------------------------------------------------------------
+
+  // The server builds the graph (the same code as `sd3pose comfy-workflow`) and makes the pose map it loads.
+  async function copyComfy() {
+    if (!state.source) {
+      showError("Choose or drop a photo first (or give an image URL), then copy the ComfyUI workflow.");
+      return;
+    }
+    clearError();
+    const button = $("copy-comfy");
+    button.disabled = true;
+    $("comfy-status").textContent = "Making the pose map…";
+    try {
+      const answer = await (await api("POST", "/v1/comfy-workflow", buildRequest())).json();
+      const text = JSON.stringify(answer.workflow, null, 2);
+      const box = $("comfy-box");
+      box.hidden = false;
+      box.open = true;
+      $("comfy-text").value = text;
+      setDownload($("comfy-download"), new Blob([text], { type: "application/json" }), "workflow.json");
+      const png = Uint8Array.from(atob(answer.pose_image), (c) => c.charCodeAt(0));
+      setDownload($("comfy-pose"), new Blob([png], { type: "image/png" }), answer.pose_image_name);
+      $("comfy-pose").textContent = `Download the pose map (${answer.pose_image_name})`;
+      const copied = await copyText(text, $("comfy-text"));
+      const seeds = `seed${answer.seeds.length > 1 ? "s" : ""} ${answer.seeds.join(", ")}`;
+      const copy = copied ? "Copied to the clipboard." : "Select the text and copy it.";
+      $("comfy-status").textContent = `${copy} ${answer.width}×${answer.height}, ${seeds}.`;
+    } catch (error) {
+      $("comfy-status").textContent = "";
+      showError(error.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function setDownload(link, blob, filename) {
+    if (link.href && link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+    link.href = URL.createObjectURL(blob);
+    link.download = filename;
   }
 
   // --- errors ------------------------------------------------------------------------------------------
@@ -591,13 +647,16 @@
     $("pose-parts").addEventListener("change", () => schedulePose(300));
 
     $("seed-random").addEventListener("change", (event) => { $("seed").disabled = event.target.checked; });
+    for (const id of ["sampler", "scheduler"]) $(id).addEventListener("change", showPairWarning);
     $("params").addEventListener("submit", generate);
     $("copy-curl").addEventListener("click", copyCurl);
+    $("copy-comfy").addEventListener("click", copyComfy);
   }
 
   async function start() {
     wire();
     applySchema(await loadSchemas());
+    showPairWarning();
     document.body.dataset.ready = "true"; // the form is filled: tests and scripts may start
   }
 

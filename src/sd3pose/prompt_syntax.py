@@ -1,0 +1,117 @@
+"""The emphasis syntax of prompts, read as ComfyUI (v0.12.1) reads it.
+
+A prompt is split into pieces of text, each with a weight:
+
+- ``(text)`` multiplies the weight of ``text`` by 1.1; groups nest, so ``((text))`` gives 1.21;
+- ``(text:1.3)`` sets the weight of ``text`` to 1.3 (it replaces the enclosing weight, it does not
+  multiply it). The number is whatever follows the group's *last* colon; when that is not a
+  number (``(a:b)``), the group is a plain ``(text)`` group and the colon stays in the text;
+- ``\\(`` and ``\\)`` are literal brackets;
+- a bracket without its partner is text: ``(unclosed`` is read literally; after a stray ``)``
+  brackets are text until a ``(`` balances it.
+
+The text of each piece keeps its spaces and punctuation; the tokenizers read each piece on its own.
+No piece is empty. This is only the parsing: how the weights act on the embeddings is
+`sd3pose.engine.text`'s job.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sd3pose.errors import InvalidRequestError
+
+GROUP_FACTOR = 1.1  # the weight factor of a bare (text) group
+ESCAPED = {"\\(": "(", "\\)": ")"}  # an escaped bracket is one symbol, never a group's edge
+
+WeightedPiece = tuple[str, float]
+
+
+def parse_prompt(prompt: str) -> tuple[WeightedPiece, ...]:
+    """The prompt's pieces of text and their weights, in order.
+
+    Raises InvalidRequestError when a group asks for a weight that is not a finite number, such as
+    ``(word:inf)``: such a weight would turn the whole image into NaNs.
+    """
+    pieces: list[tuple[list[str], float]] = []
+    _collect(_symbols(prompt), 1.0, pieces)
+    return tuple(("".join(ESCAPED.get(symbol, symbol) for symbol in symbols), weight) for symbols, weight in pieces)
+
+
+def is_plain(pieces: tuple[WeightedPiece, ...]) -> bool:
+    """True when no piece carries a weight other than 1 (the prompt needs no weighting)."""
+    return all(weight == 1.0 for _, weight in pieces)
+
+
+def _symbols(text: str) -> list[str]:
+    """The characters of text, with each backslash-bracket pair as one two-character symbol."""
+    symbols: list[str] = []
+    i = 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair in ESCAPED:
+            symbols.append(pair)
+            i += 2
+        else:
+            symbols.append(text[i])
+            i += 1
+    return symbols
+
+
+def _collect(symbols: list[str], weight: float, out: list[tuple[list[str], float]]) -> None:
+    for chunk in _top_level_chunks(symbols):
+        if len(chunk) < 2 or chunk[0] != "(" or chunk[-1] != ")":
+            out.append((chunk, weight))
+            continue
+        inner, inner_weight = _group_weight(chunk[1:-1], weight)
+        _collect(inner, inner_weight, out)
+
+
+def _group_weight(inner: list[str], outer: float) -> tuple[list[str], float]:
+    """A group's symbols and weight: ``text:number`` sets the weight, anything else multiplies it by 1.1."""
+    colon = len(inner) - 1 - inner[::-1].index(":") if ":" in inner else -1
+    if colon > 0:  # a colon at the very start does not name a weight
+        number = "".join(inner[colon + 1 :])
+        try:
+            value = float(number)
+        except ValueError:
+            pass
+        else:
+            if not math.isfinite(value):
+                raise InvalidRequestError(
+                    f"the prompt weight {number.strip()!r} in ({''.join(inner)}) is not a finite number; "
+                    "write a number such as (word:1.2), or escape the brackets as \\( and \\) to keep them as text"
+                )
+            return inner[:colon], value
+    return inner, outer * GROUP_FACTOR
+
+
+def _top_level_chunks(symbols: list[str]) -> list[list[str]]:
+    """Split symbols into plain runs and outermost ``( ... )`` groups (an unclosed group runs to the end).
+
+    The depth counter may go below zero after a stray ``)``; while it is not zero, brackets are
+    ordinary symbols of the current chunk.
+    """
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    depth = 0
+    for symbol in symbols:
+        if symbol == "(" and depth == 0:
+            if current:
+                chunks.append(current)
+            current = [symbol]
+            depth = 1
+        elif symbol == "(":
+            current.append(symbol)
+            depth += 1
+        elif symbol == ")":
+            current.append(symbol)
+            depth -= 1
+            if depth == 0:
+                chunks.append(current)
+                current = []
+        else:
+            current.append(symbol)
+    if current:
+        chunks.append(current)
+    return chunks
