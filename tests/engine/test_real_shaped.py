@@ -180,7 +180,7 @@ def test_clip_tokenizers_have_the_real_vocabulary(real_shaped_model_dir):
 def test_without_clip_anytorch_the_tiny_vocabulary_stands_in(tmp_path, monkeypatch):
     from transformers import CLIPTokenizer
 
-    from sd3pose.engine import real_shaped
+    from sd3pose.cli import real_shaped_model as real_shaped
 
     monkeypatch.setattr(real_shaped, "clip_bpe_vocabulary", lambda: None)
     write_clip_tokenizer(tmp_path, CONFIGS / "base" / "tokenizer_2", pad_token="!")
