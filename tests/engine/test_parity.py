@@ -15,20 +15,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from diffusers_reference import clip_only_arguments, reference_latents
 from tiny_jobs import job, pose_map, relative_difference
 
-from sd3pose.engine import initial_noise
-
 LATENT_RTOL = 1e-4
-T5_LENGTH = 77  # ComfyUI's T5 length for prompts of up to 76 T5 tokens
-
-
-@pytest.fixture(autouse=True)
-def vae_mode_not_sample(monkeypatch):
-    """diffusers encodes the pose map with a sample of the VAE posterior; ComfyUI (and we) take its mode."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
 
 
 @pytest.fixture(scope="module")
@@ -44,32 +34,6 @@ def diffusers_controlnet_pipe(tiny_model_dir):
 def test_the_tiny_clip_l_projection_is_the_identity(tiny_engine):
     projection = tiny_engine.text.clip_l.model.text_projection.weight
     assert torch.equal(projection, torch.eye(projection.shape[0]))
-
-
-def reference_latents(pipe, the_job, **extra) -> torch.Tensor:
-    """diffusers' result for the job, from the same starting noise (euler + its default 'normal' schedule)."""
-    noise = initial_noise(the_job.seeds, (16, the_job.height // 8, the_job.width // 8), torch.device("cpu"))
-    # The prompts, unless the caller hands diffusers ready conditioning (prompt_embeds and company).
-    prompts = dict(prompt=the_job.prompt, negative_prompt=the_job.negative_prompt, max_sequence_length=T5_LENGTH)
-    arguments = dict(
-        **({} if "prompt_embeds" in extra else prompts),
-        num_inference_steps=the_job.steps,
-        guidance_scale=the_job.guidance_scale,
-        latents=noise,
-        height=the_job.height,
-        width=the_job.width,
-        output_type="latent",
-    )
-    arguments.update(extra)
-    if hasattr(pipe, "controlnet"):
-        arguments.update(
-            control_image=the_job.control_image,
-            controlnet_conditioning_scale=the_job.strength,
-            control_guidance_start=the_job.control_start,
-            control_guidance_end=the_job.control_end,
-        )
-    with torch.no_grad():
-        return pipe(**arguments).images
 
 
 def decode_like_diffusers(pipe, latents: torch.Tensor) -> np.ndarray:
@@ -108,26 +72,10 @@ def test_without_t5_the_context_is_the_clip_tokens_alone(tiny_model_dir):
     )
     pipe.set_progress_bar_config(disable=True)
 
-    def clip_only(prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            tokens_l, pooled_l = pipe._get_clip_prompt_embeds(prompt, device="cpu", clip_model_index=0)
-            tokens_g, pooled_g = pipe._get_clip_prompt_embeds(prompt, device="cpu", clip_model_index=1)
-        tokens = torch.cat([tokens_l, tokens_g], dim=-1)
-        width = pipe.transformer.config.joint_attention_dim
-        return torch.nn.functional.pad(tokens, (0, width - tokens.shape[-1])), torch.cat([pooled_l, pooled_g], dim=-1)
-
     the_job = job(steps=3)
-    tokens, pooled = clip_only(the_job.prompt)
-    negative_tokens, negative_pooled = clip_only(the_job.negative_prompt)
-    assert tokens.shape == (1, 77, 64)
-    reference = reference_latents(
-        pipe,
-        the_job,
-        prompt_embeds=tokens,
-        pooled_prompt_embeds=pooled,
-        negative_prompt_embeds=negative_tokens,
-        negative_pooled_prompt_embeds=negative_pooled,
-    )
+    arguments = clip_only_arguments(pipe, the_job)
+    assert arguments["prompt_embeds"].shape == (1, 77, 64)
+    reference = reference_latents(pipe, the_job, **arguments)
     assert relative_difference(engine.generate_latents(the_job), reference) < LATENT_RTOL
 
 

@@ -20,11 +20,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers_reference import clip_only_arguments, reference_latents
 from safetensors import safe_open
 from tiny_jobs import job, pose_map, relative_difference
 
 from sd3pose.cli.real_shaped_model import DEPTH, clip_bpe_vocabulary, write_clip_tokenizer
-from sd3pose.engine import Engine, initial_noise
+from sd3pose.engine import Engine
 from sd3pose.engine.loading import Components, load_components
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "sd3-medium-configs"
@@ -81,23 +82,6 @@ WITH_T5 = real_job()
 WITHOUT_T5 = real_job(prompt="an astronaut dancing on the moon")
 
 
-def diffusers_latents(pipe, the_job) -> torch.Tensor:
-    noise = initial_noise(the_job.seeds, (16, SIZE // 8, SIZE // 8), CPU)
-    with torch.no_grad():
-        return pipe(
-            prompt=the_job.prompt,
-            negative_prompt=the_job.negative_prompt,
-            num_inference_steps=the_job.steps,
-            guidance_scale=the_job.guidance_scale,
-            latents=noise,
-            height=SIZE,
-            width=SIZE,
-            output_type="latent",
-            control_image=the_job.control_image,
-            controlnet_conditioning_scale=the_job.strength,
-        ).images
-
-
 @pytest.fixture(scope="module")
 def real(real_shaped_model_dir: Path) -> SimpleNamespace:
     """One load, used in order: the components as the loader returns them (float32, CPU) are compared with
@@ -120,7 +104,10 @@ def real(real_shaped_model_dir: Path) -> SimpleNamespace:
         scheduler=scheduler, **{**models, "text_encoder_3": None, "tokenizer_3": None}
     )
     without_t5_pipe.set_progress_bar_config(disable=True)
-    references = {"with": diffusers_latents(pipe, WITH_T5), "without": diffusers_latents(without_t5_pipe, WITHOUT_T5)}
+    references = {
+        "with": reference_latents(pipe, WITH_T5),
+        "without": reference_latents(without_t5_pipe, WITHOUT_T5, **clip_only_arguments(without_t5_pipe, WITHOUT_T5)),
+    }
 
     engine = Engine(parts, CPU, torch.float32)
     # The same (already prepared) models, without T5: the engine's zero-T5 path at real widths.
@@ -207,15 +194,16 @@ def test_clip_pools_the_end_of_text_state_with_legacy_ids(real):
     parts = real.parts
     prompt = "a dancer in a red dress"
     pooled = []
-    for tokenizer, encoder in ((parts.tokenizer, parts.text_encoder), (parts.tokenizer_2, parts.text_encoder_2)):
+    encoders = ((parts.tokenizer, parts.text_encoder, False), (parts.tokenizer_2, parts.text_encoder_2, True))
+    for tokenizer, encoder, projected in encoders:
         assert encoder.config.eos_token_id == 2  # the legacy id, as published
         ids = tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
         with torch.no_grad():
             out = encoder(ids)
-            end = int((ids[0] == tokenizer.eos_token_id).nonzero()[0])
-            expected = encoder.text_projection(out.last_hidden_state[0, end])
-        assert torch.allclose(out.text_embeds[0], expected, rtol=0, atol=1e-6)
-        pooled.append(expected)
+            end_state = out.last_hidden_state[0, int((ids[0] == tokenizer.eos_token_id).nonzero()[0])]
+        assert torch.allclose(out.text_embeds[0], encoder.text_projection(end_state), rtol=0, atol=1e-6)
+        # CLIP-L's pooled vector is taken un-projected (ComfyUI), CLIP-G's projected.
+        pooled.append(encoder.text_projection(end_state) if projected else end_state)
     assert torch.allclose(real.engine.text.encode(prompt).pooled[0], torch.cat(pooled), rtol=0, atol=1e-6)
 
 

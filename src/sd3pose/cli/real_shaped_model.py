@@ -215,6 +215,9 @@ def write_real_shaped_model(directory: str | Path, configs: str | Path) -> tuple
 
     for part in ("text_encoder", "text_encoder_2"):
         clip = CLIPTextModelWithProjection(CLIPTextConfig(**published[part] | DEPTH[part]))
+        if part == "text_encoder":  # SD3 Medium's CLIP-L projection is the identity
+            with torch.no_grad():
+                clip.text_projection.weight.copy_(torch.eye(clip.text_projection.weight.shape[0]))
         _save(_fp16_state(clip), base / part / CLIP_WEIGHTS_NAME)
     del clip
     t5 = T5EncoderModel(T5Config(**published["text_encoder_3"] | DEPTH["text_encoder_3"]))
