@@ -55,8 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
 
+    from sd3pose.cli.tiny_model import write_tiny_model
     from sd3pose.engine import Engine
-    from sd3pose.engine.tiny import write_tiny_model
     from sd3pose.pipeline import Generator
     from sd3pose.request import parse_request
 

@@ -21,8 +21,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from sd3pose.cli.tiny_model import write_tiny_model
 from sd3pose.engine import Engine, EngineJob, initial_noise
-from sd3pose.engine.tiny import write_tiny_model
 
 SIZE, STEPS = 256, 8
 

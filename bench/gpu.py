@@ -131,7 +131,7 @@ SMOKE = dict(
     steps=3,
 )
 
-TARGET_S_PER_IMAGE, TARGET_SPEEDUP = 1.5, 1.3  # issue 7, for an H100 at SD3 Medium size
+TARGET_S_PER_IMAGE, TARGET_SPEEDUP = 1.5, 1.3  # the targets, for an H100 at SD3 Medium size
 LATENT_RTOL_HALF, PIXEL_MEAN_TOL_HALF = 0.05, 2.0  # "images match" in fp16/bf16 (see run_dtype)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -153,7 +153,7 @@ def build_models(config: dict, device: torch.device, dtype: torch.dtype) -> dict
     from diffusers import AutoencoderKL, SD3ControlNetModel, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from sd3pose.engine.tiny import build_clip_tokenizer, build_t5_tokenizer
+    from sd3pose.cli.tiny_model import build_clip_tokenizer, build_t5_tokenizer
 
     tokenizers = [build_clip_tokenizer(), build_clip_tokenizer(pad_token="!"), build_t5_tokenizer()]
     torch.manual_seed(0)

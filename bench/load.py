@@ -84,10 +84,10 @@ def main() -> None:
     if redis_bin is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
 
+    from sd3pose.cli.tiny_model import write_tiny_model
     from sd3pose.distributed.celery_app import make_celery
     from sd3pose.distributed.config import queue_name, redis_client
     from sd3pose.distributed.keystore import RedisKeyStore
-    from sd3pose.engine.tiny import write_tiny_model
 
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="sd3pose-load-") as tmp:

@@ -74,9 +74,9 @@ def main() -> None:
 
     from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
 
+    from sd3pose.cli.tiny_model import write_tiny_model
     from sd3pose.engine import Engine, EngineJob, initial_noise
     from sd3pose.engine.loading import load_components
-    from sd3pose.engine.tiny import write_tiny_model
     from sd3pose.pipeline import Generator
     from sd3pose.pose.detect import get_detector
     from sd3pose.request import parse_request

@@ -23,8 +23,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from sd3pose.cli.tiny_model import write_tiny_model
 from sd3pose.engine import Engine, RowGroup, Sd3Denoiser
-from sd3pose.engine.tiny import write_tiny_model
 from sd3pose.sampling import SAMPLER_NAMES, SAMPLERS, get_sigmas, sample
 
 STEPS = 20

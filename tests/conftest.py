@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with base/ (SD3 pipeline layout) and controlnet/ (InstantX layout) of the tiny model."""
-    from sd3pose.engine.tiny import write_tiny_model
+    from sd3pose.cli.tiny_model import write_tiny_model
 
     directory = tmp_path_factory.mktemp("tiny-model")
     write_tiny_model(directory)

@@ -6,17 +6,14 @@ This is the only place that knows every stage; HTTP, CLI and workers all call `G
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from sd3pose.engine.engine import Engine, EngineJob
-from sd3pose.engine.tiny import ensure_demo_model
+from sd3pose.errors import ModelLoadError
 from sd3pose.images import InputLimits, encode_image, load_image, media_type
 from sd3pose.pose.cache import CachedPoseDetector
 from sd3pose.pose.control import ControlResult, build_control_image
@@ -32,44 +29,9 @@ from sd3pose.request import (
     default_size,
 )
 from sd3pose.results import GenerationResult, PosePreview
+from sd3pose.settings import EngineSettings
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DATA_DIR = Path("var")
-
-
-def compile_from_env() -> bool:
-    """True when the SD3POSE_COMPILE environment variable asks for torch.compile (1, true, yes, on)."""
-    return os.environ.get("SD3POSE_COMPILE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-@dataclass
-class EngineSettings:
-    """Which weights to load, and where. `model=None` means the built-in random-weight demo model."""
-
-    model: str | Path | None = None
-    controlnet: str | Path | None = None
-    device: str | None = None
-    dtype: str | None = None
-    use_t5: bool = True
-    # torch.compile the transformer and ControlNet, warmed up at load (`--compile`, or SD3POSE_COMPILE=1
-    # for entry points without the flag, such as the Celery worker).
-    compile: bool = field(default_factory=lambda: compile_from_env())
-    # Keep the models in main memory and move each to the GPU while it runs (`--offload`, GPUs under 16 GB).
-    offload: bool = False
-    data_dir: Path = DEFAULT_DATA_DIR
-    input_limits: InputLimits = field(default_factory=InputLimits)
-
-    def resolved_model_paths(self) -> tuple[str | Path, str | Path]:
-        if self.model is None:
-            if self.controlnet is not None:
-                log.warning("--controlnet given without --model: using the demo model for both")
-            return ensure_demo_model(Path(self.data_dir) / "demo-model")
-        if self.controlnet is None:
-            raise ValueError(
-                "--model needs --controlnet too: a ControlNet folder or hub id (e.g. InstantX/SD3-Controlnet-Pose)"
-            )
-        return self.model, self.controlnet
 
 
 def _round16(side: float) -> int:
@@ -143,19 +105,28 @@ class Generator:
         self.input_limits = input_limits or InputLimits()
 
     @classmethod
-    def create(cls, settings: EngineSettings, *, warm_up: bool = False) -> Generator:
-        """Load the models; `warm_up` also loads the pose models now (servers and workers do)."""
-        model, controlnet = settings.resolved_model_paths()
+    def create(
+        cls, settings: EngineSettings, *, input_limits: InputLimits | None = None, warm_up: bool = False
+    ) -> Generator:
+        """Load the models. `warm_up` (servers and workers) also loads the pose models and, with
+        `compile`, compiles the default shapes now, so no request pays for them; a one-shot command
+        skips both, as its one request may need neither."""
+        if settings.model is None or settings.controlnet is None:
+            raise ModelLoadError(
+                "give both --model and --controlnet: folders or hub ids (e.g. InstantX/SD3-Controlnet-Pose)"
+            )
         engine = Engine.load(
-            model,
-            controlnet,
+            settings.model,
+            settings.controlnet,
             device=settings.device,
             dtype=settings.dtype,
             use_t5=settings.use_t5,
             compile=settings.compile,
             offload=settings.offload,
+            warm_up=warm_up,
         )
-        generator = cls(engine, input_limits=settings.input_limits)
+        limits = input_limits or InputLimits(allow_private_urls=settings.allow_private_urls)
+        generator = cls(engine, input_limits=limits)
         if warm_up:
             generator.warm_up()
         return generator

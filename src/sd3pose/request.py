@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from sd3pose.engine.prompt_syntax import parse_prompt
 from sd3pose.errors import InvalidRequestError
+from sd3pose.prompt_syntax import parse_prompt
 from sd3pose.sampling.caveats import caveat_list, caveat_summary
 from sd3pose.sampling.names import (
     SAMPLER_NAMES,
@@ -211,9 +211,8 @@ class GenerationRequest(BaseModel):
 
     @field_validator("pose_parts")
     @classmethod
-    def _parts_not_empty(cls, value: list[PosePart]) -> list[PosePart]:
-        if not value:
-            raise ValueError("must name at least one of body, hands, face")
+    def _drop_repeated_parts(cls, value: list[PosePart]) -> list[PosePart]:
+        # An empty list is refused by min_length; a part named twice is drawn once.
         return list(dict.fromkeys(value))
 
     @model_validator(mode="after")

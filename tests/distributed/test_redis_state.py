@@ -13,9 +13,9 @@ from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
 from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
 from sd3pose.distributed.queue import CeleryJobQueue
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.jobs.contract import JobNotRecordedError, JobStatus
 from sd3pose.request import parse_request
 from sd3pose.results import GenerationResult
-from sd3pose.service.jobs import JobNotRecordedError, JobStatus
 
 
 @pytest.fixture
@@ -219,13 +219,13 @@ def test_an_unanswered_pose_preview_expires_instead_of_running_later(redis_serve
 
     from sd3pose.distributed import queue as queue_module
     from sd3pose.distributed.queue import CeleryJobQueue
+    from sd3pose.jobs.contract import NoWorkerAnsweredError
     from sd3pose.request import parse_request
-    from sd3pose.service.jobs import QueueFullError
 
     monkeypatch.setattr(queue_module, "PREVIEW_TIMEOUT_S", 0.2)
     jobs = CeleryJobQueue(redis_server.url, "sd3pose.gen.preview-test", client=client)
     try:
-        with pytest.raises(QueueFullError, match="no worker answered"):
+        with pytest.raises(NoWorkerAnsweredError, match="no worker answered"):
             jobs.preview_pose(parse_request({"image": "aGVsbG8=", "prompt": "pose preview"}))
         messages = [json.loads(m) for m in client.lrange("sd3pose.gen.preview-test", 0, -1)]
         assert len(messages) == 1 and messages[0]["headers"]["task"] == "sd3pose.preview_pose"
@@ -344,3 +344,32 @@ def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client
     assert keys._add(**call) == 1
     assert keys._add(**call) == 1
     assert keys.balance(key.id) == 0
+
+
+def test_queue_depth_with_redis_down_is_an_error_not_zero() -> None:
+    from sd3pose.jobs.contract import StoreUnavailableError
+
+    url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    queue = CeleryJobQueue(url, "q", client=redis.Redis.from_url(url))
+    with pytest.raises(StoreUnavailableError, match="job store"):
+        queue.depth()
+    queue.stop()
+
+
+def test_a_worker_that_cannot_store_a_result_fails_the_job_instead_of_leaving_it_running(client) -> None:
+    from sd3pose.distributed.worker import JobRunner
+
+    keys, store = RedisKeyStore(client), RedisJobStore(client)
+    key, _ = keys.create("payer", credits=3)
+    assert keys.reserve(key.id, 1.0)
+    job = store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=0)
+    request = parse_request({"image": "x", "prompt": "a dancer"})
+
+    def full_disk(job_id, result) -> bool:
+        raise redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+    store.complete = full_disk
+    JobRunner(_OneImageGenerator(), store, "w1").run(job.id, request.model_dump_json(by_alias=True))
+    ended = store.get(job.id)
+    assert ended.status is JobStatus.FAILED and "could not store the outcome" in ended.error
+    assert keys.balance(key.id) == 3  # refunded

@@ -1,4 +1,4 @@
-"""The issue's acceptance scenarios on real processes: 2 workers + 2 API replicas over one Redis.
+"""Scale-out on real processes: 2 workers + 2 API replicas over one Redis.
 
 Workers and APIs are started once for the module (torch + diffusers start-up is the slow part); a
 test that kills one restarts it for the next. Every wait is bounded.

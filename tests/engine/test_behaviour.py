@@ -104,7 +104,7 @@ def test_cancel_stops_the_run(tiny_engine):
 
 
 def test_native_resolution_and_demo_flag(tiny_engine):
-    # sample_size 16 latents x VAE factor 8; the lead's default size rule builds on this.
+    # sample_size 16 latents x VAE factor 8; the default size rule builds on this.
     assert tiny_engine.native_resolution == 128
     assert tiny_engine.is_demo is True
     assert tiny_engine.device == torch.device("cpu") and tiny_engine.dtype == torch.float32

@@ -13,9 +13,9 @@ import pytest
 import torch
 from tiny_jobs import job, relative_difference
 
-from sd3pose.engine.prompt_syntax import parse_prompt
-from sd3pose.engine.tiny import _CORPUS
+from sd3pose.cli.tiny_model import _CORPUS
 from sd3pose.errors import InvalidRequestError
+from sd3pose.prompt_syntax import parse_prompt
 from sd3pose.request import parse_request
 
 ATOL = 1e-5

@@ -1,4 +1,4 @@
-"""The real-shaped model (sd3pose.engine.real_shaped): what the tiny model cannot prove.
+"""The real-shaped model (sd3pose.cli.real_shaped_model): what the tiny model cannot prove.
 
 Random fp16 weights with the published configs' widths, heads, vocabularies, class names and file
 formats, depth reduced. On it: the loader reads every tensor as stored (T5's embedding stored once,
@@ -24,9 +24,9 @@ from diffusers_reference import clip_only_arguments, reference_latents
 from safetensors import safe_open
 from tiny_jobs import job, pose_map, relative_difference
 
+from sd3pose.cli.real_shaped_model import DEPTH, clip_bpe_vocabulary, write_clip_tokenizer
 from sd3pose.engine import Engine
 from sd3pose.engine.loading import Components, load_components
-from sd3pose.engine.real_shaped import DEPTH, clip_bpe_vocabulary, write_clip_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "sd3-medium-configs"
 LATENT_RTOL = 1e-4
@@ -167,7 +167,7 @@ def test_clip_tokenizers_have_the_real_vocabulary(real_shaped_model_dir):
 def test_without_clip_anytorch_the_tiny_vocabulary_stands_in(tmp_path, monkeypatch):
     from transformers import CLIPTokenizer
 
-    from sd3pose.engine import real_shaped
+    from sd3pose.cli import real_shaped_model as real_shaped
 
     monkeypatch.setattr(real_shaped, "clip_bpe_vocabulary", lambda: None)
     write_clip_tokenizer(tmp_path, CONFIGS / "base" / "tokenizer_2", pad_token="!")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sd3pose.engine.tiny import INSTANTX_CLASS_NAME, INSTANTX_CONFIG_KEYS
+from sd3pose.cli.tiny_model import INSTANTX_CLASS_NAME, INSTANTX_CONFIG_KEYS
 
 BASE_PARTS = (
     "transformer",
@@ -83,7 +83,7 @@ def test_cli_writes_the_same_model_again(tmp_path, tiny_model_dir):
 
 
 def test_ensure_demo_model_reuses_a_built_model(tiny_model_dir):
-    from sd3pose.engine import ensure_demo_model
+    from sd3pose.cli.tiny_model import ensure_demo_model
 
     stamp = (tiny_model_dir / "base" / "model_index.json").stat().st_mtime_ns
     base, controlnet = ensure_demo_model(tiny_model_dir)

@@ -19,7 +19,7 @@ from input_helpers import LoopbackServer, astronaut, pixels
 
 from sd3pose.errors import ImageInputError, UpstreamError
 from sd3pose.images import InputLimits, load_image
-from sd3pose.net import fetch_url
+from sd3pose.images.net import fetch_url
 
 LAN = InputLimits(allow_private_urls=True, connect_timeout=1.0, read_timeout=1.0)
 

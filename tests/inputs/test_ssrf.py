@@ -15,7 +15,7 @@ from input_helpers import HAS_IPV6, PUBLIC_STAND_IN, LoopbackServer, RemapTransp
 
 from sd3pose.errors import ImageInputError, UpstreamError
 from sd3pose.images import InputLimits, load_image
-from sd3pose.net import fetch_url, non_public_reason, parse_ip_literal
+from sd3pose.images.net import fetch_url, non_public_reason, parse_ip_literal
 
 FAST = {"connect_timeout": 2.0, "read_timeout": 2.0}
 STRICT = InputLimits(**FAST)

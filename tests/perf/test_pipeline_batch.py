@@ -66,9 +66,10 @@ def test_a_bad_request_fails_alone(generator, alone):
 
 
 def test_worker_merges_queued_jobs_into_one_batch(tmp_path, generator, alone):
-    from sd3pose.service.jobs import EmbeddedJobQueue, JobStatus
+    from sd3pose.jobs.contract import JobStatus
+    from sd3pose.service.embedded_queue import EmbeddedJobQueue
+    from sd3pose.service.store import Database
     from sd3pose.service.worker import MAX_JOBS_PER_TURN, run_jobs
-    from sd3pose.store import Database
 
     assert len(REQUESTS) <= MAX_JOBS_PER_TURN
     queue = EmbeddedJobQueue(Database(tmp_path / "db.sqlite"), lambda device: generator, results_dir=tmp_path)
@@ -93,9 +94,9 @@ def test_worker_merges_queued_jobs_into_one_batch(tmp_path, generator, alone):
 
 
 def test_several_devices_share_a_burst_of_jobs(tmp_path, generator):
-    from sd3pose.service.jobs import EmbeddedJobQueue
+    from sd3pose.service.embedded_queue import EmbeddedJobQueue
+    from sd3pose.service.store import Database
     from sd3pose.service.worker import MAX_JOBS_PER_TURN, jobs_per_turn
-    from sd3pose.store import Database
 
     def queue(devices):
         return EmbeddedJobQueue(

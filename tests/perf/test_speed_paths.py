@@ -105,7 +105,7 @@ def test_compile_is_a_generate_and_serve_option(monkeypatch):
     from typer.testing import CliRunner
 
     from sd3pose.cli import app
-    from sd3pose.pipeline import EngineSettings
+    from sd3pose.settings import EngineSettings
 
     for command in ("generate", "serve"):
         result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
@@ -134,3 +134,13 @@ def test_a_compiled_engine_does_not_recompile_for_new_strengths_or_guidance_1(ti
             job(width=size, height=size, strength=strength, guidance_scale=guidance, control_image=pose_map(size, size))
         )
     assert after_warm_up > 0 and len(compiles) == after_warm_up
+
+
+def test_a_one_shot_load_compiles_lazily_without_the_warm_up(tiny_model_dir, caplog):
+    # A server compiles the default shapes at start; `generate --compile` runs one request, which
+    # compiles just the shapes it needs on first use.
+    caplog.set_level("INFO")
+    engine = Engine.load(
+        tiny_model_dir / "base", tiny_model_dir / "controlnet", device="cpu", dtype="fp32", compile=True, warm_up=False
+    )
+    assert engine.compiled and "compile warm-up" not in caplog.text

@@ -11,9 +11,9 @@ from skimage import data
 from typer.testing import CliRunner
 
 from sd3pose.cli import app
+from sd3pose.cli.pose import open_photo
 from sd3pose.errors import ImageInputError
 from sd3pose.images import load_image_bytes
-from sd3pose.pose.cli import open_photo
 from sd3pose.pose.keypoints import BODY
 
 

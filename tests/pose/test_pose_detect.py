@@ -203,7 +203,7 @@ class _CountingDetector:
     ],
 )
 def test_thin_images_cost_a_bounded_number_of_detector_runs(detector, monkeypatch, size, max_runs):
-    # An 85-byte 1024x1 PNG used to buy 2048 windows per pass: ~27 s holding the shared detector lock.
+    # Uncapped, an 85-byte 1024x1 PNG buys 2048 windows per pass: ~27 s holding the shared detector lock.
     counting = _CountingDetector(detector._person_detector)
     monkeypatch.setattr(detector, "_person_detector", counting)
     pose = detector.detect(Image.new("RGB", size, (90, 90, 90)))

@@ -222,7 +222,7 @@ def _far_point_document() -> dict:
     ],
 )
 def test_non_finite_and_absurd_numbers_are_refused_with_a_400(text, message):
-    # Python's json reads 1e400 as inf and accepts NaN; these used to end in OverflowError,
+    # Python's json reads 1e400 as inf and accepts NaN; unchecked, these end in OverflowError,
     # ValueError or a cv2 TypeError (HTTP 500).
     with pytest.raises(InvalidRequestError, match=message) as caught:
         build_control_image(

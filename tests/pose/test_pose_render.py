@@ -115,7 +115,7 @@ def test_drawn_at_the_generation_size_with_strokes_scaled():
 
 @pytest.mark.parametrize("far", [1e5, 3e8, float("inf")])
 def test_points_too_far_outside_the_map_are_refused_not_overflowed(far):
-    # cv2 takes 32-bit coordinates: ~1.34e8 pixels used to end in a TypeError (HTTP 500).
+    # cv2 takes 32-bit coordinates: ~1.34e8 pixels would end in a TypeError (HTTP 500).
     pose = _standing()
     pose.people[0].body[BODY["left_wrist"], 0] = far
     with pytest.raises(InvalidRequestError, match="more than 64 map sides outside the 512x512 pose map") as caught:

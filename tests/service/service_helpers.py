@@ -20,7 +20,7 @@ from sd3pose.errors import GenerationCancelledError
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.service.app import create_app
-from sd3pose.service.settings import ServiceSettings
+from sd3pose.settings import ServiceSettings
 
 FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 

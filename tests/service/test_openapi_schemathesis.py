@@ -37,7 +37,7 @@ def _documented_schema() -> dict:
     checked to be this very document.
     """
     from sd3pose.service.app import create_app
-    from sd3pose.service.settings import ServiceSettings
+    from sd3pose.settings import ServiceSettings
 
     with tempfile.TemporaryDirectory() as data_dir:
         app = create_app(ServiceSettings(data_dir=Path(data_dir)), generator_factory=_no_generator)
@@ -73,7 +73,7 @@ def live(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:
     """(base URL, API key, services) of the real app and pipeline on the tiny model."""
     from sd3pose.pipeline import Generator
     from sd3pose.service.app import create_app
-    from sd3pose.service.settings import ServiceSettings
+    from sd3pose.settings import ServiceSettings
 
     settings = ServiceSettings(
         data_dir=tmp_path_factory.mktemp("schemathesis"),

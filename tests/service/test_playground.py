@@ -73,7 +73,7 @@ def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, 
     from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
     from sd3pose.service.app import create_app
-    from sd3pose.service.settings import ServiceSettings
+    from sd3pose.settings import ServiceSettings
 
     class SlowStepGenerator(Generator):
         """The real pipeline; each step also waits a little so progress is observable between polls."""

@@ -15,7 +15,7 @@ from PIL import Image
 from service_helpers import running_server
 
 from sd3pose.service.app import create_app
-from sd3pose.service.settings import ServiceSettings
+from sd3pose.settings import ServiceSettings
 
 
 def _b64(image: Image.Image, fmt: str) -> str:

@@ -8,10 +8,11 @@ import time
 
 from service_helpers import ScriptedGenerator
 
+from sd3pose.jobs.contract import JobStatus
 from sd3pose.request import parse_request
-from sd3pose.service.jobs import EmbeddedJobQueue, JobStatus
+from sd3pose.service.embedded_queue import EmbeddedJobQueue
 from sd3pose.service.keys import KeyStore
-from sd3pose.store import Database
+from sd3pose.service.store import Database
 
 
 def _queue(tmp_path, generator, on_finished=None) -> EmbeddedJobQueue:

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typer.testing import CliRunner
 
 from sd3pose.cli import app
-from sd3pose.service.cli import check_bind_safety
+from sd3pose.cli.serve import check_bind_safety
 from sd3pose.service.keys import KeyStore
-from sd3pose.service.settings import ServiceSettings
-from sd3pose.store import Database
+from sd3pose.service.store import Database
+from sd3pose.settings import ServiceSettings
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path) -> None:

@@ -143,8 +143,8 @@ def test_a_slow_key_store_or_job_backend_never_stalls_other_requests(tmp_path, g
 
 
 def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(tmp_path, generator) -> None:
-    """With Redis a preview waits up to a minute for a worker, holding a thread: 40 of them used to take
-    the whole shared pool, so sync requests could not renew their waiting lease and were dropped."""
+    """With Redis a preview waits up to a minute for a worker, holding a thread: 40 of them in the shared
+    pool would leave sync requests unable to renew their waiting lease, and they would be dropped."""
     import httpx
     from service_helpers import running_server
 

@@ -6,14 +6,16 @@ import hashlib
 import urllib.parse
 from pathlib import Path
 
-from sd3pose.errors import InvalidRequestError
+from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.settings import WorkerSettings
 
 PREFIX = "sd3pose"
-# A task that stays unacknowledged this long is given to another worker (its worker is presumed dead).
-# It must exceed the longest job, or a slow job runs twice (harmlessly: results and credits settle once).
-DEFAULT_VISIBILITY_TIMEOUT_S = 600.0
-# Seconds between the workers' sweeps that requeue such tasks.
-DEFAULT_RESTORE_INTERVAL_S = 10.0
+# The defaults of sd3pose.settings, for code that builds a Celery app without a WorkerSettings. A task
+# that stays unacknowledged for the visibility timeout is given to another worker (its worker is
+# presumed dead): it must exceed the longest job, or a slow job runs twice (harmlessly: results and
+# credits settle once). The restore interval is the time between the workers' sweeps for such tasks.
+DEFAULT_VISIBILITY_TIMEOUT_S = WorkerSettings.model_fields["visibility_timeout_s"].default
+DEFAULT_RESTORE_INTERVAL_S = WorkerSettings.model_fields["restore_interval_s"].default
 # A worker that has not refreshed its heartbeat for this long no longer counts as ready.
 HEARTBEAT_S = 2.0
 WORKER_STALE_S = 10.0
@@ -78,3 +80,17 @@ def redis_client(url: str):
         socket_timeout=30,
         health_check_interval=15,
     )
+
+
+def connect(url: str):
+    """A client for the Redis at `url` that answered a ping; Sd3PoseError (one clear line) when it does not."""
+    import redis
+
+    client = redis_client(url)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        raise Sd3PoseError(
+            f"cannot reach Redis at --broker {redacted_url(url)} ({exc}); start redis-server or fix the URL"
+        ) from None
+    return client

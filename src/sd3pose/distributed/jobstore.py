@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sd3pose.distributed.config import PREFIX
+from sd3pose.jobs.contract import CANCELLED_CODE, JobInfo, JobStatus, result_from_meta, result_meta
 from sd3pose.results import GenerationResult
-from sd3pose.service.jobs import JobInfo, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -246,18 +246,9 @@ class RedisJobStore:
             images = [data[f"image:{i}".encode()] for i in range(meta["count"])]
         except KeyError:
             return None
-        return GenerationResult(
-            images=images,
-            media_type=meta["media_type"],
-            seeds=meta["seeds"],
-            width=meta["width"],
-            height=meta["height"],
-            pose_png=data.get(b"pose"),
-            keypoints=meta.get("keypoints"),
-            timings=meta.get("timings", {}),
-        )
+        return result_from_meta(meta, images, data.get(b"pose"))
 
-    def cancel(self, job_id: str, reason: str, error_code: int = 504) -> None:
+    def cancel(self, job_id: str, reason: str, error_code: int = CANCELLED_CODE) -> None:
         if as_text(self._cancel(keys=[job_key(job_id)], args=[reason])) == JobStatus.QUEUED.value:
             self.finish(job_id, JobStatus.FAILED, error=reason, error_code=error_code)
 
@@ -324,18 +315,9 @@ class RedisJobStore:
         return None
 
     def complete(self, job_id: str, result: GenerationResult) -> bool:
-        """Store the images, then end the job COMPLETED; False when it had already ended."""
-        meta: dict[str, Any] = {
-            "media_type": result.media_type,
-            "seeds": list(result.seeds),
-            "width": result.width,
-            "height": result.height,
-            "timings": result.timings,
-            "count": len(result.images),
-            "keypoints": result.keypoints,
-        }
-        if result.pose_png is not None:
-            meta["pose"] = True
+        """Store the images, then end the job COMPLETED; False when a cancel recorded first ended it FAILED
+        instead, or it had ended already."""
+        meta = result_meta(result)
         data: dict[str, bytes] = {f"image:{i}": image for i, image in enumerate(result.images)}
         if result.pose_png is not None:
             data["pose"] = result.pose_png
@@ -345,9 +327,13 @@ class RedisJobStore:
         pipe.expire(staged, int(self.result_ttl_s))
         pipe.execute()
         try:
-            return self.finish(job_id, JobStatus.COMPLETED, result_meta=meta, staged=staged)
+            return self.finish(job_id, JobStatus.COMPLETED, meta=meta, staged=staged)
         finally:
             self.redis.delete(staged)  # gone already when published; otherwise another run ended the job
+
+    def fail(self, job_id: str, error: str, error_code: int) -> bool:
+        """End the job FAILED (its credits go back in the same step); False when it had ended already."""
+        return self.finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
 
     def finish(
         self,
@@ -356,7 +342,7 @@ class RedisJobStore:
         *,
         error: str | None = None,
         error_code: int | None = None,
-        result_meta: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
         staged: str | None = None,
     ) -> bool:
         """End the job (refunding a failed job's credits in the same atomic step); False if already ended.
@@ -379,7 +365,7 @@ class RedisJobStore:
                 repr(time.time()),
                 error or "",
                 error_code or "",
-                json.dumps(result_meta or {}),
+                json.dumps(meta or {}),
                 int(self.result_ttl_s),
                 job_id,
             ],

@@ -17,7 +17,7 @@ from typing import Any
 from sd3pose.distributed.config import PREFIX
 from sd3pose.distributed.jobstore import as_text, credits_key
 from sd3pose.errors import InvalidRequestError
-from sd3pose.service.keys import ApiKey, _hash, below_zero, check_credit_change, key_id_of, new_key
+from sd3pose.service.keys import ApiKey, below_zero, check_credit_change, hash_key, key_id_of, new_key
 
 ALL_KEYS = f"{PREFIX}:keys"
 ACTIVE_KEYS = f"{PREFIX}:keys:active"
@@ -113,7 +113,7 @@ class RedisKeyStore:
         now = time.time()
         fields: dict[str, str] = {
             "name": name.strip(),
-            "key_hash": _hash(secret),
+            "key_hash": hash_key(secret),
             "scopes": ",".join(scope_tuple),
             "created_at": repr(now),
         }
@@ -155,7 +155,7 @@ class RedisKeyStore:
         """The active key for this secret, or None; compares hashes in constant time, also on a miss."""
         key_id = key_id_of(secret)
         stored = as_text(self.redis.hget(self._key(key_id), "key_hash")) if key_id else None
-        matches = hmac.compare_digest(stored or _hash(""), _hash(secret.strip()))
+        matches = hmac.compare_digest(stored or hash_key(""), hash_key(secret.strip()))
         if stored is None or not matches:
             return None
         key = self._load(key_id)

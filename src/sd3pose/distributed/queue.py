@@ -26,10 +26,17 @@ from sd3pose.distributed.config import (
 )
 from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.jobs.contract import (
+    JobInfo,
+    JobNotRecordedError,
+    JobStatus,
+    NoWorkerAnsweredError,
+    QueueFullError,
+    StoreUnavailableError,
+)
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.service.errors import ServiceError
-from sd3pose.service.jobs import JobInfo, JobNotRecordedError, JobStatus, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +132,7 @@ class CeleryJobQueue:
             self.store.finish(
                 info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly", error_code=500
             )
-            raise Sd3PoseError(
+            raise StoreUnavailableError(
                 "the job broker is unreachable, so the job was not queued; retry shortly, and tell "
                 "the operator if this persists"
             ) from exc
@@ -147,7 +154,7 @@ class CeleryJobQueue:
             # a second time; the alternative, keeping the credits, loses them in the likely case.)
             ended = False
         message = "the job store is unreachable; retry shortly, and tell the operator if this persists"
-        return Sd3PoseError(message) if ended else JobNotRecordedError(message)
+        return StoreUnavailableError(message) if ended else JobNotRecordedError(message)
 
     def get(self, job_id: str) -> JobInfo | None:
         return self.store.get(job_id)
@@ -179,8 +186,9 @@ class CeleryJobQueue:
     def depth(self) -> int:
         try:
             return self.store.depth(self.queue)
-        except Exception:
-            return 0
+        except (RedisError, OSError) as exc:
+            log.warning("queue depth: cannot reach Redis at %s: %s", redacted_url(self.broker_url), exc)
+            raise StoreUnavailableError("cannot reach the job store (Redis); the server log has the details") from exc
 
     def preview_pose(self, request: GenerationRequest) -> PosePreview:
         """Run the pose step on a worker (API processes load no models) and wait for its answer."""
@@ -209,7 +217,7 @@ class CeleryJobQueue:
                     detected=meta["detected"],
                 )
             time.sleep(POLL_S * 5)
-        raise QueueFullError(
+        raise NoWorkerAnsweredError(
             f"no worker answered the pose preview within {PREVIEW_TIMEOUT_S:g} s; the workers are "
             "busy or down: retry later"
         )

@@ -14,24 +14,19 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sd3pose.distributed.celery_app import TASK_GENERATE, TASK_PREVIEW, make_celery
-from sd3pose.distributed.config import (
-    DEFAULT_RESTORE_INTERVAL_S,
-    DEFAULT_VISIBILITY_TIMEOUT_S,
-    HEARTBEAT_S,
-    queue_name,
-    redis_client,
-)
+from sd3pose.distributed.config import HEARTBEAT_S, connect, queue_name
 from sd3pose.distributed.jobstore import RedisJobStore
 from sd3pose.distributed.queue import PREVIEW_TTL_S, preview_key, workers_key
-from sd3pose.errors import GenerationCancelledError, Sd3PoseError
+from sd3pose.errors import Sd3PoseError
+from sd3pose.jobs.contract import GeneratorLike, JobStatus
+from sd3pose.jobs.executor import QueuedJob, execute
 from sd3pose.request import GenerationRequest
-from sd3pose.service.jobs import JobStatus
 from sd3pose.service.metrics import JobMetrics
+from sd3pose.settings import EngineSettings, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +34,8 @@ log = logging.getLogger(__name__)
 _NO_CAP = {"max_samples": 1 << 30}
 
 
-@dataclass
-class WorkerOptions:
-    broker_url: str
-    model: str | None = None
-    controlnet: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    use_t5: bool = True
-    compile: bool = False
-    data_dir: Path = Path("var")
-    name: str | None = None
-    threads: int | None = None
-    allow_private_urls: bool = False
-    result_ttl_s: float = 3600.0
-    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
-    restore_interval_s: float = DEFAULT_RESTORE_INTERVAL_S
-    metrics_port: int | None = None  # Prometheus /metrics of this worker (API replicas see no job timings)
-    metrics_host: str = "127.0.0.1"
-    queue: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.queue = queue_name(self.model, self.controlnet, self.use_t5)
-        if self.name is None:
-            self.name = f"{socket.gethostname()}-{self.device or 'default'}-{os.getpid()}"
-
-
 class JobRunner:
-    """Runs one job from its task message and records the outcome in Redis; never raises."""
+    """Runs the jobs of task messages through the shared executor, with Redis as the job store."""
 
     def __init__(self, generator: Any, store: RedisJobStore, name: str, metrics: JobMetrics | None = None) -> None:
         self.generator = generator
@@ -75,61 +44,19 @@ class JobRunner:
         self.metrics = metrics or JobMetrics()
 
     def run(self, job_id: str, request_json: str) -> None:
-        status = self._run(job_id, request_json)
-        if status is not None:
-            self.metrics.jobs.labels(status.value).inc()
-
-    def _run(self, job_id: str, request_json: str) -> JobStatus | None:
-        """Run the job; the status this worker ended it with (None: skipped, or another copy ended it)."""
+        """One task: start the job (a copy of a job that ended is skipped), run it, count its outcome."""
         started = self.store.start(job_id, self.name)
         if started is None:
             log.info("job %s: already ended (a redelivered copy or an expired job); skipped", job_id)
-            return None
+            return
         if started.redelivered:
             log.warning("job %s: redelivered (the worker running it stopped); running it again", job_id)
         request = GenerationRequest.model_validate_json(request_json, context=_NO_CAP)
-        reason = self.store.cancel_reason(job_id)
-        if reason is not None:
-            log.info("job %s: dropped before it ran (%s)", job_id, reason)
-            self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=GenerationCancelledError.status_code)
-            return JobStatus.FAILED
-        start = time.perf_counter()
-        log.info("job %s: started (%d step(s), %d sample(s))", job_id, request.num_inference_steps, request.samples)
-        try:
-            output = self.generator.run(
-                request,
-                on_step=lambda step, total: self.store.report_step(job_id, step, total),
-                cancelled=lambda: self.store.cancel_reason(job_id) is not None,
-            )
-        except GenerationCancelledError as exc:
-            reason = self.store.cancel_reason(job_id) or exc.message
-            log.info("job %s: cancelled (%s)", job_id, reason)
-            self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=exc.status_code)
-            return JobStatus.FAILED
-        except Sd3PoseError as exc:
-            log.info("job %s: failed with %d: %s", job_id, exc.status_code, exc.message)
-            self.store.finish(job_id, JobStatus.FAILED, error=exc.message, error_code=exc.status_code)
-            return JobStatus.FAILED
-        except Exception:
-            log.exception("job %s: unexpected error", job_id)
-            self.store.finish(
-                job_id,
-                JobStatus.FAILED,
-                error=f"internal server error while generating (request id {job_id}); the worker logged the details",
-                error_code=500,
-            )
-            return JobStatus.FAILED
-        reason = self.store.cancel_reason(job_id)
-        if reason is not None:  # finished, but nobody will receive it: do not charge for it
-            log.info("job %s: finished after it was cancelled (%s); result discarded", job_id, reason)
-            self.store.finish(job_id, JobStatus.FAILED, error=reason, error_code=GenerationCancelledError.status_code)
-            return JobStatus.FAILED
-        if not self.store.complete(job_id, output):
-            log.info("job %s: ended meanwhile (cancelled, or by another worker); this result is dropped", job_id)
-            return None
-        self.metrics.observe_generation(output.timings, len(output.images))
-        log.info("job %s: completed in %.2f s", job_id, time.perf_counter() - start)
-        return JobStatus.COMPLETED
+        outcome = execute(self.generator, QueuedJob(job_id, request), self.store)
+        if outcome.status is not None:
+            self.metrics.jobs.labels(outcome.status.value).inc()
+        if outcome.status is JobStatus.COMPLETED and outcome.result is not None:
+            self.metrics.observe_generation(outcome.result.timings, len(outcome.result.images))
 
     def preview(self, preview_id: str, request_json: str) -> None:
         key = preview_key(preview_id)
@@ -189,27 +116,13 @@ class Heartbeat:
                 log.warning("heartbeat to Redis failed (%s); retrying", exc)
 
 
-def load_generator(options: WorkerOptions) -> Any:
-    from sd3pose.images import InputLimits
-    from sd3pose.pipeline import EngineSettings, Generator
-
-    return Generator.create(
-        EngineSettings(
-            model=options.model,
-            controlnet=options.controlnet,
-            device=options.device,
-            dtype=options.dtype,
-            use_t5=options.use_t5,
-            compile=options.compile,
-            data_dir=Path(options.data_dir),
-            input_limits=InputLimits(allow_private_urls=options.allow_private_urls),
-        ),
-        warm_up=True,
-    )
+def worker_name(device: str | None) -> str:
+    return f"{socket.gethostname()}-{device or 'default'}-{os.getpid()}"
 
 
-def run_worker(options: WorkerOptions, generator: Any = None) -> int:
-    """Load the models, then consume this model's queue until SIGTERM/SIGINT (finishes the running job)."""
+def run_worker(settings: WorkerSettings, engine: EngineSettings, load: Callable[[], GeneratorLike]) -> int:
+    """Connect to Redis, `load` the models, then consume the queue of `engine`'s model until SIGTERM or
+    SIGINT (the running job finishes first)."""
     import warnings
 
     from celery.exceptions import CPendingDeprecationWarning
@@ -218,39 +131,41 @@ def run_worker(options: WorkerOptions, generator: Any = None) -> int:
     # = False): the solo pool could not interrupt them anyway, and a job whose ack is lost is dropped unrun when
     # redelivered (its record already ended). Celery warns about that choice on every reconnect.
     warnings.filterwarnings("ignore", category=CPendingDeprecationWarning)
-    if options.threads:
+    if settings.threads:
         import torch
 
-        torch.set_num_threads(options.threads)
-    client = redis_client(options.broker_url)
-    client.ping()  # fail fast with a clear error when Redis is unreachable
-    log.info("worker %s: loading models for queue %s", options.name, options.queue)
+        torch.set_num_threads(settings.threads)
+    assert settings.broker is not None
+    queue = queue_name(engine.model, engine.controlnet, engine.use_t5)
+    name = settings.name or worker_name(engine.device)
+    client = connect(settings.broker)  # fail fast with a clear error when Redis is unreachable
+    log.info("worker %s: loading models for queue %s", name, queue)
     start = time.perf_counter()
-    generator = generator if generator is not None else load_generator(options)
-    log.info("worker %s: models loaded in %.1f s", options.name, time.perf_counter() - start)
+    generator = load()
+    log.info("worker %s: models loaded in %.1f s", name, time.perf_counter() - start)
 
     metrics = JobMetrics()
-    if options.metrics_port is not None:
+    if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(options.metrics_port, addr=options.metrics_host, registry=metrics.registry)
-        log.info("worker %s: metrics at http://%s:%d/metrics", options.name, options.metrics_host, options.metrics_port)
-    store = RedisJobStore(client, result_ttl_s=options.result_ttl_s)
-    runner = JobRunner(generator, store, options.name or "", metrics)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+        log.info("worker %s: metrics at http://%s:%d/metrics", name, settings.metrics_host, settings.metrics_port)
+    store = RedisJobStore(client, result_ttl_s=settings.result_ttl_s)
+    runner = JobRunner(generator, store, name, metrics)
     app = make_celery(
-        options.broker_url,
-        visibility_timeout_s=options.visibility_timeout_s,
-        restore_interval_s=options.restore_interval_s,
+        settings.broker,
+        visibility_timeout_s=settings.visibility_timeout_s,
+        restore_interval_s=settings.restore_interval_s,
     )
     app.task(name=TASK_GENERATE, ignore_result=True, acks_late=True)(runner.run)
     app.task(name=TASK_PREVIEW, ignore_result=True, acks_late=False)(runner.preview)
 
-    heartbeat = Heartbeat(client, options.queue, options.name or "")
+    heartbeat = Heartbeat(client, queue, name)
     worker = app.Worker(
         hostname=f"sd3pose-{os.getpid()}@{socket.gethostname()}",
         pool="solo",
         concurrency=1,
-        queues=[options.queue],
+        queues=[queue],
         without_gossip=True,
         without_mingle=True,
         optimization="fair",
@@ -258,7 +173,7 @@ def run_worker(options: WorkerOptions, generator: Any = None) -> int:
         quiet=True,
     )
     heartbeat.start()
-    log.info("worker %s: ready, consuming %s", options.name, options.queue)
+    log.info("worker %s: ready, consuming %s", name, queue)
     try:
         worker.start()
     finally:

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sd3pose.engine.engine import Engine, EngineJob, RowGroup, Sd3Denoiser, batch_key, initial_noise
-    from sd3pose.engine.tiny import ensure_demo_model, write_tiny_model
 
 # Loaded on first use, so `sd3pose --help` and API-only processes never import torch and diffusers.
 _LAZY = {
@@ -17,8 +16,6 @@ _LAZY = {
     "Sd3Denoiser": "engine",
     "batch_key": "engine",
     "initial_noise": "engine",
-    "ensure_demo_model": "tiny",
-    "write_tiny_model": "tiny",
 }
 
 __all__ = [
@@ -27,9 +24,7 @@ __all__ = [
     "RowGroup",
     "Sd3Denoiser",
     "batch_key",
-    "ensure_demo_model",
     "initial_noise",
-    "write_tiny_model",
 ]
 
 

@@ -31,12 +31,12 @@ from sd3pose.engine.offload import ModelOffload
 from sd3pose.engine.speed import compile_models, prepare_models, vae_memory_format
 from sd3pose.engine.text import PromptEmbeds, PromptEncoder
 from sd3pose.errors import GenerationCancelledError, InvalidRequestError
+from sd3pose.request import SIZE_MULTIPLE
 from sd3pose.sampling.names import resolve_sampler_name, resolve_scheduler_name
+from sd3pose.sampling.schedules import NUM_TRAIN_TIMESTEPS  # SD3 is conditioned on timestep = 1000 * sigma
 
 logger = logging.getLogger(__name__)
 
-SIZE_MULTIPLE = 16  # VAE factor 8 x patch size 2
-NUM_TRAIN_TIMESTEPS = 1000  # SD3 is conditioned on timestep = 1000 * sigma
 CONTROL_CACHE_SIZE = 16  # control latents kept (one (1, 16, 128, 128) tensor per 1024 px pose map)
 MAX_BATCH_IMAGES = 8  # most images one merged model batch holds (twice as many rows with guidance)
 MAX_DECODE_IMAGES = 4  # most images one VAE decode call takes (the most one request may ask for)
@@ -329,12 +329,15 @@ class Engine:
         use_t5: bool = True,
         compile: bool = False,
         offload: bool = False,
+        warm_up: bool = True,
     ) -> Engine:
         """Load from local folders (diffusers layout) or hub ids; device and dtype default sensibly.
 
-        `compile=True` runs torch.compile on the transformer and ControlNet and warms them up here,
-        so the first request does not pay for compilation. `offload=True` keeps the models in main
-        memory and moves each to the GPU while it runs (engine/offload.py), for GPUs under 16 GB.
+        `compile=True` runs torch.compile on the transformer and ControlNet and, with `warm_up`, compiles
+        the default shapes here, so a server's first request does not pay for compilation (a one-shot
+        command compiles only the shapes its own request needs, on first use). `offload=True` keeps the
+        models in main memory and moves each to the GPU while it runs (engine/offload.py), for GPUs
+        under 16 GB.
         """
         started = time.perf_counter()
         chosen_device = choose_device(device)
@@ -356,7 +359,7 @@ class Engine:
             ", offloaded to main memory between uses" if offload else "",
         )
         if compile:
-            engine.compile()
+            engine.compile(warm_up=warm_up)
         if engine.is_demo:
             logger.warning(
                 "this is a random-weight test model (sd3pose make-tiny-model): its images are noise, not pictures; "
@@ -384,11 +387,14 @@ class Engine:
                 if self.offload is not None:
                     self.offload.release()
 
-    def compile(self, *, backend: str = "inductor", mode: str | None = None) -> None:
-        """torch.compile the transformer and ControlNet, then warm up the shapes a default request uses."""
+    def compile(self, *, backend: str = "inductor", mode: str | None = None, warm_up: bool = True) -> None:
+        """torch.compile the transformer and ControlNet, then (`warm_up`) compile the shapes a default
+        request uses."""
         started = time.perf_counter()
         compile_models(self.transformer, self.controlnet, backend=backend, mode=mode)
         self.compiled = True
+        if not warm_up:
+            return
         size = self.native_resolution
         black = PIL.Image.new("RGB", (size, size))
         # One and two images with guidance (2 and 4 model rows; the second makes the batch size dynamic),
@@ -494,8 +500,8 @@ class Engine:
 
         Each job keeps its own prompts, seeds, guidance, strength, control image and window; its
         latents equal running it alone up to matmul rounding. `on_step[i]`/`cancelled[i]` belong to
-        job i. Sampling stops (GenerationCancelledError) only once every job is cancelled; a job
-        cancelled earlier keeps its rows computed, and the caller discards them (see generate_batch).
+        job i. The denoiser stops sampling (GenerationCancelledError) at its next model call once every
+        job is cancelled; a job cancelled earlier keeps its rows computed, and generate_batch discards them.
         """
         from sd3pose.sampling import sample, sampler_info
 
@@ -517,10 +523,6 @@ class Engine:
             # Jobs without a cancel check never cancel, so a batch with one of them runs to the end.
             return bool(checks) and len(checks) == len(jobs) and all(check() for check in checks)
 
-        def check_cancel() -> None:
-            if all_cancelled():
-                raise GenerationCancelledError("the generation was cancelled")
-
         first = jobs[0]
         started = time.perf_counter()
         images = sum(len(job.seeds) for job in jobs)
@@ -536,7 +538,6 @@ class Engine:
             ",".join(f"{job.guidance_scale:g}" for job in jobs),
             ",".join(f"{job.strength:g}" for job in jobs),
         )
-        check_cancel()
         cfg_pp = sampler_info(first.sampler).needs_uncond  # ComfyUI's CFG++ uses the negative prompt even at 1
         groups = [
             RowGroup(
@@ -563,7 +564,6 @@ class Engine:
             for report in on_step:
                 if report is not None:
                     report(done, total)
-            check_cancel()
 
         latents = sample(first.sampler, denoiser, x, sigmas, seed=seeds, callback=callback, shift=self.shift).float()
         logger.info("sampling done in %.2f s", time.perf_counter() - started)
@@ -592,12 +592,9 @@ class Engine:
         on_step: Callable[[int, int], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> list[PIL.Image.Image]:
-        """One image per seed of the job."""
+        """One image per seed of the job; `cancelled` stops sampling at the next model call."""
         with self._serving(f"1 job, {len(job.seeds)} image(s) of {job.width}x{job.height}"):
-            latents = self.generate_latents(job, on_step=on_step, cancelled=cancelled)
-            if cancelled is not None and cancelled():
-                raise GenerationCancelledError("the generation was cancelled")
-            return self.decode(latents)
+            return self.decode(self.generate_latents(job, on_step=on_step, cancelled=cancelled))
 
     def generate_batch(
         self,

@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
-from sd3pose.engine.tiny import DEMO_MARKER
 from sd3pose.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
+
+# The key in model_index.json that marks the random-weight demo model (diffusers ignores keys with "_").
+DEMO_MARKER = "_sd3pose_demo"
 
 BASE_SUBFOLDERS = (
     "transformer",

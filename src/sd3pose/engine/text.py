@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from sd3pose.cache import LruCache
-from sd3pose.engine.prompt_syntax import WeightedPiece, parse_prompt
 from sd3pose.engine.token_windows import WindowLayout, token_windows
+from sd3pose.prompt_syntax import WeightedPiece, parse_prompt
 
 logger = logging.getLogger(__name__)
 

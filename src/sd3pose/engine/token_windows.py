@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sd3pose.engine.prompt_syntax import WeightedPiece
+from sd3pose.prompt_syntax import WeightedPiece
 
 CLIP_WINDOW = 77
 T5_MIN_LENGTH = 77

@@ -1,23 +1,5 @@
 """The HTTP service: the hosted "SD3 Medium Pose ControlNet" API on your own machine.
 
-`create_app(settings, generator_factory=...)` builds the FastAPI app; `sd3pose serve` runs it.
+`sd3pose.service.app.create_app` builds the FastAPI app; `sd3pose serve` runs it. Nothing is imported
+here, so `sd3pose keys ...` does not pay for importing FastAPI.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["ServiceSettings", "create_app"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: `sd3pose keys ...` should not pay for importing FastAPI.
-    if name == "create_app":
-        from sd3pose.service.app import create_app
-
-        return create_app
-    if name == "ServiceSettings":
-        from sd3pose.service.settings import ServiceSettings
-
-        return ServiceSettings
-    raise AttributeError(name)

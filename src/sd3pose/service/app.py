@@ -12,26 +12,19 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from sd3pose import __version__
+from sd3pose.jobs.contract import GeneratorLike, JobInfo, JobNotRecordedError, JobQueue, JobStatus
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult
 from sd3pose.service.access import AccessMiddleware
 from sd3pose.service.auth import Principal
-from sd3pose.service.errors import InsufficientCreditsError, TooManyRequestsError, install_error_handlers
-from sd3pose.service.jobs import (
-    EmbeddedJobQueue,
-    GeneratorLike,
-    JobInfo,
-    JobNotRecordedError,
-    JobQueue,
-    JobStatus,
-    QueueFullError,
-)
+from sd3pose.service.embedded_queue import EmbeddedJobQueue
+from sd3pose.service.errors import InsufficientCreditsError, install_error_handlers
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.metrics import Metrics
 from sd3pose.service.ratelimit import RateLimiter
 from sd3pose.service.schemas import ImagesResponse, PoseRequest
-from sd3pose.service.settings import ServiceSettings
-from sd3pose.store import Database
+from sd3pose.service.store import Database
+from sd3pose.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +35,19 @@ PREVIEW_THREADS = 8
 class Services:
     """Everything the routes share; one per app."""
 
+    queue: JobQueue  # set by create_app: the embedded queue reports to this object's job_finished
+
     def __init__(
-        self,
-        settings: ServiceSettings,
-        db: Database,
-        queue: JobQueue | None,
-        generator_factory: Callable[[str | None], GeneratorLike] | None,
+        self, settings: ServiceSettings, keys: KeyStore, limiter: RateLimiter, db: Database | None = None
     ) -> None:
         self.settings = settings
-        self.db = db
-        self.keys = KeyStore(db)
-        self.limiter = RateLimiter()
+        self.keys = keys
+        self.limiter = limiter
+        self.db = db  # the SQLite database of the embedded backend; None on a replica handed its backend
         # Pose previews wait for a worker (up to a minute with Redis) in threads of their own: a burst of
         # them must not take the shared thread pool that sync waits, auth and job lookups need.
         self.preview_limiter = anyio.CapacityLimiter(PREVIEW_THREADS)
         self.metrics = Metrics(lambda: self.queue.depth())
-        if queue is None and settings.broker_url:
-            # Stateless replica: keys, credits, rate limits and jobs are shared through Redis; the job
-            # store settles credits itself, atomically, when a job ends.
-            from sd3pose.distributed.service import distributed_backend
-
-            self.keys, self.limiter, queue = distributed_backend(settings)
-        if queue is None:
-            if generator_factory is None:
-                raise ValueError("create_app needs a generator_factory or a queue")
-            queue = EmbeddedJobQueue(
-                db,
-                generator_factory,
-                results_dir=settings.results_dir,
-                devices=settings.devices,
-                max_queue=settings.max_queue,
-                result_ttl_s=settings.result_ttl_s,
-                cleanup_interval_s=settings.cleanup_interval_s,
-                on_finished=self.job_finished,
-                on_generated=self.job_generated,
-            )
-        self.queue = queue
 
     def open_access(self) -> bool:
         """No keys configured: auth is off, but only where the operator allowed it (loopback by default)."""
@@ -100,11 +70,9 @@ class Services:
             )
         try:
             return self.queue.submit(request, kind=kind, key_id=key.id if key else None, reserved=cost)
-        except JobNotRecordedError as exc:  # nothing of the job exists: its reservation comes back here
+        except JobNotRecordedError:  # nothing of the job exists: its reservation comes back here
             if key is not None:
                 self.keys.refund(key.id, cost)
-            if isinstance(exc, QueueFullError):
-                raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
             raise
 
     def job_finished(self, info: JobInfo) -> None:
@@ -150,13 +118,34 @@ def create_app(
     *,
     generator_factory: Callable[[str | None], GeneratorLike] | None = None,
     queue: JobQueue | None = None,
+    keys: KeyStore | None = None,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The service app. Give `generator_factory(device) -> Generator` (the embedded queue), or a queue."""
+    """The service app.
+
+    Give `generator_factory(device) -> Generator` for the embedded backend (jobs, keys and credits in
+    SQLite under `settings.data_dir`, workers in this process), or a `queue` with the `keys` and
+    `limiter` that share its state (a scaled-out replica: its job store settles credits itself, and
+    nothing is opened under the data folder).
+    """
     from sd3pose.service import routes_comfy, routes_generate, routes_pose, routes_system
 
     settings = settings or ServiceSettings()
-    db = Database(settings.db_path)
-    services = Services(settings, db, queue, generator_factory)
+    if queue is None and generator_factory is None:
+        raise ValueError("create_app needs a generator_factory or a queue")
+    db = Database(settings.db_path) if queue is None or keys is None else None
+    services = Services(settings, keys or KeyStore(db), limiter or RateLimiter(), db)
+    services.queue = queue or EmbeddedJobQueue(
+        db,
+        generator_factory,
+        results_dir=settings.results_dir,
+        devices=settings.devices,
+        max_queue=settings.max_queue,
+        result_ttl_s=settings.result_ttl_s,
+        cleanup_interval_s=settings.cleanup_interval_s,
+        on_finished=services.job_finished,
+        on_generated=services.job_generated,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,7 +155,8 @@ def create_app(
             yield
         finally:
             services.queue.stop()
-            db.close()
+            if db is not None:
+                db.close()
 
     app = FastAPI(
         title="sd3pose",

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from sd3pose.errors import InvalidRequestError
-from sd3pose.net import format_size
+from sd3pose.images.net import format_size
 
 # The OpenAPI requestBody of the generation routes: the real contract, GenerationRequest.
 GENERATION_BODY = {

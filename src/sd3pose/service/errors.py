@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sd3pose.errors import Sd3PoseError
+from sd3pose.jobs.contract import RetryLaterError
 from sd3pose.service.access import tracing_headers
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,10 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Sd3PoseError)
     async def _sd3pose_error(request: Request, exc: Sd3PoseError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if isinstance(exc, RetryLaterError):
+            headers = TooManyRequestsError(exc.message, exc.retry_after_s).headers
+        return error_response(exc.status_code, exc.message, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

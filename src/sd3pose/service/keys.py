@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sd3pose.errors import InvalidRequestError
-from sd3pose.store import Database
+from sd3pose.service.store import Database
 
 KEY_PREFIX = "sd3p"
 # What a key may do: `generate` = sync v1, `async` = the v2 job API, `pose` = the pose preview.
@@ -40,7 +40,8 @@ class ApiKey:
         return self.revoked_at is None
 
 
-def _hash(key: str) -> str:
+def hash_key(key: str) -> str:
+    """What the stores keep of a key: its SHA-256, hex."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
@@ -122,7 +123,7 @@ class KeyStore:
         self.db.execute(
             "INSERT INTO api_keys (id, name, key_hash, credits, scopes, rate_limit, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key_id, name.strip(), _hash(secret), credits, ",".join(scope_tuple), rate_limit, now),
+            (key_id, name.strip(), hash_key(secret), credits, ",".join(scope_tuple), rate_limit, now),
         )
         return self.get(key_id), secret  # type: ignore[return-value]
 
@@ -152,8 +153,8 @@ class KeyStore:
         """The active key for this secret, or None. Constant-time in the secret's content."""
         key_id = key_id_of(secret)
         rows = self.db.query("SELECT * FROM api_keys WHERE id = ?", (key_id,))
-        stored = rows[0]["key_hash"] if rows else _hash("")  # compare anyway: same work on a miss
-        matches = hmac.compare_digest(stored, _hash(secret.strip()))
+        stored = rows[0]["key_hash"] if rows else hash_key("")  # compare anyway: same work on a miss
+        matches = hmac.compare_digest(stored, hash_key(secret.strip()))
         if not rows or not matches:
             return None
         key = _row_to_key(rows[0])

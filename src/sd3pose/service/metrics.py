@@ -3,9 +3,12 @@ and HTTP ones (API processes). Each instance has its own registry, so several ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sd3pose.jobs.contract import StoreUnavailableError
 
 TIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
@@ -41,6 +44,18 @@ class JobMetrics:
         return generate_latest(self.registry)
 
 
+def _known_or_nan(read: Callable[[], float]) -> Callable[[], float]:
+    """`read`, or NaN (Prometheus' "unknown") while the job store cannot be reached: not a false 0."""
+
+    def value() -> float:
+        try:
+            return float(read())
+        except StoreUnavailableError:
+            return math.nan
+
+    return value
+
+
 class Metrics(JobMetrics):
     """An API process: the job metrics (jobs it runs itself) plus requests and queue depth."""
 
@@ -60,4 +75,4 @@ class Metrics(JobMetrics):
             registry=self.registry,
         )
         self.queue_depth = Gauge("sd3pose_queue_depth", "Jobs waiting for a worker.", registry=self.registry)
-        self.queue_depth.set_function(queue_depth)
+        self.queue_depth.set_function(_known_or_nan(queue_depth))

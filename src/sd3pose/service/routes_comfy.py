@@ -13,8 +13,6 @@ from sd3pose.comfy_workflow import ModelFiles, comfy_workflow, pose_image_name
 from sd3pose.request import parse_request
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import read_json
-from sd3pose.service.errors import TooManyRequestsError
-from sd3pose.service.jobs import QueueFullError
 from sd3pose.service.schemas import error_responses
 
 router = APIRouter()
@@ -59,12 +57,7 @@ async def comfy_workflow_route(
     services = request.app.state.services
     body = await read_json(request, max_bytes=services.settings.max_body_bytes)
     gen_request = parse_request(body, max_samples=services.settings.max_samples).with_seed_resolved()
-    try:
-        preview = await anyio.to_thread.run_sync(
-            services.queue.preview_pose, gen_request, limiter=services.preview_limiter
-        )
-    except QueueFullError as exc:
-        raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
+    preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request, limiter=services.preview_limiter)
     name = pose_image_name(preview.pose_png)
     files = ModelFiles(checkpoint, clip_l, clip_g, t5_file if t5 else None, controlnet)
     return ComfyWorkflowResponse(

@@ -12,12 +12,12 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
+from sd3pose.jobs.contract import JobInfo, JobStatus
 from sd3pose.request import GenerationRequest, parse_request
-from sd3pose.results import GenerationResult
+from sd3pose.results import MEDIA_EXTENSIONS, GenerationResult
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import GENERATION_BODY, read_json
 from sd3pose.service.errors import NotFoundError, ServiceError, ServiceTimeoutError
-from sd3pose.service.jobs import MEDIA_EXTENSIONS, JobInfo, JobStatus
 from sd3pose.service.schemas import (
     AsyncSubmitted,
     ImagesResponse,

@@ -11,8 +11,6 @@ from sd3pose.errors import InvalidRequestError
 from sd3pose.request import parse_request
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import read_json
-from sd3pose.service.errors import TooManyRequestsError
-from sd3pose.service.jobs import QueueFullError
 from sd3pose.service.schemas import PoseRequest, PoseResponse, error_responses
 
 router = APIRouter()
@@ -41,12 +39,7 @@ async def preview_pose(request: Request, principal: Principal = Depends(require(
     # The same validation as a generation request; the prompt is irrelevant to the pose.
     fields = {name: body[name] for name in POSE_FIELDS if name in body}
     gen_request = parse_request({**fields, "prompt": "pose preview"}, max_samples=services.settings.max_samples)
-    try:
-        preview = await anyio.to_thread.run_sync(
-            services.queue.preview_pose, gen_request, limiter=services.preview_limiter
-        )
-    except QueueFullError as exc:
-        raise TooManyRequestsError(exc.message, retry_after_s=5.0) from None
+    preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request, limiter=services.preview_limiter)
     return PoseResponse(
         pose_image=base64.b64encode(preview.pose_png).decode("ascii"),
         keypoints=preview.keypoints,

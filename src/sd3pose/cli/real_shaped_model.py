@@ -128,7 +128,7 @@ def write_clip_tokenizer(target: Path, published: Path, pad_token: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
     bpe = clip_bpe_vocabulary()
     if bpe is None:
-        from sd3pose.engine.tiny import build_clip_tokenizer
+        from sd3pose.cli.tiny_model import build_clip_tokenizer
 
         logger.warning("clip-anytorch is not installed: the CLIP tokenizers get the tiny trained vocabulary")
         build_clip_tokenizer(pad_token=pad_token).save_pretrained(target)
@@ -172,7 +172,8 @@ def write_real_shaped_model(directory: str | Path, configs: str | Path) -> tuple
     from diffusers import AutoencoderKL, SD3ControlNetModel, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from sd3pose.engine.tiny import DEMO_MARKER, build_t5_tokenizer
+    from sd3pose.cli.tiny_model import build_t5_tokenizer
+    from sd3pose.engine.loading import DEMO_MARKER
 
     configs, directory = Path(configs), Path(directory)
     base, control = directory / "base", directory / "controlnet"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from sd3pose.cli_generate import fail
+from sd3pose.cli.generate import fail
 from sd3pose.comfy_workflow import ModelFiles, comfy_workflow, pose_image_name
 from sd3pose.errors import Sd3PoseError
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from PIL import Image
 
 from sd3pose.errors import ImageInputError, Sd3PoseError
-from sd3pose.images import InputLimits, load_image_bytes, read_image_file
 from sd3pose.request import PoseMode, ResizeMode
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,8 @@ def open_photo(path: Path) -> Image.Image:
     Going through sd3pose.images (not Pillow's convert) keeps 16-bit greyscale from clipping to
     white and composites transparency the same way, so the CLI finds the people the API would.
     """
+    from sd3pose.images import InputLimits, load_image_bytes, read_image_file
+
     limits = InputLimits(allow_local_paths=True)
     try:
         return load_image_bytes(read_image_file(path, limits.max_bytes), limits)

@@ -27,7 +27,7 @@ def make_tiny_model_command(
     ),
 ) -> None:
     """Write a random-weight SD3 + pose ControlNet (a few MB by default; for tests and the demo: images are noise)."""
-    from sd3pose.engine.tiny import is_complete, write_tiny_model
+    from sd3pose.cli.tiny_model import is_complete, write_tiny_model
 
     if is_complete(directory) and not force:
         _fail(f"{str(directory)!r} already holds a model; pass --force to replace it")
@@ -40,7 +40,7 @@ def make_tiny_model_command(
         if from_configs is None:
             base, controlnet = write_tiny_model(directory)
         else:
-            from sd3pose.engine.real_shaped import write_real_shaped_model
+            from sd3pose.cli.real_shaped_model import write_real_shaped_model
 
             base, controlnet = write_real_shaped_model(directory, from_configs)
     except (Sd3PoseError, OSError) as exc:

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
+from sd3pose.engine.loading import DEMO_MARKER
 from sd3pose.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-# Marker key in model_index.json; diffusers ignores keys starting with "_".
-DEMO_MARKER = "_sd3pose_demo"
 SEED = 20240612
 
 # Toy sizes. Native resolution = SAMPLE_SIZE * 8 (VAE factor) = 128 px.

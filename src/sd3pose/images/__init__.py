@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sd3pose.errors import ImageInputError, InvalidRequestError
-from sd3pose.net import fetch_url, format_size
+from sd3pose.images.net import fetch_url, format_size
 from sd3pose.request import OutputFormat
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def load_image(source: str, limits: InputLimits = InputLimits()) -> Image.Image:
     """The image an `image` field names: http(s) URL, raw base64, data: URI (or a path, for the CLI).
 
     Returns an upright 8-bit RGB image. Raises ImageInputError (400) with a user-facing message,
-    or UpstreamError (502) when the host of an image URL fails (see sd3pose.net.fetch_url).
+    or UpstreamError (502) when the host of an image URL fails (see sd3pose.images.net.fetch_url).
     """
     data, content_type = read_source(source, limits)
     try:

@@ -1,8 +1,7 @@
-"""The job queue behind the routes: an interface, and the embedded SQLite + thread implementation.
+"""The embedded job queue: jobs recorded in SQLite, run by worker threads in the server process.
 
-Routes only see `JobQueue`; a distributed implementation (Celery/Redis) can replace
-`EmbeddedJobQueue` without touching them. Every job ends exactly once in COMPLETED or FAILED, and
-`on_finished` is then called once (the app settles credits there).
+It implements `sd3pose.jobs.contract.JobQueue`. Every job ends exactly once in COMPLETED or FAILED,
+and `on_finished` is then called once (the app settles credits there).
 """
 
 from __future__ import annotations
@@ -16,93 +15,32 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.jobs.contract import (
+    CANCELLED_CODE,
+    GeneratorLike,
+    JobInfo,
+    JobNotRecordedError,
+    JobStatus,
+    ModelsLoadingError,
+    QueueFullError,
+    result_from_meta,
+    result_meta,
+)
 from sd3pose.request import GenerationRequest
-from sd3pose.results import GenerationResult, PosePreview
-from sd3pose.store import Database
+from sd3pose.results import MEDIA_EXTENSIONS, GenerationResult, PosePreview
+from sd3pose.service.store import Database
+from sd3pose.service.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-class JobStatus(str, Enum):
-    QUEUED = "QUEUED"
-    PROCESSING = "PROCESSING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-
-
-TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED)
-
-
-class JobNotRecordedError(Sd3PoseError):
-    """The queue recorded nothing of the job (its store failed): the caller returns the reservation."""
-
-
-class QueueFullError(JobNotRecordedError):
-    status_code = 429
-
-
-@dataclass
-class JobInfo:
-    id: str
-    kind: str  # "sync" | "async"
-    status: JobStatus
-    key_id: str | None
-    reserved: float
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    error_code: int | None = None
-    progress: tuple[int, int] | None = None
-    result_meta: dict[str, Any] = field(default_factory=dict)
-    samples: int = 1
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
-
-
-class GeneratorLike(Protocol):
-    def run(
-        self,
-        request: GenerationRequest,
-        *,
-        on_step: Callable[[int, int], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> GenerationResult: ...
-
-    def preview_pose(self, request: GenerationRequest) -> PosePreview: ...
-
-
-class JobQueue(Protocol):
-    """What the routes need from a job backend."""
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def readiness(self) -> tuple[bool, str]: ...
-    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
-        """Queue a job. JobNotRecordedError (QueueFullError included): nothing of it exists, so the caller
-        returns its reservation. Any other error: it was recorded, and ended FAILED and refunded."""
-        ...
-
-    def get(self, job_id: str) -> JobInfo | None: ...
-    def wait(self, job_id: str, timeout_s: float) -> JobInfo | None: ...
-    def result(self, job_id: str) -> GenerationResult | None: ...
-    def cancel(self, job_id: str, reason: str) -> None: ...
-    def depth(self) -> int: ...
-    def preview_pose(self, request: GenerationRequest) -> PosePreview: ...
 
 
 INFO_COLUMNS = (
     "id, kind, status, key_id, reserved, samples, created_at, started_at, finished_at, error, error_code, result_json"
 )
-MEDIA_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 class EmbeddedJobQueue:
@@ -129,7 +67,7 @@ class EmbeddedJobQueue:
         self.on_finished = on_finished
         self.on_generated = on_generated
         self._factory = generator_factory
-        self._devices = devices or [None]
+        self.devices = devices or [None]
         self._cond = threading.Condition()
         # Held from a cancel's record to the end of a completion: a job either completes before the
         # cancel (and is delivered) or is cancelled (and refunded), never charged and answered 504.
@@ -142,17 +80,15 @@ class EmbeddedJobQueue:
         self._sync_results: dict[str, GenerationResult] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._workers: list[Any] = []
+        self._workers: list[Worker] = []
         self._preview_lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from sd3pose.service.worker import Worker  # the worker imports this module
-
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
-        for device in self._devices:
+        for device in self.devices:
             worker = Worker(self, self._factory, device)
             self._workers.append(worker)
             thread = threading.Thread(target=worker.loop, name=f"sd3pose-worker-{device or 'default'}", daemon=True)
@@ -300,16 +236,7 @@ class EmbeddedJobQueue:
             pose_png = (folder / "pose.png").read_bytes() if meta.get("pose") else None
         except FileNotFoundError:
             return None
-        return GenerationResult(
-            images=images,
-            media_type=meta["media_type"],
-            seeds=meta["seeds"],
-            width=meta["width"],
-            height=meta["height"],
-            pose_png=pose_png,
-            keypoints=meta.get("keypoints"),
-            timings=meta.get("timings", {}),
-        )
+        return result_from_meta(meta, images, pose_png)
 
     def cancel(self, job_id: str, reason: str) -> None:
         """Drop a queued job now; ask a running one to stop at its next step."""
@@ -322,12 +249,12 @@ class EmbeddedJobQueue:
                 if job_id in self._progress:
                     self._cancel_reasons[job_id] = reason
         if queued:
-            self._finish(job_id, JobStatus.FAILED, error=reason, error_code=504)
+            self._finish(job_id, JobStatus.FAILED, error=reason, error_code=CANCELLED_CODE)
 
     def preview_pose(self, request: GenerationRequest) -> PosePreview:
         generator = next((w.generator for w in self._workers if w.generator is not None), None)
         if generator is None:
-            raise QueueFullError("the models are still loading; retry in a few seconds (see GET /ready)")
+            raise ModelsLoadingError("the models are still loading; retry in a few seconds (see GET /ready)")
         with self._preview_lock:
             preview = generator.preview_pose(request)
         return preview
@@ -363,24 +290,23 @@ class EmbeddedJobQueue:
     def cancel_reason(self, job_id: str) -> str | None:
         return self._cancel_reasons.get(job_id)
 
-    def complete(self, job_id: str, result: GenerationResult) -> None:
+    def complete(self, job_id: str, result: GenerationResult) -> bool:
+        """End the job COMPLETED (True), or FAILED when a cancel was recorded first: nobody receives it,
+        nobody pays (False, as when it had ended already)."""
         with self._settle:
             reason = self._cancel_reasons.get(job_id)
-            if reason is not None:  # cancelled while its last step ran: nobody receives it, nobody pays
-                self._finish(job_id, JobStatus.FAILED, error=reason, error_code=504)
-            else:
-                self._complete(job_id, result)
+            if reason is not None:
+                self.fail(job_id, reason, CANCELLED_CODE)
+                return False
+            return self._complete(job_id, result)
 
-    def _complete(self, job_id: str, result: GenerationResult) -> None:
+    def fail(self, job_id: str, error: str, error_code: int) -> bool:
+        """End the job FAILED; False when it had ended already."""
+        return self._finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
+
+    def _complete(self, job_id: str, result: GenerationResult) -> bool:
         kind = self.db.query("SELECT kind FROM jobs WHERE id = ?", (job_id,))[0]["kind"]
-        meta: dict[str, Any] = {
-            "media_type": result.media_type,
-            "seeds": list(result.seeds),
-            "width": result.width,
-            "height": result.height,
-            "timings": result.timings,
-            "count": len(result.images),
-        }
+        meta = result_meta(result)
         if kind == "sync":
             self._sync_results[job_id] = result
         else:
@@ -394,14 +320,9 @@ class EmbeddedJobQueue:
                 meta["files"].append(name)
             if result.pose_png is not None:
                 (folder / "pose.png").write_bytes(result.pose_png)
-                meta["pose"] = True
-            meta["keypoints"] = result.keypoints
         if self.on_generated is not None:
             self.on_generated(result)
-        self._finish(job_id, JobStatus.COMPLETED, result_meta=meta)
-
-    def fail(self, job_id: str, error: str, error_code: int) -> None:
-        self._finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
+        return self._finish(job_id, JobStatus.COMPLETED, meta=meta)
 
     # --- internals -------------------------------------------------------------------------------------
 
@@ -412,13 +333,14 @@ class EmbeddedJobQueue:
         *,
         error: str | None = None,
         error_code: int | None = None,
-        result_meta: dict[str, Any] | None = None,
-    ) -> None:
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
+        """End the job unless it has ended already (then nothing changes); True when this call ended it."""
         with self.db.transaction() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, error_code = ?, result_json = ? "
                 "WHERE id = ? AND status IN ('QUEUED', 'PROCESSING')",
-                (status.value, time.time(), error, error_code, json.dumps(result_meta or {}), job_id),
+                (status.value, time.time(), error, error_code, json.dumps(meta or {}), job_id),
             )
             changed = cursor.rowcount == 1
         # Settle (credits, metrics) before waking waiters, so their answer shows the settled balance.
@@ -436,6 +358,7 @@ class EmbeddedJobQueue:
             event = self._events.pop(job_id, None)
         if event is not None:
             event.set()
+        return changed
 
     def _row_to_info(self, row: Any) -> JobInfo:
         return JobInfo(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from pathlib import Path
 
 import typer
-from tqdm import tqdm
 
+from sd3pose.cli.options import settings_options
 from sd3pose.errors import Sd3PoseError
-from sd3pose.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_SEED, OutputFormat, parse_request
+from sd3pose.request import GenerationRequest, OutputFormat, parse_request
+from sd3pose.settings import EngineSettings
 
 log = logging.getLogger("sd3pose.cli")
 
@@ -29,49 +31,48 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
 
 
+def _default(field: str):
+    """A request field's default, so the command and the API never disagree."""
+    value = GenerationRequest.model_fields[field].default
+    return value.value if isinstance(value, Enum) else value
+
+
+@settings_options(EngineSettings, into="engine", exclude=("allow_private_urls",))
 def generate_command(
+    engine: EngineSettings,
     prompt: str = typer.Option(..., "--prompt", "-p", help="What to draw."),
     image: str = typer.Option(None, "--image", "-i", help="Photo or pose map: a path, an http(s) URL or base64."),
     keypoints: Path = typer.Option(None, "--keypoints", help="OpenPose JSON file instead of --image."),
     output: Path = typer.Option(Path("out.png"), "--output", "-o", help="Output file (.png, .jpg or .webp)."),
-    negative_prompt: str = typer.Option(DEFAULT_NEGATIVE_PROMPT, "--negative-prompt", "-n"),
-    steps: int = typer.Option(20, "--steps", help="Denoising steps (1-100)."),
-    guidance_scale: float = typer.Option(7.0, "--guidance-scale", "--cfg", help="CFG scale (1-20)."),
-    strength: float = typer.Option(0.8, "--strength", help="ControlNet strength (0-1)."),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the first image; -1 = random."),
-    samples: int = typer.Option(1, "--samples", help="Number of images (1-4)."),
-    sampler: str = typer.Option("dpmpp_2m", "--sampler"),
-    scheduler: str = typer.Option("sgm_uniform", "--scheduler"),
+    negative_prompt: str = typer.Option(_default("negative_prompt"), "--negative-prompt", "-n"),
+    steps: int = typer.Option(_default("num_inference_steps"), "--steps", help="Denoising steps (1-100)."),
+    guidance_scale: float = typer.Option(
+        _default("guidance_scale"), "--guidance-scale", "--cfg", help="CFG scale (1-20)."
+    ),
+    strength: float = typer.Option(_default("strength"), "--strength", help="ControlNet strength (0-1)."),
+    seed: int = typer.Option(_default("seed"), "--seed", help="Seed of the first image; -1 = random."),
+    samples: int = typer.Option(_default("samples"), "--samples", help="Number of images (1-4)."),
+    sampler: str = typer.Option(_default("sampler"), "--sampler"),
+    scheduler: str = typer.Option(_default("scheduler"), "--scheduler"),
     width: int = typer.Option(None, "--width", help="Output width (multiple of 16)."),
     height: int = typer.Option(None, "--height", help="Output height (multiple of 16)."),
-    pose_mode: str = typer.Option("auto", "--pose-mode", help="auto, detect or none."),
-    parts: str = typer.Option("body,hands,face", "--parts", help="Pose parts to draw."),
-    control_start: float = typer.Option(0.0, "--control-start"),
-    control_end: float = typer.Option(1.0, "--control-end"),
-    resize_mode: str = typer.Option("crop", "--resize-mode", help="crop, fill or stretch."),
+    pose_mode: str = typer.Option(_default("pose_mode"), "--pose-mode", help="auto, detect or none."),
+    parts: str = typer.Option(
+        ",".join(part.value for part in _default("pose_parts")), "--parts", help="Pose parts to draw."
+    ),
+    control_start: float = typer.Option(_default("control_start"), "--control-start"),
+    control_end: float = typer.Option(_default("control_end"), "--control-end"),
+    resize_mode: str = typer.Option(_default("resize_mode"), "--resize-mode", help="crop, fill or stretch."),
     save_pose: Path = typer.Option(None, "--save-pose", help="Also write the control image (pose map) here."),
-    model: str = typer.Option(None, "--model", help="Base model folder or hub id (default: the demo model)."),
-    controlnet: str = typer.Option(None, "--controlnet", help="ControlNet folder or hub id."),
-    device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu... (default: best available)."),
-    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: by device)."),
-    no_t5: bool = typer.Option(False, "--no-t5", help="Skip the T5 encoder (less memory)."),
-    compile_models: bool = typer.Option(
-        False,
-        "--compile",
-        envvar="SD3POSE_COMPILE",
-        help="torch.compile the models (slow start, faster steps; pays off on GPUs).",
-    ),
-    offload: bool = typer.Option(
-        False, "--offload", help="Keep models in main memory, each on the GPU only while it runs (GPUs < 16 GB)."
-    ),
-    data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Where the demo model is built."),
 ) -> None:
     """Generate images in the pose of a photo (or pose map) from the command line."""
     # Imported here so `sd3pose --help` stays fast.
     import json
 
+    from tqdm import tqdm
+
+    from sd3pose.cli.loading import load_generator
     from sd3pose.images import InputLimits
-    from sd3pose.pipeline import EngineSettings, Generator
 
     fmt = _FORMATS.get(output.suffix.lower())
     if fmt is None:
@@ -112,19 +113,10 @@ def generate_command(
             fail(f"could not read {keypoints}: {exc}")
     try:
         request = parse_request(body).with_seed_resolved()
-        settings = EngineSettings(
-            model=model,
-            controlnet=controlnet,
-            device=device,
-            dtype=dtype,
-            use_t5=not no_t5,
-            compile=compile_models,
-            offload=offload,
-            data_dir=data_dir,
-            input_limits=InputLimits(allow_local_paths=True, allow_private_urls=True),
-        )
         log.info("loading models")
-        generator = Generator.create(settings)
+        # A one-shot run: no warm-up (the pose models load only if a photo needs detecting).
+        limits = InputLimits(allow_local_paths=True, allow_private_urls=True)
+        generator = load_generator(engine, input_limits=limits)
         with tqdm(total=request.num_inference_steps, desc="sampling", unit="step") as bar:
 
             def on_step(done: int, total: int) -> None:
