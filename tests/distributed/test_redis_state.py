@@ -330,9 +330,11 @@ def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client)
         keys.add_credits(key.id, -5)
     keys._load = real_load
     assert keys.balance(key.id) == 2
-    keys.add_credits(key.id, 1e308)
-    with pytest.raises(InvalidRequestError, match="cannot hold more"):
+    # Balances are whole micro-credits (HINCRBY): a billion credits at most, never a float that could reach inf.
+    keys.add_credits(key.id, 999_999_990)
+    with pytest.raises(InvalidRequestError, match="cannot hold more than 1000000000 credits"):
         keys.add_credits(key.id, 1e308)
+    assert keys.balance(key.id) == 999_999_992
 
 
 def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client) -> None:
@@ -340,7 +342,7 @@ def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client
     # that the balance is lower, report the change as refused.
     keys = RedisKeyStore(client)
     key, _ = keys.create("bob", credits=5)
-    call = {"keys": [f"sd3pose:key:{key.id}", "sd3pose:op:replayed"], "args": ["-5", 60]}
+    call = {"keys": [f"sd3pose:key:{key.id}", "sd3pose:op:replayed"], "args": [str(-5 * 10**6), 60]}  # micro
     assert keys._add(**call) == 1
     assert keys._add(**call) == 1
     assert keys.balance(key.id) == 0

@@ -69,7 +69,6 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:
     """(base URL, an API key, the app's services) of a real server on the tiny model."""
-    from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
     from sd3pose.service.app import create_app
     from sd3pose.settings import ServiceSettings
@@ -85,9 +84,11 @@ def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, 
 
             return super().run(request, on_step=slow_step, cancelled=cancelled)
 
+    generator = SlowStepGenerator(tiny_engine)
     # Private URLs allowed: the URL test's image host runs on loopback.
-    generator = SlowStepGenerator(tiny_engine, input_limits=InputLimits(allow_private_urls=True))
-    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("playground"), max_samples=MAX_SAMPLES)
+    settings = ServiceSettings(
+        data_dir=tmp_path_factory.mktemp("playground"), max_samples=MAX_SAMPLES, allow_private_urls=True
+    )
     app = create_app(settings, generator_factory=lambda device: generator)
     with running_server(app) as url:
         deadline = time.monotonic() + 120

@@ -46,12 +46,11 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, object]]:
-    from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
 
+    generator = Generator(tiny_engine)
     # Private URLs allowed: the 502 test's failing image host runs on loopback.
-    generator = Generator(tiny_engine, input_limits=InputLimits(allow_private_urls=True))
-    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("service"), result_ttl_s=600)
+    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("service"), result_ttl_s=600, allow_private_urls=True)
     app = create_app(settings, generator_factory=lambda device: generator)
     with running_server(app) as url:
         assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
