@@ -101,7 +101,7 @@ class RedisKeyStore:
         self.redis = client
         self._reserve = client.register_script(_RESERVE)
         self._add = client.register_script(_ADD)
-        client.register_script(_MIGRATE)(keys=[ALL_KEYS, SCHEMA_KEY], args=[credits_key(""), SCHEMA_VERSION])
+        client.register_script(_MIGRATE)(keys=[ALL_KEYS, SCHEMA_KEY], args=[f"{PREFIX}:key:", SCHEMA_VERSION])
 
     def _key(self, key_id: str) -> str:
         return credits_key(key_id)

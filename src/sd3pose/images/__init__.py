@@ -74,6 +74,16 @@ def _too_big(num_bytes: int, limit: int) -> ImageInputError:
 # --- text forms: base64, data: URIs, paths -----------------------------------------------------------
 
 
+# Long base64 text is handled in slices of this many characters (a multiple of 4): each step is then a
+# short call, and other threads (an API server's event loop) get the interpreter between them.
+_SLICE = 1 << 20
+_ASCII_WHITESPACE = " \t\n\r\v\f"
+
+
+def _by_slice(text: str, step) -> list:
+    return [step(text[start : start + _SLICE]) for start in range(0, len(text), _SLICE)]
+
+
 def decode_base64(text: str, max_bytes: int) -> bytes:
     """Decode standard or URL-safe base64 (whitespace and missing padding tolerated) within a size cap.
 
@@ -82,7 +92,9 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
     # Cheap bound before touching the text: even at one whitespace character per four, this is too big.
     if len(text) * 3 // 5 > max_bytes:
         raise _too_big(len(text) * 3 // 4, max_bytes)
-    compact = _WHITESPACE.sub("", text)
+    compact = text
+    if not text.isascii() or any(space in text for space in _ASCII_WHITESPACE):
+        compact = "".join(_by_slice(text, lambda part: _WHITESPACE.sub("", part)))
     decoded_size = len(compact) * 3 // 4 - (len(compact) - len(compact.rstrip("=")))
     if decoded_size > max_bytes:
         raise _too_big(decoded_size, max_bytes)
@@ -93,7 +105,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise _not_base64("its length is not that of base64 text")
     compact += "=" * (-len(compact) % 4)
     try:
-        return base64.b64decode(compact.encode("ascii"), validate=True)
+        return b"".join(_by_slice(compact, lambda part: base64.b64decode(part.encode("ascii"), validate=True)))
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise _not_base64(str(exc)) from None
 
