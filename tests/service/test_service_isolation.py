@@ -119,14 +119,14 @@ def test_health_stays_fast_and_memory_bounded_while_three_30_mb_bodies_are_parse
         done.set()
         prober.join(30)
         peak = _memory_kib(pid, "VmHWM")
-    assert [a.status_code for a in answers] == [400, 400, 400], [a.text[:200] for a in answers]
-    assert "too many JSON values" in answers[0].json()["error"]
     assert len(latencies) >= 10, latencies
-    assert max(latencies) < 0.2, (
-        f"/health took up to {max(latencies):.3f} s (median {sorted(latencies)[len(latencies) // 2]:.3f})"
-    )
-    assert peak < 1.5 * GIB / 1024, f"peak {peak / 2**20:.2f} GiB"
-    assert peak - rss_before < 0.5 * GIB / 1024, f"grew {(peak - rss_before) / 2**10:.0f} MiB"
+    figures = f"/health up to {max(latencies):.3f} s; server memory {rss_before / 2**20:.2f} -> {peak / 2**20:.2f} GiB"
+    print(figures)
+    assert max(latencies) < 0.2, figures
+    assert peak < 1.5 * GIB / 1024, figures
+    assert peak - rss_before < 0.5 * GIB / 1024, figures
+    assert [a.status_code for a in answers] == [400, 400, 400], [a.text[:200] for a in answers if a.status_code != 400]
+    assert "too many JSON values" in answers[0].json()["error"]
 
 
 def test_a_key_that_cannot_pay_is_refused_before_its_body_is_read(tmp_path: Path, monkeypatch) -> None:
