@@ -42,6 +42,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MAX_SAMPLES = 3  # not the default 4: proves the page reads the server's cap from /openapi.json
 STEP_DELAY_S = 0.15  # per sampling step, so the page's polling sees intermediate progress
 TIMEOUT_MS = 120_000
+# Every request the server's generator ran, as it received it (ended jobs keep no request on record).
+RUNS: list[GenerationRequest] = []
 
 
 def _require_browser() -> None:
@@ -77,6 +79,8 @@ def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, 
         """The real pipeline; each step also waits a little so progress is observable between polls."""
 
         def run(self, request, *, on_step=None, cancelled=None):
+            RUNS.append(request)
+
             def slow_step(step: int, total: int) -> None:
                 time.sleep(STEP_DELAY_S)
                 if on_step is not None:
@@ -381,6 +385,5 @@ def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path)
     assert f"x-seed: {DEFAULT_SEED}" in headers.lower()
     image = Image.open(tmp_path / "out.png")
     assert image.format == "PNG" and image.size == (64, 64)
-    (row,) = services.db.query("SELECT request_json FROM jobs WHERE kind = 'sync'")
-    sent = json.loads(row["request_json"])
-    assert (sent["prompt"], sent["num_inference_steps"], sent["width"]) == (prompt, 2, 64)
+    sent = RUNS[-1]
+    assert (sent.prompt, sent.num_inference_steps, sent.width) == (prompt, 2, 64)

@@ -172,10 +172,7 @@ class CeleryJobQueue:
             return
         used = self.store.used_bytes()
         if used + incoming > self.max_disk_bytes:
-            raise StorageFullError(
-                f"the server's storage is full ({used / 2**30:.2f} of {self.max_disk_bytes / 2**30:.2f} GiB used); "
-                "retry later, and tell the operator if this persists (sd3pose serve --max-disk)"
-            )
+            raise StorageFullError.at(used, self.max_disk_bytes)
 
     def storage_used(self) -> int:
         try:

@@ -101,6 +101,13 @@ class StorageFullError(JobNotRecordedError):
 
     status_code = 503
 
+    @classmethod
+    def at(cls, used: int, limit: int) -> StorageFullError:
+        return cls(
+            f"the server's storage is full ({used / 2**30:.2f} of {limit / 2**30:.2f} GiB used); retry later, "
+            "and tell the operator if this persists (sd3pose serve --max-disk)"
+        )
+
 
 class ModelsLoadingError(RetryLaterError):
     """No worker has finished loading its models yet."""

@@ -54,13 +54,6 @@ INFO_COLUMNS = (
 UNFINISHED = "status IN ('QUEUED', 'PROCESSING')"
 
 
-def storage_full(used: int, limit: int) -> StorageFullError:
-    return StorageFullError(
-        f"the server's storage is full ({used / 2**30:.2f} of {limit / 2**30:.2f} GiB used); retry later, "
-        "and tell the operator if this persists (sd3pose serve --max-disk)"
-    )
-
-
 class EmbeddedJobQueue:
     """Jobs recorded in SQLite, run by one in-process worker thread per device."""
 
@@ -226,7 +219,7 @@ class EmbeddedJobQueue:
                 )
             used = self.disk.used()
             if self.max_disk_bytes and used + len(image or b"") > self.max_disk_bytes:
-                raise storage_full(used, self.max_disk_bytes)
+                raise StorageFullError.at(used, self.max_disk_bytes)
             try:
                 if digest is not None:
                     self.inputs.put(digest, image)  # type: ignore[arg-type]
