@@ -387,3 +387,20 @@ def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path)
     assert image.format == "PNG" and image.size == (64, 64)
     sent = RUNS[-1]
     assert (sent.prompt, sent.num_inference_steps, sent.width) == (prompt, 2, 64)
+
+
+def test_api_docs_render_offline_under_the_content_security_policy(browser, server) -> None:
+    url = server[0]
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    blocked: list[str] = []
+    foreign: list[str] = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
+    page.on("request", lambda r: r.url.startswith(("data:", "blob:", url)) or foreign.append(r.url))
+    page.goto(url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock-summary-path")
+    assert "sd3pose" in page.inner_text(".swagger-ui .info")
+    assert page.locator(".opblock-summary-path", has_text="/v1/sd3-med-pose").count() == 1
+    assert blocked == [] and foreign == []
+    context.close()
