@@ -2,12 +2,12 @@
 before parsing when they would build too many objects; bad JSON is a 400 `{"error": ...}` like every
 other mistake.
 
-Why not a streaming parser: ijson (yajl2_c) took 5 s (0.4 s with a 1 MB buffer) for the 28 MB body of a
-20 MB photo, against 0.07 s for the standard library, and every value it yields costs a Python step.
-The danger of `json.loads` is not a long string (one object, bounded by the body cap) but millions of
-small values: 30 MB of numbers become gigabytes of Python objects. Every value json.loads creates
-follows one of `,` `:` `[` `{` in the raw bytes, so counting those four bytes (a C scan, milliseconds)
-bounds what parsing can build; a body over MAX_JSON_VALUES is refused unparsed.
+The standard library's parser stays (a streaming parser spends a Python step per value and is slow on
+the one long string a photo is). What makes `json.loads` dangerous is not a long string (one object,
+bounded by the body cap) but millions of small values: 30 MB of `{},` become gigabytes of Python
+objects. Every value json.loads creates follows one of `,` `:` `[` `{` in the raw bytes, so counting
+those four bytes (a C scan, milliseconds) bounds what parsing can build, and a body over
+MAX_JSON_VALUES is refused unparsed.
 """
 
 from __future__ import annotations
