@@ -125,8 +125,7 @@ class Generator:
             offload=settings.offload,
             warm_up=warm_up,
         )
-        limits = input_limits or InputLimits(allow_private_urls=settings.allow_private_urls)
-        generator = cls(engine, input_limits=limits)
+        generator = cls(engine, input_limits=input_limits)
         if warm_up:
             generator.warm_up()
         return generator

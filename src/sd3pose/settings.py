@@ -47,9 +47,6 @@ class EngineSettings(_Settings):
     offload: bool = Field(
         False, description="Keep models in main memory, each on the GPU only while it runs (GPUs < 16 GB)."
     )
-    allow_private_urls: bool = Field(
-        False, description="Let image URLs point at private/loopback hosts (trusted LANs only)."
-    )
 
 
 class _JobStoreSettings(_Settings):
@@ -75,6 +72,18 @@ class ServiceSettings(_JobStoreSettings):
     max_samples: int = Field(4, ge=1, le=64, description="Most images per request.")
     # A 20 MB image (the input cap) is ~27 MB as base64, plus the other fields.
     max_body_bytes: int = Field(32 * 2**20, ge=1, description="Largest JSON body read.")
+    allow_private_urls: bool = Field(
+        False, description="Let image URLs point at private/loopback hosts (trusted LANs only)."
+    )
+    fetch_timeout_s: float = Field(
+        20.0, gt=0.0, description="Seconds an image URL may take to download, all told, before 400."
+    )
+    max_disk_gb: float = Field(
+        10.0,
+        ge=0.0,
+        description="GiB that inputs, results and jobs may take (under --data-dir, or in Redis with --broker) "
+        "before new jobs get 503; 0 = no cap.",
+    )
     insecure_no_auth: bool = Field(
         False, description="Serve without keys on a non-loopback address (only behind your own auth proxy)."
     )
@@ -93,6 +102,10 @@ class ServiceSettings(_JobStoreSettings):
     @property
     def results_dir(self) -> Path:
         return Path(self.data_dir) / "results"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return Path(self.data_dir) / "inputs"
 
     @property
     def loopback_only(self) -> bool:

@@ -330,9 +330,11 @@ def test_redis_credit_changes_check_the_floor_atomically_and_stay_finite(client)
         keys.add_credits(key.id, -5)
     keys._load = real_load
     assert keys.balance(key.id) == 2
-    keys.add_credits(key.id, 1e308)
-    with pytest.raises(InvalidRequestError, match="cannot hold more"):
+    # Balances are whole micro-credits (HINCRBY): a billion credits at most, never a float that could reach inf.
+    keys.add_credits(key.id, 999_999_990)
+    with pytest.raises(InvalidRequestError, match="cannot hold more than 1000000000 credits"):
         keys.add_credits(key.id, 1e308)
+    assert keys.balance(key.id) == 999_999_992
 
 
 def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client) -> None:
@@ -340,7 +342,7 @@ def test_a_replayed_credit_change_is_applied_once_and_reported_as_applied(client
     # that the balance is lower, report the change as refused.
     keys = RedisKeyStore(client)
     key, _ = keys.create("bob", credits=5)
-    call = {"keys": [f"sd3pose:key:{key.id}", "sd3pose:op:replayed"], "args": ["-5", 60]}
+    call = {"keys": [f"sd3pose:key:{key.id}", "sd3pose:op:replayed"], "args": [str(-5 * 10**6), 60]}  # micro
     assert keys._add(**call) == 1
     assert keys._add(**call) == 1
     assert keys.balance(key.id) == 0
@@ -373,3 +375,53 @@ def test_a_worker_that_cannot_store_a_result_fails_the_job_instead_of_leaving_it
     ended = store.get(job.id)
     assert ended.status is JobStatus.FAILED and "could not store the outcome" in ended.error
     assert keys.balance(key.id) == 3  # refunded
+
+
+def test_keys_written_with_float_credits_are_migrated_to_micro_credits_once(client) -> None:
+    client.hset(
+        "sd3pose:key:0123456789ab",
+        mapping={"name": "old", "key_hash": "x", "credits": "4.9", "scopes": "generate", "created_at": "1"},
+    )
+    client.zadd("sd3pose:keys", {"0123456789ab": 1})
+    keys = RedisKeyStore(client)
+    assert keys.balance("0123456789ab") == 4.9 and client.hget("sd3pose:key:0123456789ab", "credits") is None
+    for _ in range(49):
+        assert keys.reserve("0123456789ab", 0.1)
+    assert keys.balance("0123456789ab") == 0 and not keys.reserve("0123456789ab", 0.1)  # exactly, not -2.8e-17
+    RedisKeyStore(client)  # a second replica starting: nothing converted twice
+    assert keys.balance("0123456789ab") == 0
+
+
+def test_an_input_is_stored_once_beside_its_jobs_and_deleted_when_the_last_ends(redis_server, client) -> None:
+    queue = CeleryJobQueue(redis_server.url, "q", client=client)
+    queue.celery.send_task = lambda *args, **kwargs: None  # no broker traffic: this test plays the worker
+    request = parse_request({"image": "x", "prompt": "a dancer", "seed": 5})
+    photo = b"\x89PNG" + b"p" * 100_000
+    first = queue.submit(request, kind="async", key_id=None, reserved=0.0, image=photo)
+    second = queue.submit(request, kind="async", key_id=None, reserved=0.0, image=photo)
+    stored = [k for k in client.keys("sd3pose:input:*") if not k.endswith(b":jobs")]
+    assert len(stored) == 1 and client.get(stored[0]) == photo
+    assert client.hget(f"sd3pose:job:{first.id}", "input") == stored[0].split(b":")[-1]
+    queue.store.fail(first.id, "no person found", 400)
+    assert client.exists(stored[0])  # the second job still needs it
+    queue.store.cancel(second.id, "timed out")
+    assert client.keys("sd3pose:input:*") == []
+    queue.stop()
+
+
+def test_a_job_store_over_the_storage_cap_refuses_new_jobs_with_503(redis_server, client) -> None:
+    from sd3pose.jobs.contract import StorageFullError
+
+    queue = CeleryJobQueue(redis_server.url, "q", client=client, max_disk_bytes=queue_used(client) + 50_000)
+    queue.celery.send_task = lambda *args, **kwargs: None
+    request = parse_request({"image": "x", "prompt": "a dancer", "seed": 5})
+    with pytest.raises(StorageFullError, match="storage is full") as refused:
+        queue.submit(request, kind="async", key_id=None, reserved=0.0, image=b"p" * 100_000)
+    assert refused.value.status_code == 503 and client.keys("sd3pose:job:*") == []
+    assert queue.submit(request, kind="async", key_id=None, reserved=0.0, image=b"p" * 1000) is not None
+    assert queue.storage_used() > 0
+    queue.stop()
+
+
+def queue_used(client) -> int:
+    return int(client.info("memory")["used_memory"])

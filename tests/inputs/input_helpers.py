@@ -127,6 +127,16 @@ class LoopbackServer:
                 with contextlib.suppress(OSError):
                     self._send(owner.image_bytes)
 
+            def route_stall(self, path: str, query: dict[str, str]) -> None:
+                # Headers and one byte at once, then silence for `delay` seconds.
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(float(query.get("delay", "3")))
+
             def route_drip(self, path: str, query: dict[str, str]) -> None:
                 # Headers at once, then one byte every 50 ms: never idle long enough for a read timeout.
                 self.send_response(200)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import ScriptedGenerator, make_app, wait_ready
+from service_helpers import ScriptedGenerator, local_client, make_app, wait_ready
 
 
 @pytest.fixture
@@ -16,6 +16,6 @@ def generator() -> ScriptedGenerator:
 
 @pytest.fixture
 def client(tmp_path, generator) -> Iterator[TestClient]:
-    with TestClient(make_app(tmp_path, generator), raise_server_exceptions=False) as test_client:
+    with local_client(make_app(tmp_path, generator), raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
         yield test_client

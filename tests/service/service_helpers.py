@@ -6,6 +6,7 @@ are under test; the end-to-end tests (test_service_e2e.py) run the real tiny mod
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import time
@@ -86,6 +87,16 @@ def make_app(tmp_path, generator: ScriptedGenerator, **overrides):
     return create_app(settings, generator_factory=lambda device: generator)
 
 
+# A loopback server without keys answers only requests that name a loopback host (TestClient's default
+# Host is "testserver").
+LOCAL_URL = "http://127.0.0.1"
+
+
+def local_client(app, **kwargs) -> TestClient:
+    """A TestClient that addresses the app as a local client does: http://127.0.0.1."""
+    return TestClient(app, base_url=LOCAL_URL, **kwargs)
+
+
 def wait_ready(test_client: TestClient, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while test_client.get("/ready").status_code != 200:
@@ -108,7 +119,9 @@ def poll(test_client: TestClient, url: str, headers: dict, until: set[str], time
         time.sleep(0.02)
 
 
-REQUEST = {"image": "aGVsbG8=", "prompt": "a dancer", "num_inference_steps": 2}
+# A real (tiny) image: the API checks every input image's header before it queues a job.
+IMAGE = base64.b64encode(encode((40, 40, 40), "png", (8, 8))).decode("ascii")
+REQUEST = {"image": IMAGE, "prompt": "a dancer", "num_inference_steps": 2}
 
 
 @contextmanager

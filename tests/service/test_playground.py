@@ -43,6 +43,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MAX_SAMPLES = 3  # not the default 4: proves the page reads the server's cap from /openapi.json
 STEP_DELAY_S = 0.15  # per sampling step, so the page's polling sees intermediate progress
 TIMEOUT_MS = 120_000
+# Every request the server's generator ran, as it received it (ended jobs keep no request on record).
+RUNS: list[GenerationRequest] = []
 
 
 def _require_browser() -> None:
@@ -70,7 +72,6 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, object]]:
     """(base URL, an API key, the app's services) of a real server on the tiny model."""
-    from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
     from sd3pose.service.app import create_app
     from sd3pose.settings import ServiceSettings
@@ -79,6 +80,8 @@ def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, 
         """The real pipeline; each step also waits a little so progress is observable between polls."""
 
         def run(self, request, *, on_step=None, cancelled=None):
+            RUNS.append(request)
+
             def slow_step(step: int, total: int) -> None:
                 time.sleep(STEP_DELAY_S)
                 if on_step is not None:
@@ -86,9 +89,11 @@ def server(chromium, tiny_engine, tmp_path_factory) -> Iterator[tuple[str, str, 
 
             return super().run(request, on_step=slow_step, cancelled=cancelled)
 
+    generator = SlowStepGenerator(tiny_engine)
     # Private URLs allowed: the URL test's image host runs on loopback.
-    generator = SlowStepGenerator(tiny_engine, input_limits=InputLimits(allow_private_urls=True))
-    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("playground"), max_samples=MAX_SAMPLES)
+    settings = ServiceSettings(
+        data_dir=tmp_path_factory.mktemp("playground"), max_samples=MAX_SAMPLES, allow_private_urls=True
+    )
     app = create_app(settings, generator_factory=lambda device: generator)
     with running_server(app) as url:
         deadline = time.monotonic() + 120
@@ -391,9 +396,8 @@ def test_playground_copy_as_curl_runs(page, server, photo: Path, tmp_path: Path)
     assert f"x-seed: {DEFAULT_SEED}" in headers.lower()
     image = Image.open(tmp_path / "out.png")
     assert image.format == "PNG" and image.size == (64, 64)
-    (row,) = services.db.query("SELECT request_json FROM jobs WHERE kind = 'sync'")
-    sent = json.loads(row["request_json"])
-    assert (sent["prompt"], sent["num_inference_steps"], sent["width"]) == (prompt, 2, 64)
+    sent = RUNS[-1]
+    assert (sent.prompt, sent.num_inference_steps, sent.width) == (prompt, 2, 64)
 
 
 def test_playground_copy_as_comfyui_workflow(page, server, photo: Path) -> None:
@@ -425,3 +429,20 @@ def test_playground_copy_as_comfyui_workflow(page, server, photo: Path) -> None:
         page.click("#comfy-download")
     assert json.loads(Path(download.value.path()).read_text()) == workflow
     assert len(services.db.query("SELECT id FROM jobs")) == jobs_before  # nothing was generated
+
+
+def test_api_docs_render_offline_under_the_content_security_policy(browser, server) -> None:
+    url = server[0]
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    blocked: list[str] = []
+    foreign: list[str] = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
+    page.on("request", lambda r: r.url.startswith(("data:", "blob:", url)) or foreign.append(r.url))
+    page.goto(url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock-summary-path")
+    assert "sd3pose" in page.inner_text(".swagger-ui .info")
+    assert page.locator(".opblock-summary-path", has_text="/v1/sd3-med-pose").count() == 1
+    assert blocked == [] and foreign == []
+    context.close()

@@ -14,7 +14,7 @@ import zipfile
 
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import REQUEST, ScriptedGenerator, colour, make_app, new_key, poll, wait_ready
+from service_helpers import IMAGE, REQUEST, ScriptedGenerator, colour, local_client, make_app, new_key, poll, wait_ready
 
 
 def _image(data: bytes) -> Image.Image:
@@ -103,7 +103,7 @@ def test_async_flow_completes_and_serves_images(client: TestClient, generator: S
 
 
 def test_async_results_expire(tmp_path, generator: ScriptedGenerator) -> None:
-    with TestClient(make_app(tmp_path, generator, result_ttl_s=0.5)) as client:
+    with local_client(make_app(tmp_path, generator, result_ttl_s=0.5)) as client:
         body = client.post("/v2/sd3-med-pose", json=REQUEST).json()
         done = poll(client, body["status_url"], {}, {"COMPLETED"})
         assert done["status"] == "COMPLETED"
@@ -117,7 +117,7 @@ def test_async_results_expire(tmp_path, generator: ScriptedGenerator) -> None:
 
 
 def test_pose_preview(client: TestClient) -> None:
-    response = client.post("/v1/pose", json={"image": "aGVsbG8=", "pose_parts": ["body"]})
+    response = client.post("/v1/pose", json={"image": IMAGE, "pose_parts": ["body"]})
     assert response.status_code == 200, response.text
     body = response.json()
     assert _image(base64.b64decode(body["pose_image"])).format == "PNG"
@@ -132,7 +132,7 @@ def test_400_names_the_field_and_accepted_values(client: TestClient) -> None:
     assert response.status_code == 400
     error = response.json()["error"]
     assert "sampler" in error and "dpmpp_2m" in error and "num_inference_steps" in error
-    missing = client.post("/v1/sd3-med-pose", json={"image": "aGVsbG8="})
+    missing = client.post("/v1/sd3-med-pose", json={"image": IMAGE})
     assert missing.status_code == 400 and missing.json() == {"error": "field 'prompt' is required"}
     not_json = client.post("/v1/sd3-med-pose", content=b"{oops", headers={"content-type": "application/json"})
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
@@ -164,7 +164,7 @@ def test_403_key_without_the_scope(client: TestClient) -> None:
     response = client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key})
     assert response.status_code == 403 and "generate" in response.json()["error"]
     assert response.headers["x-remaining-credits"] == "10"
-    assert client.post("/v1/pose", json={"image": "aGVsbG8="}, headers={"x-api-key": key}).status_code == 200
+    assert client.post("/v1/pose", json={"image": IMAGE}, headers={"x-api-key": key}).status_code == 200
 
 
 def test_404_and_405_are_json(client: TestClient) -> None:
@@ -197,7 +197,7 @@ def test_failed_jobs_are_not_charged(client: TestClient, generator: ScriptedGene
 def test_429_rate_limit_with_retry_after(client: TestClient) -> None:
     key = new_key(client, rate_limit=2)
     headers = {"x-api-key": key}
-    assert [client.post("/v1/pose", json={"image": "aGVsbG8="}, headers=headers).status_code for _ in range(2)] == [
+    assert [client.post("/v1/pose", json={"image": IMAGE}, headers=headers).status_code for _ in range(2)] == [
         200,
         200,
     ]
@@ -208,7 +208,7 @@ def test_429_rate_limit_with_retry_after(client: TestClient) -> None:
 
 def test_429_when_the_queue_is_full(tmp_path) -> None:
     generator = ScriptedGenerator(gate=threading.Event())
-    with TestClient(make_app(tmp_path, generator, max_queue=1)) as client:
+    with local_client(make_app(tmp_path, generator, max_queue=1)) as client:
         wait_ready(client)
         key = new_key(client, credits=10)
         headers = {"x-api-key": key}
@@ -226,7 +226,7 @@ def test_429_when_the_queue_is_full(tmp_path) -> None:
 
 def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplog) -> None:
     generator = ScriptedGenerator()
-    with TestClient(make_app(tmp_path, generator)) as client:
+    with local_client(make_app(tmp_path, generator)) as client:
         wait_ready(client)
         headers = {"x-api-key": new_key(client, credits=10)}
         db = client.app.state.services.queue.db
@@ -251,7 +251,7 @@ def test_a_job_the_store_cannot_record_is_refunded_and_explained(tmp_path, caplo
 
 
 def test_a_result_that_cannot_be_written_fails_its_job_refunded_and_the_worker_goes_on(tmp_path) -> None:
-    with TestClient(make_app(tmp_path, ScriptedGenerator())) as client:
+    with local_client(make_app(tmp_path, ScriptedGenerator())) as client:
         wait_ready(client)
         headers = {"x-api-key": new_key(client, credits=10)}
         results = tmp_path / "results"
@@ -290,7 +290,7 @@ def test_an_unexpected_error_in_the_http_layer_still_carries_the_request_id_and_
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(generator, "preview_pose", broken)
-    response = client.post("/v1/pose", json={"image": "aGVsbG8="}, headers=headers)
+    response = client.post("/v1/pose", json={"image": IMAGE}, headers=headers)
     assert response.status_code == 500 and "secret internal detail" not in response.text
     assert f"request id {response.headers['x-request-id']}" in response.json()["error"]
     assert response.headers["x-remaining-credits"] == "5"
@@ -298,7 +298,7 @@ def test_an_unexpected_error_in_the_http_layer_still_carries_the_request_id_and_
 
 def test_504_sync_timeout_cancels_and_refunds(tmp_path) -> None:
     generator = ScriptedGenerator(gate=threading.Event())
-    with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
+    with local_client(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
         wait_ready(client)
         key = new_key(client, credits=1)
         response = client.post("/v1/sd3-med-pose", json=REQUEST, headers={"x-api-key": key})
@@ -322,16 +322,16 @@ def test_failed_async_job_reports_its_error(client: TestClient, generator: Scrip
 
 
 def test_no_keys_means_open_only_on_loopback(tmp_path, generator: ScriptedGenerator) -> None:
-    with TestClient(make_app(tmp_path / "a", generator, host="0.0.0.0")) as client:
-        assert client.post("/v1/pose", json={"image": "aGVsbG8="}).status_code == 401
-    with TestClient(make_app(tmp_path / "b", generator, host="0.0.0.0", insecure_no_auth=True)) as client:
+    with local_client(make_app(tmp_path / "a", generator, host="0.0.0.0")) as client:
+        assert client.post("/v1/pose", json={"image": IMAGE}).status_code == 401
+    with local_client(make_app(tmp_path / "b", generator, host="0.0.0.0", insecure_no_auth=True)) as client:
         wait_ready(client)
-        assert client.post("/v1/pose", json={"image": "aGVsbG8="}).status_code == 200
-    with TestClient(make_app(tmp_path / "c", generator, host="127.0.0.1")) as client:
+        assert client.post("/v1/pose", json={"image": IMAGE}).status_code == 200
+    with local_client(make_app(tmp_path / "c", generator, host="127.0.0.1")) as client:
         wait_ready(client)
-        assert client.post("/v1/pose", json={"image": "aGVsbG8="}).status_code == 200
+        assert client.post("/v1/pose", json={"image": IMAGE}).status_code == 200
         new_key(client)  # once a key exists, loopback needs it too
-        assert client.post("/v1/pose", json={"image": "aGVsbG8="}).status_code == 401
+        assert client.post("/v1/pose", json={"image": IMAGE}).status_code == 401
 
 
 def test_health_ready_metrics_docs(client: TestClient) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from fastapi.testclient import TestClient
-from service_helpers import REQUEST, ScriptedGenerator
+from service_helpers import REQUEST, ScriptedGenerator, local_client
 
 from sd3pose.jobs.contract import StoreUnavailableError
 from sd3pose.service.app import create_app
@@ -27,13 +26,16 @@ class UnreachableStoreQueue:
     def depth(self) -> int:
         raise StoreUnavailableError("cannot reach the job store (Redis); the server log has the details")
 
+    def storage_used(self) -> int:
+        raise StoreUnavailableError("cannot reach the job store (Redis); the server log has the details")
+
 
 def test_a_replica_handed_its_backend_opens_nothing_in_the_data_folder(tmp_path) -> None:
     data_dir = tmp_path / "data"
     settings = ServiceSettings(data_dir=data_dir)
     keys = KeyStore(Database(":memory:"))  # stands in for the Redis key store
     app = create_app(settings, queue=UnreachableStoreQueue(), keys=keys, limiter=RateLimiter())
-    with TestClient(app) as client:
+    with local_client(app) as client:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 503
     assert not data_dir.exists()  # no SQLite database, no results folder
@@ -42,10 +44,11 @@ def test_a_replica_handed_its_backend_opens_nothing_in_the_data_folder(tmp_path)
 def test_queue_depth_reads_unknown_not_zero_while_the_store_is_unreachable(tmp_path) -> None:
     keys = KeyStore(Database(":memory:"))
     app = create_app(ServiceSettings(data_dir=tmp_path), queue=UnreachableStoreQueue(), keys=keys)
-    with TestClient(app) as client:
+    with local_client(app) as client:
         metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert "sd3pose_queue_depth NaN" in metrics.text
+    assert "sd3pose_storage_bytes NaN" in metrics.text
 
 
 def test_a_pose_preview_while_the_models_load_says_so_and_when_to_retry(tmp_path) -> None:
@@ -57,7 +60,7 @@ def test_a_pose_preview_while_the_models_load_says_so_and_when_to_retry(tmp_path
 
     app = create_app(ServiceSettings(data_dir=tmp_path), generator_factory=slow_factory)
     try:
-        with TestClient(app) as client:
+        with local_client(app) as client:
             answer = client.post("/v1/pose", json={"image": REQUEST["image"]})
     finally:
         loaded.set()

@@ -46,12 +46,11 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def server(tiny_engine, tmp_path_factory) -> Iterator[tuple[str, object]]:
-    from sd3pose.images import InputLimits
     from sd3pose.pipeline import Generator
 
+    generator = Generator(tiny_engine)
     # Private URLs allowed: the 502 test's failing image host runs on loopback.
-    generator = Generator(tiny_engine, input_limits=InputLimits(allow_private_urls=True))
-    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("service"), result_ttl_s=600)
+    settings = ServiceSettings(data_dir=tmp_path_factory.mktemp("service"), result_ttl_s=600, allow_private_urls=True)
     app = create_app(settings, generator_factory=lambda device: generator)
     with running_server(app) as url:
         assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
@@ -180,3 +179,94 @@ def test_pose_preview_detects_the_photo(server, photo_b64: str) -> None:
     assert body["detected"] and body["keypoints"]["people"]
     skeleton = Image.open(io.BytesIO(base64.b64decode(body["pose_image"])))
     assert skeleton.format == "PNG" and skeleton.getextrema() != ((0, 0), (0, 0), (0, 0))  # something drawn
+
+
+@pytest.fixture
+def dripping_host() -> Iterator[tuple[str, threading.Semaphore]]:
+    """A loopback image host that sends its headers, then one byte a second; (URL, one release per
+    request it has started answering)."""
+    import time
+
+    answering = threading.Semaphore(0)
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            answering.release()
+            try:
+                for _ in range(60):  # bounded: a minute at most
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(1.0)
+            except OSError:
+                pass  # the fetcher hung up, as it should
+
+        def log_message(self, *args) -> None:
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    host.daemon_threads = True
+    thread = threading.Thread(target=host.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{host.server_address[1]}/photo.png", answering
+    finally:
+        host.shutdown()
+        host.server_close()
+        thread.join(10)
+
+
+def test_a_slow_image_host_holds_only_its_own_request(tiny_engine, tmp_path, dripping_host) -> None:
+    """A host sending 1 byte/s: another key's generation and pose preview are not delayed (the URL is
+    fetched by the API, not by the one generation worker nor under the preview's lock), and the slow
+    request ends at the fetch deadline with a 400 naming the host, its credit kept."""
+    import time
+
+    from sd3pose.pipeline import Generator
+
+    image_url, answering = dripping_host
+    generator = Generator(tiny_engine)
+    settings = ServiceSettings(data_dir=tmp_path, allow_private_urls=True, fetch_timeout_s=4)
+    app = create_app(settings, generator_factory=lambda device: generator)
+    with running_server(app) as url:
+        assert httpx.get(f"{url}/ready", timeout=60).status_code == 200
+        keys = app.state.services.keys
+        slow_key, other_key = (keys.create(name, credits=5)[1] for name in ("slow", "other"))
+        preview = {"image": POSE_MAP, "pose_mode": "none"}
+
+        def timed(path: str, body: dict, key: str) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            response = httpx.post(f"{url}{path}", json=body, headers={"x-api-key": key}, timeout=120)
+            return response, time.monotonic() - started
+
+        timed("/v1/sd3-med-pose", SMALL, other_key)  # warm: the first run pays for one-off setup
+        _, alone = timed("/v1/sd3-med-pose", SMALL, other_key)
+        _, preview_alone = timed("/v1/pose", preview, other_key)
+
+        slow: dict[str, tuple[httpx.Response, float]] = {}
+        callers = [
+            threading.Thread(
+                target=lambda: slow.update(sync=timed("/v1/sd3-med-pose", {**SMALL, "image": image_url}, slow_key))
+            ),
+            threading.Thread(target=lambda: slow.update(pose=timed("/v1/pose", {"image": image_url}, slow_key))),
+        ]
+        for caller in callers:
+            caller.start()
+        for _ in callers:
+            assert answering.acquire(timeout=30), "the slow host was not reached"
+        generated, during = timed("/v1/sd3-med-pose", SMALL, other_key)
+        previewed, preview_during = timed("/v1/pose", preview, other_key)
+        for caller in callers:
+            caller.join(60)
+        assert keys.balance(slow_key.split("_")[1]) == 5
+
+    assert generated.status_code == 200 and previewed.status_code == 200
+    assert during - alone < 1.0, f"delayed by {during - alone:.2f} s ({alone:.2f} s alone)"
+    assert preview_during - preview_alone < 1.0, f"preview delayed by {preview_during - preview_alone:.2f} s"
+    for name in ("sync", "pose"):
+        response, seconds = slow[name]
+        assert response.status_code == 400, response.text
+        assert "'127.0.0.1' took longer than 4 s" in response.json()["error"]
+        assert 3.5 < seconds < 7, seconds

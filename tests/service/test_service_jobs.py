@@ -48,9 +48,8 @@ def test_restart_resumes_queued_and_fails_interrupted_jobs(tmp_path) -> None:
 
     refunds: list[str] = []
 
-    def settle(info) -> None:
+    def settle(info) -> None:  # the queue refunds a FAILED job itself, as it ends it
         if info.status is JobStatus.FAILED:
-            keys.refund(info.key_id, info.reserved)
             refunds.append(info.id)
 
     fresh = ScriptedGenerator()
@@ -104,7 +103,7 @@ def test_a_job_cancelled_before_it_completes_is_never_completed(tmp_path) -> Non
     queue.complete(job.id, result)
     info = queue.get(job.id)
     assert info.status is JobStatus.FAILED and info.error == "timed out after 1 s" and info.error_code == 504
-    assert settled == [JobStatus.FAILED]  # the app refunds on FAILED
+    assert settled == [JobStatus.FAILED]  # reported FAILED: the queue refunded it
     assert queue.result(job.id) is None
 
 
@@ -121,11 +120,7 @@ def test_a_stored_job_that_no_longer_validates_fails_alone_instead_of_stopping_t
     first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": ""}', broken.id))
     first.db.execute("UPDATE jobs SET request_json = ? WHERE id = ?", ('{"prompt": "x"}', inconsistent.id))
 
-    def settle(info) -> None:
-        if info.status is JobStatus.FAILED:
-            keys.refund(info.key_id, info.reserved)
-
-    second = _queue(tmp_path, ScriptedGenerator(), on_finished=settle)
+    second = _queue(tmp_path, ScriptedGenerator())  # it refunds the jobs it fails itself
     second.start()
     try:
         _wait(second, fine.id, JobStatus.COMPLETED)

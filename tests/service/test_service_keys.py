@@ -142,6 +142,9 @@ def test_removing_credits_checks_the_floor_atomically_and_balances_stay_finite(t
         store.add_credits(key.id, -5)
     store.get = real_get
     assert store.balance(key.id) == 2
-    store.add_credits(key.id, 1e308)
-    with pytest.raises(InvalidRequestError, match="cannot hold more"):
-        store.add_credits(key.id, 1e308)  # inf would read as "never runs out"
+    # Balances are whole micro-credits: a billion credits at most, never a float that could reach inf
+    # (which would read as "never runs out").
+    store.add_credits(key.id, 999_999_990)
+    with pytest.raises(InvalidRequestError, match="cannot hold more than 1000000000 credits"):
+        store.add_credits(key.id, 1e308)
+    assert store.balance(key.id) == 999_999_992

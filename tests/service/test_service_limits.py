@@ -9,7 +9,7 @@ import threading
 import time
 
 from fastapi.testclient import TestClient
-from service_helpers import REQUEST, ScriptedGenerator, make_app, new_key, wait_ready
+from service_helpers import IMAGE, REQUEST, ScriptedGenerator, local_client, make_app, new_key, wait_ready
 
 from sd3pose.errors import NoPersonFoundError
 
@@ -17,7 +17,7 @@ LIMIT = 4096
 
 
 def test_a_body_over_the_limit_is_refused_with_400_before_parsing(tmp_path, generator: ScriptedGenerator) -> None:
-    with TestClient(make_app(tmp_path, generator, max_body_bytes=LIMIT)) as client:
+    with local_client(make_app(tmp_path, generator, max_body_bytes=LIMIT)) as client:
         wait_ready(client)
         big = {**REQUEST, "image": base64.b64encode(b"x" * LIMIT).decode()}
         declared = client.post("/v1/sd3-med-pose", json=big)
@@ -48,7 +48,7 @@ def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient) -> None:
 def _sync_request_whose_job_ends_just_before_the_timeout_cancel(tmp_path, monkeypatch, generator: ScriptedGenerator):
     """POST a sync request (1 credit) whose held job is released and ends between the route's last wait
     and its cancel at the 0.3 s timeout: the race. Returns the response and the queue."""
-    with TestClient(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
+    with local_client(make_app(tmp_path, generator, sync_timeout_s=0.3)) as client:
         wait_ready(client)
         key = new_key(client, credits=1)
         queue = client.app.state.services.queue
@@ -168,7 +168,7 @@ def test_a_burst_of_pose_previews_cannot_take_the_threads_that_generation_needs(
             threading.Thread(
                 target=httpx.post,
                 args=(f"{url}/v1/pose",),
-                kwargs={"json": {"image": "aGVsbG8="}, "timeout": 60},
+                kwargs={"json": {"image": IMAGE}, "timeout": 60},
                 daemon=True,
             )
             for _ in range(45)

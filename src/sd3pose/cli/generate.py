@@ -37,7 +37,7 @@ def _default(field: str):
     return value.value if isinstance(value, Enum) else value
 
 
-@settings_options(EngineSettings, into="engine", exclude=("allow_private_urls",))
+@settings_options(EngineSettings, into="engine")
 def generate_command(
     engine: EngineSettings,
     prompt: str = typer.Option(..., "--prompt", "-p", help="What to draw."),

@@ -29,6 +29,7 @@ FLAGS = {
     "use_t5": "--t5/--no-t5",
     "price_per_image": "--price",
     "rate_limit_per_minute": "--rate-limit",
+    "max_disk_gb": "--max-disk",
 }
 
 

@@ -43,7 +43,7 @@ def _key_store(where: ServiceSettings) -> KeyStore:
 
 
 def _credits_text(credits: float | None) -> str:
-    from sd3pose.service.access import format_credits
+    from sd3pose.service.credits import format_credits
 
     return format_credits(credits)
 

@@ -3,7 +3,9 @@
 Layout (all under `sd3pose:`): `job:<id>` a hash (status, times, progress, cancel reason, result
 metadata), `job:<id>:data` a hash of result bytes (`image:<i>`, `pose`), `queued:<queue>` a sorted set
 of the jobs not yet started (the queue depth), `job:<id>:waiter` a short-lived lease that the API
-process waiting on a sync job keeps alive.
+process waiting on a sync job keeps alive, `input:<sha256>` the bytes of an input image (stored once
+however many jobs use it) and `input:<sha256>:jobs` the unfinished jobs that use it: the last one to
+end deletes both.
 
 Every state change is one Lua script, so it is atomic across processes: a job leaves QUEUED/PROCESSING
 exactly once, and when it ends FAILED its reserved credits go back to its key in the same step. That
@@ -23,6 +25,7 @@ from typing import Any
 from sd3pose.distributed.config import PREFIX
 from sd3pose.jobs.contract import CANCELLED_CODE, JobInfo, JobStatus, result_from_meta, result_meta
 from sd3pose.results import GenerationResult
+from sd3pose.service.credits import from_micro, to_micro
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +92,21 @@ if redis.call('HGET', KEYS[1], 'kind') == 'sync' then
   redis.call('EXPIRE', KEYS[4], 60)
 end
 if ARGV[1] == 'FAILED' then
-  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-  if reserved and reserved > 0 and redis.call('HEXISTS', KEYS[3], 'credits') == 1 then
-    redis.call('HINCRBYFLOAT', KEYS[3], 'credits', redis.call('HGET', KEYS[1], 'reserved'))
+  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved_micro') or '0')
+  if reserved and reserved > 0 and redis.call('HEXISTS', KEYS[3], 'micro_credits') == 1 then
+    redis.call('HINCRBY', KEYS[3], 'micro_credits', reserved)
   end
 end
 return outcome
+"""
+
+# KEYS: the input's bytes, the set of unfinished jobs using it. ARGV: the job that no longer needs it.
+# -> 1 when that was the last job, and the input is deleted.
+_RELEASE_INPUT = """
+redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
 """
 
 # Cancel: a queued job ends now (returns 'queued'); a running one gets a reason its worker reads.
@@ -121,8 +133,20 @@ def done_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:done"
 
 
+def input_key(digest: str) -> str:
+    return f"{PREFIX}:input:{digest}"
+
+
+def input_users_key(digest: str) -> str:
+    return f"{PREFIX}:input:{digest}:jobs"
+
+
 def queued_key(queue: str) -> str:
     return f"{PREFIX}:queued:{queue}"
+
+
+# The field of a key's hash that holds its balance, in whole micro-credits (absent: unlimited).
+CREDITS_FIELD = "micro_credits"
 
 
 def credits_key(key_id: str | None) -> str:
@@ -156,6 +180,11 @@ class RedisJobStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
+        self._release_input = client.register_script(_RELEASE_INPUT)
+
+    @property
+    def _record_ttl_s(self) -> int:
+        return int(self.result_ttl_s + UNFINISHED_RECORD_S)
 
     # --- API side ------------------------------------------------------------------------------------
 
@@ -169,21 +198,25 @@ class RedisJobStore:
         samples: int,
         max_queue: int,
         job_id: str | None = None,
+        input_digest: str | None = None,
     ) -> JobInfo | None:
-        """Record a QUEUED job; None when `queue` already holds max_queue waiting jobs (0 = no cap)."""
+        """Record a QUEUED job; None when `queue` already holds max_queue waiting jobs (0 = no cap).
+        `input_digest`: the stored input it uses (see hold_input), released when it ends."""
         job_id = job_id or uuid.uuid4().hex
         now = time.time()
         fields = {
             "kind": kind,
             "status": JobStatus.QUEUED.value,
             "key_id": key_id or "",
-            "reserved": repr(reserved),
+            "reserved_micro": to_micro(reserved),
             "samples": samples,
             "created_at": repr(now),
             "queue": queue,
         }
+        if input_digest is not None:
+            fields["input"] = input_digest
         flat = [item for pair in fields.items() for item in pair]
-        ttl = int(self.result_ttl_s + UNFINISHED_RECORD_S)
+        ttl = self._record_ttl_s
         self.expire_waiting(queue)
         if kind == "sync":
             self.touch_waiter(job_id)
@@ -201,6 +234,27 @@ class RedisJobStore:
             created_at=now,
             samples=samples,
         )
+
+    def hold_input(self, digest: str, data: bytes, job_id: str) -> None:
+        """Keep an input image for `job_id` (its bytes once, whoever else uses them), until release_input."""
+        ttl = self._record_ttl_s  # a safety net: the end of the last job using it deletes it
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(input_key(digest), data, nx=True, ex=ttl)
+        pipe.expire(input_key(digest), ttl)
+        pipe.sadd(input_users_key(digest), job_id)
+        pipe.expire(input_users_key(digest), ttl)
+        pipe.execute()
+
+    def input_data(self, digest: str) -> bytes | None:
+        return self.redis.get(input_key(digest))
+
+    def release_input(self, digest: str, job_id: str) -> None:
+        """`job_id` no longer needs the input; the last job to let go deletes it."""
+        self._release_input(keys=[input_key(digest), input_users_key(digest)], args=[job_id])
+
+    def used_bytes(self) -> int:
+        """Memory Redis uses now (inputs, results and records all live there)."""
+        return int(self.redis.info("memory")["used_memory"])
 
     def touch_waiter(self, job_id: str) -> None:
         """The API process waiting on a sync job is alive (a worker drops sync jobs nobody waits for)."""
@@ -220,7 +274,7 @@ class RedisJobStore:
             kind=row["kind"],
             status=JobStatus(row["status"]),
             key_id=row.get("key_id") or None,
-            reserved=float(row.get("reserved") or 0),
+            reserved=from_micro(int(row.get("reserved_micro") or 0)),
             created_at=float(row["created_at"]),
             started_at=_float(row.get("started_at")),
             finished_at=_float(row.get("finished_at")),
@@ -349,8 +403,8 @@ class RedisJobStore:
 
         `staged`: a key holding a completing run's result bytes, made the job's result if this call ends it.
         """
-        fields = self.redis.hmget(job_key(job_id), ["queue", "key_id"])
-        queue, key_id = (as_text(v) or "" for v in fields)
+        fields = self.redis.hmget(job_key(job_id), ["queue", "key_id", "input"])
+        queue, key_id, digest = (as_text(v) or "" for v in fields)
         ended = self._finish(
             keys=[
                 job_key(job_id),
@@ -370,4 +424,7 @@ class RedisJobStore:
                 job_id,
             ],
         )
+        # 1: ended by this call; 2: ended by it too, FAILED because a cancel came first.
+        if digest and int(ended) in (1, 2):
+            self.release_input(digest, job_id)
         return int(ended) == 1

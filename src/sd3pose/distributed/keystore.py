@@ -1,10 +1,11 @@
 """API keys, credits and rate limits in Redis: one state for every API replica, updated atomically.
 
 Same interface and key format as `sd3pose.service.keys.KeyStore` (SQLite), so the routes cannot tell
-them apart. `sd3pose:key:<id>` is a hash (name, key_hash, credits — absent when unlimited — scopes,
-rate_limit, created_at, revoked_at); `sd3pose:keys` orders the ids by creation, `sd3pose:keys:active`
-holds the unrevoked ones. Credit changes are Lua scripts, so two replicas can never both spend the
-last credit, and each carries a one-off token so that a command replayed after a reconnect counts once.
+them apart. `sd3pose:key:<id>` is a hash (name, key_hash, micro_credits — whole micro-credits, absent
+when unlimited — scopes, rate_limit, created_at, revoked_at); `sd3pose:keys` orders the ids by creation,
+`sd3pose:keys:active` holds the unrevoked ones. Credit changes are Lua scripts on integers (HINCRBY), so
+two replicas can never both spend the last credit and sums are exact, and each carries a one-off token so
+that a command replayed after a reconnect counts once.
 """
 
 from __future__ import annotations
@@ -15,25 +16,29 @@ import uuid
 from typing import Any
 
 from sd3pose.distributed.config import PREFIX
-from sd3pose.distributed.jobstore import as_text, credits_key
+from sd3pose.distributed.jobstore import CREDITS_FIELD, as_text, credits_key
 from sd3pose.errors import InvalidRequestError
+from sd3pose.service.credits import from_micro, to_micro
 from sd3pose.service.keys import ApiKey, below_zero, check_credit_change, hash_key, key_id_of, new_key
 
 ALL_KEYS = f"{PREFIX}:keys"
 ACTIVE_KEYS = f"{PREFIX}:keys:active"
+# The layout version of the key hashes; 2: credits as integer micro_credits.
+SCHEMA_KEY = f"{PREFIX}:schema:keys"
+SCHEMA_VERSION = 2
 TOKEN_TTL_S = 600
 
-# KEYS: key hash, token. ARGV: amount (> 0). 1 = taken (or unlimited), 0 = short or unknown key.
+# KEYS: key hash, token. ARGV: micro-credits (> 0). 1 = taken (or unlimited), 0 = short or unknown key.
 _RESERVE = """
 local done = redis.call('GET', KEYS[2])
 if done then return tonumber(done) end
 local outcome = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local credits = redis.call('HGET', KEYS[1], 'credits')
+  local credits = redis.call('HGET', KEYS[1], 'micro_credits')
   if not credits then
     outcome = 1
-  elseif tonumber(credits) >= tonumber(ARGV[1]) - 1e-9 then
-    redis.call('HINCRBYFLOAT', KEYS[1], 'credits', '-' .. ARGV[1])
+  elseif tonumber(credits) >= tonumber(ARGV[1]) then
+    redis.call('HINCRBY', KEYS[1], 'micro_credits', -tonumber(ARGV[1]))
     outcome = 1
   end
 end
@@ -41,17 +46,35 @@ redis.call('SET', KEYS[2], outcome, 'EX', ARGV[2])
 return outcome
 """
 
-# Refunds and an operator's changes of a balance. KEYS: key hash, one-off token. ARGV: amount (may be
-# negative), token ttl. -> 1 applied (or applied before: a replay after a lost reply changes nothing),
+# Refunds and an operator's changes of a balance. KEYS: key hash, one-off token. ARGV: micro-credits (may
+# be negative), token ttl. -> 1 applied (or applied before: a replay after a lost reply changes nothing),
 # 0 refused: it would take the balance below 0 (checked here, atomically: a request may reserve meanwhile).
 # Unlimited keys are left alone.
 _ADD = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
-local credits = redis.call('HGET', KEYS[1], 'credits')
+local credits = redis.call('HGET', KEYS[1], 'micro_credits')
 if credits and tonumber(credits) + tonumber(ARGV[1]) < 0 then return 0 end
 redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
-if credits then redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1]) end
+if credits then redis.call('HINCRBY', KEYS[1], 'micro_credits', ARGV[1]) end
 return 1
+"""
+
+# Keys written when credits were floats (field 'credits') get whole micro-credits, once.
+# KEYS: the id index, the schema marker. ARGV: key hash prefix, version.
+_MIGRATE = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[2]) then return 0 end
+local moved = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = ARGV[1] .. id
+  local credits = redis.call('HGET', key, 'credits')
+  if credits then
+    redis.call('HSET', key, 'micro_credits', string.format('%d', math.floor(tonumber(credits) * 1e6 + 0.5)))
+    redis.call('HDEL', key, 'credits')
+    moved = moved + 1
+  end
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return moved
 """
 
 # Sliding one-minute window per key, on the Redis clock (replicas' clocks may differ).
@@ -71,10 +94,6 @@ return '0'
 """
 
 
-def _amount(value: float) -> str:
-    return repr(float(value))
-
-
 class RedisKeyStore:
     """`KeyStore` on Redis (see the module docstring)."""
 
@@ -82,6 +101,7 @@ class RedisKeyStore:
         self.redis = client
         self._reserve = client.register_script(_RESERVE)
         self._add = client.register_script(_ADD)
+        client.register_script(_MIGRATE)(keys=[ALL_KEYS, SCHEMA_KEY], args=[f"{PREFIX}:key:", SCHEMA_VERSION])
 
     def _key(self, key_id: str) -> str:
         return credits_key(key_id)
@@ -94,7 +114,7 @@ class RedisKeyStore:
         return ApiKey(
             id=key_id,
             name=row["name"],
-            credits=float(row["credits"]) if "credits" in row else None,
+            credits=from_micro(int(row[CREDITS_FIELD])) if CREDITS_FIELD in row else None,
             scopes=tuple(s for s in row["scopes"].split(",") if s),
             rate_limit=int(row["rate_limit"]) if row.get("rate_limit") else None,
             created_at=float(row["created_at"]),
@@ -109,7 +129,7 @@ class RedisKeyStore:
         scopes: list[str] | tuple[str, ...] | None = None,
         rate_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
-        key_id, secret, scope_tuple = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
+        key_id, secret, scope_tuple, micro = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
         now = time.time()
         fields: dict[str, str] = {
             "name": name.strip(),
@@ -117,8 +137,8 @@ class RedisKeyStore:
             "scopes": ",".join(scope_tuple),
             "created_at": repr(now),
         }
-        if credits is not None:
-            fields["credits"] = _amount(credits)
+        if micro is not None:
+            fields[CREDITS_FIELD] = str(micro)
         if rate_limit is not None:
             fields["rate_limit"] = str(rate_limit)
         pipe = self.redis.pipeline(transaction=True)
@@ -167,30 +187,32 @@ class RedisKeyStore:
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
         key = self._load(key_id)
-        check_credit_change(key, key_id, amount)
-        if not self._change(key_id, amount):
+        micro = check_credit_change(key, key_id, amount)
+        if not self._change(key_id, micro):
             raise below_zero(key, self.balance(key_id) or 0.0, amount)  # type: ignore[arg-type]
         return self._load(key_id)  # type: ignore[return-value]
 
     def balance(self, key_id: str) -> float | None:
-        value = self.redis.hget(self._key(key_id), "credits")
-        return float(value) if value is not None else None
+        value = self.redis.hget(self._key(key_id), CREDITS_FIELD)
+        return from_micro(int(value)) if value is not None else None
 
     def reserve(self, key_id: str, amount: float) -> bool:
         """Take `amount` credits now (refunded if the images are not delivered); False when short."""
-        if amount <= 0:
+        micro = to_micro(amount)
+        if micro <= 0:
             return True
         token = f"{PREFIX}:op:{uuid.uuid4().hex}"
-        return int(self._reserve(keys=[self._key(key_id), token], args=[_amount(amount), TOKEN_TTL_S])) == 1
+        return int(self._reserve(keys=[self._key(key_id), token], args=[micro, TOKEN_TTL_S])) == 1
 
     def refund(self, key_id: str, amount: float) -> None:
-        if amount > 0:
-            self._change(key_id, amount)
+        micro = to_micro(amount)
+        if micro > 0:
+            self._change(key_id, micro)
 
-    def _change(self, key_id: str, amount: float) -> bool:
-        """Add `amount` (once, even if the call is replayed); False when it would go below 0."""
+    def _change(self, key_id: str, micro: int) -> bool:
+        """Add `micro` micro-credits (once, even if the call is replayed); False when it would go below 0."""
         token = f"{PREFIX}:op:{uuid.uuid4().hex}"
-        return bool(int(self._add(keys=[self._key(key_id), token], args=[_amount(amount), TOKEN_TTL_S])))
+        return bool(int(self._add(keys=[self._key(key_id), token], args=[micro, TOKEN_TTL_S])))
 
 
 class RedisRateLimiter:

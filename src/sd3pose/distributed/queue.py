@@ -32,8 +32,10 @@ from sd3pose.jobs.contract import (
     JobStatus,
     NoWorkerAnsweredError,
     QueueFullError,
+    StorageFullError,
     StoreUnavailableError,
 )
+from sd3pose.jobs.inputs import content_hash, with_reference
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.service.errors import ServiceError
@@ -61,6 +63,7 @@ class CeleryJobQueue:
         *,
         max_queue: int = 32,
         result_ttl_s: float = 3600.0,
+        max_disk_bytes: int = 0,
         visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
         restore_interval_s: float = DEFAULT_RESTORE_INTERVAL_S,
         client: Any = None,
@@ -68,6 +71,7 @@ class CeleryJobQueue:
         self.broker_url = broker_url
         self.queue = queue
         self.max_queue = max_queue
+        self.max_disk_bytes = max_disk_bytes  # caps Redis's memory use (0: no cap)
         self.redis = client if client is not None else redis_client(broker_url)
         self.store = RedisJobStore(self.redis, result_ttl_s=result_ttl_s)
         self.celery = make_celery(
@@ -101,10 +105,28 @@ class CeleryJobQueue:
 
     # --- jobs ----------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        kind: str,
+        key_id: str | None,
+        reserved: float,
+        image: bytes | None = None,
+    ) -> JobInfo:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
+        digest = content_hash(image) if image is not None else None
+        try:
+            self._check_storage(len(image or b""))
+            if digest is not None:
+                self.store.hold_input(digest, image, job_id)  # type: ignore[arg-type]
+        except (RedisError, OSError) as exc:  # nothing of the job exists yet
+            log.error("could not store the input of job %s in Redis: %s", job_id, exc)
+            raise JobNotRecordedError(
+                "the job store is unreachable; retry shortly, and tell the operator if this persists"
+            ) from exc
         try:
             info = self.store.create(
                 queue=self.queue,
@@ -114,17 +136,24 @@ class CeleryJobQueue:
                 samples=request.samples,
                 max_queue=self.max_queue,
                 job_id=job_id,
+                input_digest=digest,
             )
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
             raise self._settle_unknown(job_id) from exc
         if info is None:
+            if digest is not None:
+                self.store.release_input(digest, job_id)
             raise QueueFullError(
                 f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
             )
+        recorded = with_reference(request, digest) if digest is not None else request
         try:
             self.celery.send_task(
-                TASK_GENERATE, args=[info.id, request.model_dump_json(by_alias=True)], queue=self.queue, task_id=info.id
+                TASK_GENERATE,
+                args=[info.id, recorded.model_dump_json(by_alias=True)],
+                queue=self.queue,
+                task_id=info.id,
             )
         except Exception as exc:
             # Not delivered: end it (which refunds its credits) and tell the client; the detail is logged.
@@ -137,6 +166,20 @@ class CeleryJobQueue:
                 "the operator if this persists"
             ) from exc
         return info
+
+    def _check_storage(self, incoming: int) -> None:
+        if not self.max_disk_bytes:
+            return
+        used = self.store.used_bytes()
+        if used + incoming > self.max_disk_bytes:
+            raise StorageFullError.at(used, self.max_disk_bytes)
+
+    def storage_used(self) -> int:
+        try:
+            return self.store.used_bytes()
+        except (RedisError, OSError) as exc:
+            log.warning("storage: cannot reach Redis at %s: %s", redacted_url(self.broker_url), exc)
+            raise StoreUnavailableError("cannot reach the job store (Redis); the server log has the details") from exc
 
     def _settle_unknown(self, job_id: str) -> Sd3PoseError:
         """After a failed create, whose script may have run with only its reply lost: a recorded job is

@@ -26,6 +26,7 @@ def distributed_backend(settings: ServiceSettings) -> tuple[RedisKeyStore, Redis
         settings.broker_queue or queue_name(None, None, True),
         max_queue=settings.max_queue,
         result_ttl_s=settings.result_ttl_s,
+        max_disk_bytes=int(settings.max_disk_gb * 2**30),
         client=client,
     )
     return RedisKeyStore(client), RedisRateLimiter(client), queue

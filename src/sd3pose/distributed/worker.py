@@ -24,6 +24,7 @@ from sd3pose.distributed.queue import PREVIEW_TTL_S, preview_key, workers_key
 from sd3pose.errors import Sd3PoseError
 from sd3pose.jobs.contract import GeneratorLike, JobStatus
 from sd3pose.jobs.executor import QueuedJob, execute
+from sd3pose.jobs.inputs import referenced_input, with_image
 from sd3pose.request import GenerationRequest
 from sd3pose.service.metrics import JobMetrics
 from sd3pose.settings import EngineSettings, WorkerSettings
@@ -52,6 +53,14 @@ class JobRunner:
         if started.redelivered:
             log.warning("job %s: redelivered (the worker running it stopped); running it again", job_id)
         request = GenerationRequest.model_validate_json(request_json, context=_NO_CAP)
+        digest = referenced_input(request)
+        if digest is not None:
+            data = self.store.input_data(digest)
+            if data is None:
+                log.error("job %s: its input %s is gone from Redis", job_id, digest)
+                self.store.fail(job_id, "the server lost this request's input image; submit it again", 500)
+                return
+            request = with_image(request, data)
         outcome = execute(self.generator, QueuedJob(job_id, request), self.store)
         if outcome.status is not None:
             self.metrics.jobs.labels(outcome.status.value).inc()

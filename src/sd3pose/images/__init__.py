@@ -38,7 +38,7 @@ class InputLimits:
     read_timeout: float = 15.0
     max_redirects: int = 3
     allow_local_paths: bool = False  # True only for the CLI: a plain filesystem path is accepted
-    total_timeout: float = 60.0  # a whole download, so a server dripping bytes cannot hold a worker
+    total_timeout: float = 20.0  # a whole download, so a server dripping bytes cannot hold a request
 
 
 # Formats a client can reasonably send. Others are refused before decoding: Pillow's EPS plugin
@@ -74,6 +74,16 @@ def _too_big(num_bytes: int, limit: int) -> ImageInputError:
 # --- text forms: base64, data: URIs, paths -----------------------------------------------------------
 
 
+# Long base64 text is handled in slices of this many characters (a multiple of 4): each step is then a
+# short call, and other threads (an API server's event loop) get the interpreter between them.
+_SLICE = 1 << 20
+_ASCII_WHITESPACE = " \t\n\r\v\f"
+
+
+def _by_slice(text: str, step) -> list:
+    return [step(text[start : start + _SLICE]) for start in range(0, len(text), _SLICE)]
+
+
 def decode_base64(text: str, max_bytes: int) -> bytes:
     """Decode standard or URL-safe base64 (whitespace and missing padding tolerated) within a size cap.
 
@@ -82,7 +92,9 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
     # Cheap bound before touching the text: even at one whitespace character per four, this is too big.
     if len(text) * 3 // 5 > max_bytes:
         raise _too_big(len(text) * 3 // 4, max_bytes)
-    compact = _WHITESPACE.sub("", text)
+    compact = text
+    if not text.isascii() or any(space in text for space in _ASCII_WHITESPACE):
+        compact = "".join(_by_slice(text, lambda part: _WHITESPACE.sub("", part)))
     decoded_size = len(compact) * 3 // 4 - (len(compact) - len(compact.rstrip("=")))
     if decoded_size > max_bytes:
         raise _too_big(decoded_size, max_bytes)
@@ -93,7 +105,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise _not_base64("its length is not that of base64 text")
     compact += "=" * (-len(compact) % 4)
     try:
-        return base64.b64decode(compact.encode("ascii"), validate=True)
+        return b"".join(_by_slice(compact, lambda part: base64.b64decode(part.encode("ascii"), validate=True)))
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise _not_base64(str(exc)) from None
 
@@ -246,12 +258,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
         ) from None
 
 
-def load_image_bytes(data: bytes, limits: InputLimits = InputLimits()) -> Image.Image:
-    """Decode image file bytes (an upload, a download) to an upright RGB image within the limits.
-
-    The pixel limit is checked on the header, before any pixel is decoded. (Pillow's own guard,
-    2 x Image.MAX_IMAGE_PIXELS = 179 MP by default, still applies on top of `max_pixels`.)
-    """
+def _open_checked(data: bytes, limits: InputLimits) -> Image.Image:
+    """The image's header, opened and checked against the limits; no pixel is decoded yet."""
     if not data:
         raise ImageInputError("image is empty; send a valid image file, base64-encoded or as a URL")
     if len(data) > limits.max_bytes:
@@ -273,12 +281,39 @@ def load_image_bytes(data: bytes, limits: InputLimits = InputLimits()) -> Image.
         raise _undecodable(f"it claims a size of {width}×{height} pixels")
     if width * height > limits.max_pixels:
         raise _too_many_pixels(width * height, limits.max_pixels, f"{width}×{height} pixels, ")
+    return im
+
+
+def _explained(error: _UndecodableError, content_type: str | None) -> ImageInputError:
+    """An undecodable download, said as what the URL sent instead when it declared something else."""
+    declared = (content_type or "").split(";")[0].strip().lower()
+    if declared and not declared.startswith("image/"):
+        return ImageInputError(f"the image URL returned {declared}, not an image; send a direct link to the image file")
+    return error
+
+
+def check_image_bytes(data: bytes, limits: InputLimits = InputLimits(), content_type: str | None = None) -> None:
+    """Refuse bytes that are no image we accept, or too large, from the header alone (cheap: no pixel is
+    decoded), so a request with a useless image is answered 400 before it is queued or stored."""
+    try:
+        _open_checked(data, limits).close()
+    except _UndecodableError as exc:
+        raise _explained(exc, content_type) from None
+
+
+def load_image_bytes(data: bytes, limits: InputLimits = InputLimits()) -> Image.Image:
+    """Decode image file bytes (an upload, a download) to an upright RGB image within the limits.
+
+    The pixel limit is checked on the header, before any pixel is decoded. (Pillow's own guard,
+    2 x Image.MAX_IMAGE_PIXELS = 179 MP by default, still applies on top of `max_pixels`.)
+    """
+    im = _open_checked(data, limits)
     try:
         im.seek(0)  # animations: the first frame
         im.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise _undecodable(f"the file is truncated or corrupt: {exc}") from None
-    log.debug("decoded %s image %dx%d, mode %s", im.format, width, height, im.mode)
+    log.debug("decoded %s image %dx%d, mode %s", im.format, *im.size, im.mode)
     return to_rgb(_upright(im))
 
 
@@ -302,13 +337,8 @@ def load_image(source: str, limits: InputLimits = InputLimits()) -> Image.Image:
     data, content_type = read_source(source, limits)
     try:
         return load_image_bytes(data, limits)
-    except _UndecodableError:
-        declared = (content_type or "").split(";")[0].strip().lower()
-        if declared and not declared.startswith("image/"):
-            raise ImageInputError(
-                f"the image URL returned {declared}, not an image; send a direct link to the image file"
-            ) from None
-        raise
+    except _UndecodableError as exc:
+        raise _explained(exc, content_type) from None
 
 
 # --- output encoding ---------------------------------------------------------------------------------

@@ -5,18 +5,23 @@ What the user can fix raises ImageInputError (HTTP 400); a failing image host ra
 Every hop (the first URL and each redirect) is parsed, its host resolved once by us, every resolved
 address checked, and the connection made to the checked address itself, never to a second
 resolution (no DNS rebinding). The original host still goes out in the Host header and in TLS
-SNI/certificate verification. The body is streamed and cut at the size cap.
+SNI/certificate verification. The body is streamed and cut at the size cap, and the whole fetch at a
+total deadline: every timeout is capped at the time left, and a body still arriving at the deadline has
+its socket shut, so a host that drips bytes holds a request no longer than the deadline.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import ipaddress
 import logging
+import math
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -41,6 +46,31 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 # getaddrinfo has no timeout of its own; lookups run here so a slow DNS server cannot hang a request.
 _RESOLVER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sd3pose-dns")
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """When a whole fetch must have ended (time.monotonic), and the total it was given."""
+
+    at: float
+    total_s: float
+
+    def left(self, host: str, cap: float) -> float:
+        """Seconds a step may take: `cap`, or less when the deadline is nearer; the deadline error if passed."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.error(host)
+        return min(cap, left)
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def error(self, host: str) -> ImageInputError:
+        # A 400: the user chose the URL, and a faster one (or base64) fixes it.
+        return ImageInputError(
+            f"downloading the image from '{host}' took longer than {self.total_s:g} s; "
+            "send a faster URL or the image as base64"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,7 +258,7 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _open(client: httpx.Client, hop: _Hop) -> httpx.Response:
+def _open(client: httpx.Client, hop: _Hop, deadline: _Deadline) -> httpx.Response:
     """Send GET to the hop's checked addresses in turn (the next one only if connecting fails)."""
     last_error: httpx.ConnectError | None = None
     for ip in hop.addresses:
@@ -236,11 +266,19 @@ def _open(client: httpx.Client, hop: _Hop) -> httpx.Response:
         if hop.url.scheme.lower() == "https":
             # Verify the certificate against the name the user gave, not against the IP we dial.
             extensions["sni_hostname"] = hop.host if parse_ip_literal(hop.host) is None else str(ip)
+        limits = client.timeout
+        timeout = httpx.Timeout(
+            connect=deadline.left(hop.host, limits.connect or math.inf),
+            read=deadline.left(hop.host, limits.read or math.inf),
+            write=deadline.left(hop.host, limits.write or math.inf),
+            pool=deadline.left(hop.host, limits.pool or math.inf),
+        )
         request = client.build_request(
             "GET",
             hop.url.copy_with(host=str(ip)),
             headers={"Host": hop.url.netloc.decode("ascii")},
             extensions=extensions,
+            timeout=timeout,
         )
         try:
             return client.send(request, stream=True)
@@ -252,7 +290,25 @@ def _open(client: httpx.Client, hop: _Hop) -> httpx.Response:
     )
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, total_timeout: float) -> bytes:
+def _shut_at_deadline(response: httpx.Response, deadline: _Deadline) -> threading.Timer | None:
+    """Shut the response's socket at the deadline, which ends a read blocked on a slow host at once
+    (httpx's timeouts apply per read, so a host sending a byte now and then would never trip them)."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is None:  # a transport without sockets (tests, custom routing): the per-chunk check remains
+        return None
+
+    def shut() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline.at - time.monotonic()), shut)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _read_capped(response: httpx.Response, max_bytes: int, deadline: _Deadline, host: str) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ImageInputError(
@@ -267,17 +323,17 @@ def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, tota
             raise ImageInputError(
                 f"image at the URL is larger than the {format_size(max_bytes)} limit; send a smaller image"
             )
-        if time.monotonic() > deadline:
-            raise UpstreamError(
-                f"downloading the image URL took longer than {total_timeout:g} s; "
-                "send a faster URL or the image as base64"
-            )
+        if deadline.passed():
+            raise deadline.error(host)
+    if deadline.passed():  # the socket shut at the deadline reads as the end of a body without a length
+        raise deadline.error(host)
     return bytes(body)
 
 
-def _get(client: httpx.Client, hop: _Hop, max_bytes: int, deadline: float, total_timeout: float) -> FetchedBody | str:
+def _get(client: httpx.Client, hop: _Hop, max_bytes: int, deadline: _Deadline) -> FetchedBody | str:
     """One hop: the body of a 2xx answer, or the absolute URL a redirect points to."""
-    response = _open(client, hop)
+    response = _open(client, hop, deadline)
+    watchdog = _shut_at_deadline(response, deadline)
     try:
         if response.status_code in REDIRECT_STATUSES:
             location = response.headers.get("location")
@@ -297,10 +353,25 @@ def _get(client: httpx.Client, hop: _Hop, max_bytes: int, deadline: float, total
                 f"image URL answered HTTP {response.status_code}; "
                 "check that the URL points at a publicly readable image"
             )
-        body = _read_capped(response, max_bytes, deadline, total_timeout)
+        body = _read_capped(response, max_bytes, deadline, hop.host)
         return FetchedBody(body, response.headers.get("content-type"), str(hop.url))
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         response.close()
+
+
+def _transport_error(exc: httpx.HTTPError, host: str, connect_timeout: float, read_timeout: float) -> UpstreamError:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamError(
+            f"could not connect to the image URL host '{host}' within {connect_timeout:g} s; "
+            "check the URL or send the image as base64"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(
+            f"the image URL server sent nothing for {read_timeout:g} s; check the URL or send the image as base64"
+        )
+    return UpstreamError(f"downloading the image URL failed ({type(exc).__name__}: {exc}); check the URL")
 
 
 def fetch_url(
@@ -310,7 +381,7 @@ def fetch_url(
     allow_private: bool = False,
     connect_timeout: float = 5.0,
     read_timeout: float = 15.0,
-    total_timeout: float = 60.0,
+    total_timeout: float = 20.0,
     max_redirects: int = 3,
     resolver: Resolver | None = None,
     transport: httpx.BaseTransport | None = None,
@@ -325,7 +396,7 @@ def fetch_url(
     and custom routing); the address checks run the same either way.
     """
     started = time.monotonic()
-    deadline = started + total_timeout
+    deadline = _Deadline(started + total_timeout, total_timeout)
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
     transport = transport or httpx.HTTPTransport(verify=_ssl_context(), retries=0)
     # trust_env=False: a proxy from the environment would resolve and connect on its own, unchecked.
@@ -337,24 +408,16 @@ def fetch_url(
     ) as client:
         current = url
         for hop_index in range(max_redirects + 1):
-            hop = _check_hop(current, allow_private=allow_private, timeout=connect_timeout, resolver=resolver)
+            host = _parse_url(current).raw_host.decode("ascii")
+            lookup_s = deadline.left(host, connect_timeout)
+            hop = _check_hop(current, allow_private=allow_private, timeout=lookup_s, resolver=resolver)
             log.info("fetching image from %s (%s)", hop.host, ", ".join(map(str, hop.addresses)))
             try:
-                result = _get(client, hop, max_bytes, deadline, total_timeout)
-            except httpx.ConnectTimeout:
-                raise UpstreamError(
-                    f"could not connect to the image URL host '{hop.host}' within {connect_timeout:g} s; "
-                    "check the URL or send the image as base64"
-                ) from None
-            except httpx.TimeoutException:
-                raise UpstreamError(
-                    f"the image URL server sent nothing for {read_timeout:g} s; "
-                    "check the URL or send the image as base64"
-                ) from None
+                result = _get(client, hop, max_bytes, deadline)
             except httpx.HTTPError as exc:
-                raise UpstreamError(
-                    f"downloading the image URL failed ({type(exc).__name__}: {exc}); check the URL"
-                ) from None
+                if deadline.passed():  # a timeout capped at the deadline, or the socket shut at it
+                    raise deadline.error(hop.host) from None
+                raise _transport_error(exc, hop.host, connect_timeout, read_timeout) from None
             if isinstance(result, str):
                 log.debug("redirect %d to %s", hop_index + 1, result)
                 current = result

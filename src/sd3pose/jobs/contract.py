@@ -96,6 +96,19 @@ class QueueFullError(JobNotRecordedError, RetryLaterError):
     """As many jobs wait as the queue holds; nothing of this one was recorded."""
 
 
+class StorageFullError(JobNotRecordedError):
+    """The job store holds as much as the operator allows (--max-disk); nothing of this job was recorded."""
+
+    status_code = 503
+
+    @classmethod
+    def at(cls, used: int, limit: int) -> StorageFullError:
+        return cls(
+            f"the server's storage is full ({used / 2**30:.2f} of {limit / 2**30:.2f} GiB used); retry later, "
+            "and tell the operator if this persists (sd3pose serve --max-disk)"
+        )
+
+
 class ModelsLoadingError(RetryLaterError):
     """No worker has finished loading its models yet."""
 
@@ -128,9 +141,19 @@ class JobQueue(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def readiness(self) -> tuple[bool, str]: ...
-    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
-        """Queue a job. JobNotRecordedError (QueueFullError included): nothing of it exists, so the caller
-        returns its reservation. Any other error: it was recorded, and ended FAILED and refunded."""
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        kind: str,
+        key_id: str | None,
+        reserved: float,
+        image: bytes | None = None,
+    ) -> JobInfo:
+        """Queue a job. `image`: the bytes the API resolved `request.image` to (stored once per content
+        hash until the job ends; see sd3pose.jobs.inputs). JobNotRecordedError (QueueFullError and
+        StorageFullError included): nothing of it exists, so the caller returns its reservation. Any other
+        error: it was recorded, and ended FAILED and refunded."""
         ...
 
     def get(self, job_id: str) -> JobInfo | None: ...
@@ -143,6 +166,10 @@ class JobQueue(Protocol):
 
     def depth(self) -> int:
         """Jobs waiting for a worker; StoreUnavailableError when the backend cannot tell."""
+        ...
+
+    def storage_used(self) -> int:
+        """Bytes the job store holds now (what --max-disk caps); StoreUnavailableError when it cannot tell."""
         ...
 
     def preview_pose(self, request: GenerationRequest) -> PosePreview: ...

@@ -12,16 +12,12 @@ import anyio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sd3pose.service.credits import format_credits
+
 log = logging.getLogger("sd3pose.access")
 
 # Metric labels take only these: a client-chosen method name must not add a time series per request.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-def format_credits(credits: float | None) -> str:
-    if credits is None:
-        return "unlimited"
-    return str(int(credits)) if float(credits).is_integer() else f"{credits:.6g}"
 
 
 async def tracing_headers(services: Any, state: dict[str, Any]) -> dict[str, str]:

@@ -12,14 +12,19 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from sd3pose import __version__
-from sd3pose.jobs.contract import GeneratorLike, JobInfo, JobNotRecordedError, JobQueue, JobStatus
+from sd3pose.images import InputLimits
+from sd3pose.jobs.contract import GeneratorLike, JobInfo, JobNotRecordedError, JobQueue
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult
 from sd3pose.service.access import AccessMiddleware
 from sd3pose.service.auth import Principal
+from sd3pose.service.credits import format_credits, from_micro, to_micro
+from sd3pose.service.docs import install_docs
 from sd3pose.service.embedded_queue import EmbeddedJobQueue
 from sd3pose.service.errors import InsufficientCreditsError, install_error_handlers
+from sd3pose.service.headers import SecurityHeadersMiddleware
 from sd3pose.service.keys import KeyStore
+from sd3pose.service.local_only import LocalOnlyMiddleware
 from sd3pose.service.metrics import Metrics
 from sd3pose.service.ratelimit import RateLimiter
 from sd3pose.service.schemas import ImagesResponse, PoseRequest
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 
 
 PREVIEW_THREADS = 8
+# Image URLs download in threads of their own (each cut off at --fetch-timeout), so slow hosts cannot
+# take the shared pool that auth, body parsing and sync waits need.
+FETCH_THREADS = 16
 
 
 class Services:
@@ -47,38 +55,91 @@ class Services:
         # Pose previews wait for a worker (up to a minute with Redis) in threads of their own: a burst of
         # them must not take the shared thread pool that sync waits, auth and job lookups need.
         self.preview_limiter = anyio.CapacityLimiter(PREVIEW_THREADS)
-        self.metrics = Metrics(lambda: self.queue.depth())
+        self.fetch_limiter = anyio.CapacityLimiter(FETCH_THREADS)
+        self.input_limits = InputLimits(
+            allow_private_urls=settings.allow_private_urls, total_timeout=settings.fetch_timeout_s
+        )
+        self.max_disk_bytes = int(settings.max_disk_gb * 2**30)
+        self.metrics = Metrics(lambda: self.queue.depth(), lambda: self.queue.storage_used(), self.max_disk_bytes)
+        # Open (no keys) only if this server started so; once a key has been seen, auth stays on for good.
+        self._auth_on = True
+        self._said_no_keys = False
+
+    def decide_auth(self) -> None:
+        """Fix the auth mode at start: open only on an address the operator allowed (loopback by default)
+        with no active key. Logs the mode either way."""
+        allowed = self.settings.loopback_only or self.settings.insecure_no_auth
+        self._auth_on = not allowed or self.keys.active_count() > 0
+        if self._auth_on:
+            log.info("auth on: every request needs an API key")
+        else:
+            log.warning(
+                "auth off: no API keys exist, so this server answers anyone who reaches %s without a key "
+                "(JSON bodies and loopback Host names only); create a key and restart to turn auth on",
+                self.settings.host,
+            )
+
+    @property
+    def auth_on_for_good(self) -> bool:
+        """Auth is on and nothing can turn it off while this server runs."""
+        return self._auth_on
 
     def open_access(self) -> bool:
-        """No keys configured: auth is off, but only where the operator allowed it (loopback by default)."""
-        allowed = self.settings.loopback_only or self.settings.insecure_no_auth
-        return allowed and self.keys.active_count() == 0
+        """True while the server runs open (see decide_auth). The first key created switches auth on, and
+        nothing switches it off again, revoking every key included."""
+        if not self._auth_on and self.keys.active_count() > 0:
+            self._auth_on = True
+            log.warning("an API key was created: auth is on from now on (until a restart)")
+        return not self._auth_on
+
+    def note_refused_without_keys(self) -> None:
+        """Log (once each time it happens) that auth stays on although no active key is left."""
+        revoked_all = self.keys.active_count() == 0
+        if revoked_all and not self._said_no_keys:
+            log.warning(
+                "auth stays on although no active API key is left (all revoked): every request gets 401 until "
+                "a key is created (`sd3pose keys create`); only a restart with no keys serves without auth"
+            )
+        self._said_no_keys = revoked_all
 
     def price(self, samples: int) -> float:
-        return round(self.settings.price_per_image * samples, 6)
+        return from_micro(to_micro(self.settings.price_per_image) * samples)  # type: ignore[return-value]
 
-    def submit(self, request: GenerationRequest, principal: Principal, kind: str) -> JobInfo:
-        """Reserve the credits, then queue the job (credits come back if it is not delivered)."""
+    def check_can_pay(self, principal: Principal) -> None:
+        """Refuse (406) a key that cannot pay for even one image, before its body is read or parsed."""
+        key = principal.key
+        if key is None or key.unlimited or self.price(1) <= 0:
+            return
+        balance = self.keys.balance(key.id) or 0.0
+        if to_micro(balance) < to_micro(self.price(1)):
+            raise self._short(balance, self.price(1), 1)
+
+    def _short(self, balance: float, cost: float, samples: int) -> InsufficientCreditsError:
+        return InsufficientCreditsError(
+            f"not enough credits: this request costs {format_credits(cost)} ({samples} image(s) at "
+            f"{format_credits(self.settings.price_per_image)}) and the key has {format_credits(balance)}; ask "
+            "the operator to add credits (`sd3pose keys add-credits`) or request fewer samples"
+        )
+
+    def submit(
+        self, request: GenerationRequest, principal: Principal, kind: str, image: bytes | None = None
+    ) -> JobInfo:
+        """Reserve the credits, then queue the job (credits come back if it is not delivered). `image`:
+        the bytes request.image was resolved to (see sd3pose.service.inputs)."""
         key = principal.key
         cost = self.price(request.samples) if key is not None and not key.unlimited else 0.0
         if key is not None and not self.keys.reserve(key.id, cost):
-            balance = self.keys.balance(key.id) or 0
-            raise InsufficientCreditsError(
-                f"not enough credits: this request costs {cost:g} ({request.samples} image(s) at "
-                f"{self.settings.price_per_image:g}) and the key has {balance:g}; ask the operator to add "
-                "credits (`sd3pose keys add-credits`) or request fewer samples"
-            )
+            raise self._short(self.keys.balance(key.id) or 0.0, cost, request.samples)
         try:
-            return self.queue.submit(request, kind=kind, key_id=key.id if key else None, reserved=cost)
+            return self.queue.submit(request, kind=kind, key_id=key.id if key else None, reserved=cost, image=image)
         except JobNotRecordedError:  # nothing of the job exists: its reservation comes back here
             if key is not None:
                 self.keys.refund(key.id, cost)
             raise
 
     def job_finished(self, info: JobInfo) -> None:
-        # Charged only for delivered images: a job that did not complete gives its credits back.
-        if info.status is JobStatus.FAILED and info.key_id and info.reserved > 0:
-            self.keys.refund(info.key_id, info.reserved)
+        # Charged only for delivered images: the job store itself gave a FAILED job's credits back, in
+        # the step that ended it.
         self.metrics.jobs.labels(info.status.value).inc()
 
     def job_generated(self, result: GenerationResult) -> None:
@@ -139,6 +200,8 @@ def create_app(
         db,
         generator_factory,
         results_dir=settings.results_dir,
+        inputs_dir=settings.inputs_dir,
+        max_disk_bytes=services.max_disk_bytes,
         devices=settings.devices,
         max_queue=settings.max_queue,
         result_ttl_s=settings.result_ttl_s,
@@ -150,7 +213,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.queue.start()
-        log.info("sd3pose service started (auth %s)", "off: no keys" if services.open_access() else "on")
+        services.decide_auth()
         try:
             yield
         finally:
@@ -165,9 +228,15 @@ def create_app(
         'the hosted SD3 Medium Pose ControlNet endpoint. Errors are JSON `{"error": "..."}`; '
         "authenticated responses carry `x-remaining-credits`.",
         lifespan=lifespan,
+        docs_url=None,  # served from the installed Swagger UI package instead of a CDN (service.docs)
+        redoc_url=None,
     )
     app.state.services = services
     install_error_handlers(app)
+    install_docs(app)
+    # Outermost last: every answer, errors and the access log's included, passes the other two.
+    app.add_middleware(LocalOnlyMiddleware, services=services)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(AccessMiddleware, services=services)
     app.include_router(routes_generate.router)
     app.include_router(routes_pose.router)

@@ -25,8 +25,14 @@ class Principal:
         return self.key.name if self.key else "anonymous"
 
 
-def require(scope: str, *, rate_limited: bool = False):
-    """A dependency that authenticates the caller, checks `scope` and (optionally) the rate limit."""
+def require(scope: str, *, rate_limited: bool = False, charged: bool = False):
+    """A dependency that authenticates the caller, checks `scope` and (optionally) the rate limit.
+
+    `charged` routes are rate limited, and also refuse (406) a key that cannot pay for one image. All of
+    this runs before the route reads the body: the key is in a header, so a caller who may not or cannot
+    use the route never gets a large body read or parsed.
+    """
+    rate_limited = rate_limited or charged
 
     # A plain `def`: FastAPI runs it in its thread pool, so the key store (Redis in a scaled-out
     # deployment) never blocks the event loop.
@@ -40,6 +46,7 @@ def require(scope: str, *, rate_limited: bool = False):
         if not secret:
             if services.open_access():
                 return Principal(None)
+            services.note_refused_without_keys()
             raise AuthenticationError(
                 "missing API key: send it in the x-api-key header (or Authorization: Bearer <key>); "
                 "an operator creates keys with `sd3pose keys create`"
@@ -62,6 +69,8 @@ def require(scope: str, *, rate_limited: bool = False):
                     f"{max(1, int(wait_s + 0.999))} s",
                     wait_s,
                 )
+        if charged:
+            services.check_can_pay(request.state.principal)
         return Principal(key)
 
     return dependency

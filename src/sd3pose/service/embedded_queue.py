@@ -1,7 +1,12 @@
 """The embedded job queue: jobs recorded in SQLite, run by worker threads in the server process.
 
-It implements `sd3pose.jobs.contract.JobQueue`. Every job ends exactly once in COMPLETED or FAILED,
-and `on_finished` is then called once (the app settles credits there).
+It implements `sd3pose.jobs.contract.JobQueue`. Every job ends exactly once in COMPLETED or FAILED, and
+a FAILED job's reserved credits go back to its key in the same transaction (the keys live in the same
+database), so whoever sees the job ended also sees its refund; `on_finished` is then called once (the
+app counts outcomes there). A job's input image is a file of the
+input store, named by its hash, from submit until the job ends; what the job row keeps is only what
+a restart needs to run it again, and nothing of it once it has ended. Everything it writes under the
+data folder counts against `max_disk_bytes`.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ from sd3pose.jobs.contract import (
     JobStatus,
     ModelsLoadingError,
     QueueFullError,
+    StorageFullError,
     result_from_meta,
     result_meta,
 )
+from sd3pose.jobs.inputs import content_hash, referenced_input, with_image, with_reference
 from sd3pose.request import GenerationRequest
 from sd3pose.results import MEDIA_EXTENSIONS, GenerationResult, PosePreview
+from sd3pose.service.credits import from_micro, to_micro
+from sd3pose.service.disk import DiskUsage, InputStore, folder_size
 from sd3pose.service.store import Database
 from sd3pose.service.worker import Worker
 
@@ -39,8 +48,10 @@ log = logging.getLogger(__name__)
 
 
 INFO_COLUMNS = (
-    "id, kind, status, key_id, reserved, samples, created_at, started_at, finished_at, error, error_code, result_json"
+    "id, kind, status, key_id, reserved_micro, samples, created_at, started_at, finished_at, error, error_code, "
+    "result_json"
 )
+UNFINISHED = "status IN ('QUEUED', 'PROCESSING')"
 
 
 class EmbeddedJobQueue:
@@ -52,6 +63,8 @@ class EmbeddedJobQueue:
         generator_factory: Callable[[str | None], GeneratorLike],
         *,
         results_dir: Path,
+        inputs_dir: Path | None = None,
+        max_disk_bytes: int = 0,
         devices: list[str | None] | None = None,
         max_queue: int = 32,
         result_ttl_s: float = 3600.0,
@@ -61,6 +74,14 @@ class EmbeddedJobQueue:
     ) -> None:
         self.db = db
         self.results_dir = Path(results_dir)
+        inputs_dir = Path(inputs_dir) if inputs_dir is not None else self.results_dir.parent / "inputs"
+        db_files = [] if str(db.path) == ":memory:" else [Path(f"{db.path}{suffix}") for suffix in ("", "-wal", "-shm")]
+        self.disk = DiskUsage(db_files, [self.results_dir, inputs_dir])
+        self.inputs = InputStore(inputs_dir, self.disk)
+        self.max_disk_bytes = max_disk_bytes  # 0: no cap
+        # Held from an input's write to its job's record, and around each release: a file another job
+        # has just been given is never deleted by the end of the last job that used it.
+        self._inputs_lock = threading.Lock()
         self.max_queue = max_queue
         self.result_ttl_s = result_ttl_s
         self.cleanup_interval_s = cleanup_interval_s
@@ -88,6 +109,8 @@ class EmbeddedJobQueue:
     def start(self) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
+        self._delete_unused_inputs()
+        self.disk.scan()
         for device in self.devices:
             worker = Worker(self, self._factory, device)
             self._workers.append(worker)
@@ -171,29 +194,58 @@ class EmbeddedJobQueue:
         with self._cond:
             return len(self._pending)
 
-    def submit(self, request: GenerationRequest, *, kind: str, key_id: str | None, reserved: float) -> JobInfo:
+    def storage_used(self) -> int:
+        return self.disk.used()
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        kind: str,
+        key_id: str | None,
+        reserved: float,
+        image: bytes | None = None,
+    ) -> JobInfo:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
         now = time.time()
-        with self._cond:
+        digest = content_hash(image) if image is not None else None
+        recorded = with_reference(request, digest) if digest is not None else request
+        with self._cond, self._inputs_lock:
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(
                     f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
                 )
+            used = self.disk.used()
+            if self.max_disk_bytes and used + len(image or b"") > self.max_disk_bytes:
+                raise StorageFullError.at(used, self.max_disk_bytes)
             try:
+                if digest is not None:
+                    self.inputs.put(digest, image)  # type: ignore[arg-type]
                 self.db.execute(
-                    "INSERT INTO jobs (id, kind, status, key_id, reserved, samples, request_json, created_at) "
-                    "VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?)",
-                    (job_id, kind, key_id, reserved, request.samples, request.model_dump_json(by_alias=True), now),
+                    "INSERT INTO jobs (id, kind, status, key_id, reserved_micro, samples, request_json, input_hash, "
+                    "created_at) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        kind,
+                        key_id,
+                        to_micro(reserved),
+                        request.samples,
+                        recorded.model_dump_json(by_alias=True),
+                        digest,
+                        now,
+                    ),
                 )
-            except sqlite3.Error as exc:  # e.g. a full disk; the detail is for the operator's log
+            except (sqlite3.Error, OSError) as exc:  # e.g. a full disk; the detail is for the operator's log
                 log.error("could not record job %s: %s", job_id, exc)
+                if digest is not None:
+                    self._release_input_locked(digest)
                 raise JobNotRecordedError(
                     "the server could not record the job (its storage failed); retry shortly, and tell the "
                     "operator if this persists"
                 ) from exc
-            self._requests[job_id] = request
+            self._requests[job_id] = recorded
             self._events[job_id] = threading.Event()
             self._pending.append(job_id)
             self._cond.notify()
@@ -282,7 +334,20 @@ class EmbeddedJobQueue:
                     self._progress.pop(job_id, None)
                     self._pending.appendleft(job_id)
             raise
-        return taken
+        return [job for job in (self._with_input(job_id, request) for job_id, request in taken) if job is not None]
+
+    def _with_input(self, job_id: str, request: GenerationRequest) -> tuple[str, GenerationRequest] | None:
+        """A taken job as its worker runs it, with its stored input image; None (and the job failed) when
+        the input is gone."""
+        digest = referenced_input(request)
+        if digest is None:
+            return job_id, request
+        data = self.inputs.read(digest)
+        if data is None:
+            log.error("job %s: its input %s is missing from %s", job_id, digest, self.inputs.folder)
+            self.fail(job_id, "the server lost this request's input image; submit it again", 500)
+            return None
+        return job_id, with_image(request, data)
 
     def report_step(self, job_id: str, step: int, total: int) -> None:
         self._progress[job_id] = (step, total)
@@ -317,9 +382,11 @@ class EmbeddedJobQueue:
             for index, data in enumerate(result.images):
                 name = f"image_{index}.{extension}"
                 (folder / name).write_bytes(data)
+                self.disk.add(len(data))
                 meta["files"].append(name)
             if result.pose_png is not None:
                 (folder / "pose.png").write_bytes(result.pose_png)
+                self.disk.add(len(result.pose_png))
         if self.on_generated is not None:
             self.on_generated(result)
         return self._finish(job_id, JobStatus.COMPLETED, meta=meta)
@@ -335,21 +402,32 @@ class EmbeddedJobQueue:
         error_code: int | None = None,
         meta: dict[str, Any] | None = None,
     ) -> bool:
-        """End the job unless it has ended already (then nothing changes); True when this call ended it."""
+        """End the job unless it has ended already (then nothing changes); True when this call ended it.
+
+        Ending it FAILED refunds its reservation in the same transaction. Its row drops the request (a
+        finished job never runs again), and its input image is released.
+        """
         with self.db.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, error_code = ?, result_json = ? "
-                "WHERE id = ? AND status IN ('QUEUED', 'PROCESSING')",
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, error_code = ?, result_json = ?, "
+                f"request_json = '' WHERE id = ? AND {UNFINISHED}",
                 (status.value, time.time(), error, error_code, json.dumps(meta or {}), job_id),
             )
             changed = cursor.rowcount == 1
-        # Settle (credits, metrics) before waking waiters, so their answer shows the settled balance.
-        if changed and self.on_finished is not None:
-            info = self.get(job_id)
+            if changed and status is JobStatus.FAILED:
+                conn.execute(
+                    "UPDATE api_keys SET micro_credits = micro_credits + "
+                    "(SELECT reserved_micro FROM jobs WHERE id = ?) "
+                    "WHERE id = (SELECT key_id FROM jobs WHERE id = ?) AND micro_credits IS NOT NULL",
+                    (job_id, job_id),
+                )
+        if changed:
+            self._release_input(job_id)
+            info = self.get(job_id) if self.on_finished is not None else None
             if info is not None:
                 try:
-                    self.on_finished(info)
-                except Exception:  # a settlement bug must not kill the worker
+                    self.on_finished(info)  # type: ignore[misc]
+                except Exception:  # a bug there must not kill the worker
                     log.exception("on_finished failed for job %s", job_id)
         with self._cond:
             self._progress.pop(job_id, None)
@@ -360,13 +438,34 @@ class EmbeddedJobQueue:
             event.set()
         return changed
 
+    def _release_input(self, job_id: str) -> None:
+        rows = self.db.query("SELECT input_hash FROM jobs WHERE id = ?", (job_id,))
+        if rows and rows[0]["input_hash"]:
+            with self._inputs_lock:
+                self._release_input_locked(rows[0]["input_hash"])
+
+    def _release_input_locked(self, digest: str) -> None:
+        """Delete an input file no unfinished job uses any more (hold _inputs_lock)."""
+        if not self.db.query(f"SELECT 1 FROM jobs WHERE input_hash = ? AND {UNFINISHED} LIMIT 1", (digest,)):
+            try:
+                self.inputs.delete(digest)
+            except OSError as exc:  # the start-up clean-up retries it
+                log.error("could not delete the input image %s: %s", digest, exc)
+
+    def _delete_unused_inputs(self) -> None:
+        """At start: drop input files that no unfinished job names (left by a crash)."""
+        self.inputs.delete_partials()
+        needed = {row[0] for row in self.db.query(f"SELECT input_hash FROM jobs WHERE {UNFINISHED}")}
+        for digest in self.inputs.stored() - needed:
+            self.inputs.delete(digest)
+
     def _row_to_info(self, row: Any) -> JobInfo:
         return JobInfo(
             id=row["id"],
             kind=row["kind"],
             status=JobStatus(row["status"]),
             key_id=row["key_id"],
-            reserved=row["reserved"],
+            reserved=from_micro(row["reserved_micro"]),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -387,7 +486,9 @@ class EmbeddedJobQueue:
         cutoff = time.time() - self.result_ttl_s
         rows = self.db.query("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,))
         for row in rows:
-            shutil.rmtree(self.results_dir / row["id"], ignore_errors=True)
+            folder = self.results_dir / row["id"]
+            self.disk.add(-folder_size(folder))
+            shutil.rmtree(folder, ignore_errors=True)
             self._sync_results.pop(row["id"], None)
             self.db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
         if rows:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sd3pose.errors import Sd3PoseError
 from sd3pose.jobs.contract import RetryLaterError
 from sd3pose.service.access import tracing_headers
+from sd3pose.service.headers import security_headers
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,12 @@ def install_error_handlers(app: FastAPI) -> None:
         state = request.scope.get("state", {})
         request_id = state.get("request_id", "-")
         log.exception("unexpected error handling %s %s (request id %s)", request.method, request.url.path, request_id)
-        # This answer is made outside AccessMiddleware (Starlette's outermost layer), so it adds the headers.
+        # This answer is made outside our middleware (Starlette's outermost layer), so it adds the headers.
         try:
             headers = await tracing_headers(request.app.state.services, state)
         except Exception:  # the key store may be what failed
             headers = {"x-request-id": request_id}
+        headers.update(security_headers(request.url.path, "application/json"))
         return error_response(
             500, f"internal server error (request id {request_id}); the server logged the details", headers
         )

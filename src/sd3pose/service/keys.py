@@ -1,19 +1,20 @@
 """API keys and their credits, stored in SQLite.
 
 A key reads `sd3p_<id>_<secret>`; only the SHA-256 of the whole key is stored (keys are 190 random
-bits, so a fast hash is enough), found by its public id and compared in constant time.
+bits, so a fast hash is enough), found by its public id and compared in constant time. Credits are
+kept as whole micro-credits (`sd3pose.service.credits`) and shown as credits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
 import time
 from dataclasses import dataclass
 
 from sd3pose.errors import InvalidRequestError
+from sd3pose.service.credits import MAX_MICRO, format_credits, from_micro, to_micro
 from sd3pose.service.store import Database
 
 KEY_PREFIX = "sd3p"
@@ -49,7 +50,7 @@ def _row_to_key(row) -> ApiKey:
     return ApiKey(
         id=row["id"],
         name=row["name"],
-        credits=row["credits"],
+        credits=from_micro(row["micro_credits"]),
         scopes=tuple(s for s in row["scopes"].split(",") if s),
         rate_limit=row["rate_limit"],
         created_at=row["created_at"],
@@ -66,37 +67,60 @@ def parse_scopes(scopes: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(scopes))
 
 
+def micro_amount(credits: float, what: str) -> int:
+    """`credits` in micro-credits, or InvalidRequestError naming `what` when it is not a usable amount."""
+    try:
+        micro = to_micro(credits)
+    except ValueError:
+        # NaN especially: stored as NULL it would read back as "unlimited"
+        raise InvalidRequestError(f"{what} must be a finite number of credits (got {credits})") from None
+    if abs(micro) > MAX_MICRO:
+        raise InvalidRequestError(f"{what} must be at most {format_credits(from_micro(MAX_MICRO))} credits")
+    return micro
+
+
 def new_key(
     name: str, *, credits: float | None, scopes: list[str] | tuple[str, ...] | None, rate_limit: int | None
-) -> tuple[str, str, tuple[str, ...]]:
-    """Check a new key's settings and draw it: (public id, secret key string, scopes). Shared by the stores."""
+) -> tuple[str, str, tuple[str, ...], int | None]:
+    """Check a new key's settings and draw it: (public id, secret key string, scopes, micro-credits).
+    Shared by the stores."""
     if not name.strip():
         raise InvalidRequestError("a key needs a non-empty --name")
-    if credits is not None and not (math.isfinite(credits) and credits >= 0):
-        # NaN especially: stored as NULL it would read back as "unlimited"
+    micro = None if credits is None else micro_amount(credits, "--credits")
+    if micro is not None and micro < 0:
         raise InvalidRequestError(f"--credits must be a finite number, 0 or more (got {credits})")
     if rate_limit is not None and rate_limit < 0:
         raise InvalidRequestError(f"--rate-limit must be 0 (none) or more requests/minute (got {rate_limit})")
     scope_tuple = parse_scopes(scopes)
     key_id = secrets.token_hex(6)
-    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}", scope_tuple
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}", scope_tuple, micro
 
 
-def check_credit_change(key: ApiKey | None, key_id: str, amount: float) -> None:
-    """What `keys add-credits` may do, shared by the stores: a finite change to a limited key's finite
-    balance. (The stores check the floor of 0 in the update itself.)"""
+def check_credit_change(key: ApiKey | None, key_id: str, amount: float) -> int:
+    """What `keys add-credits` may do, shared by the stores: a finite change to a limited key's balance
+    that keeps it countable. Returns the change in micro-credits. (The stores check the floor of 0 in
+    the update itself.)"""
     if key is None:
         raise InvalidRequestError(f"no key with id {key_id!r}")
-    if not math.isfinite(amount):
-        raise InvalidRequestError(f"the amount must be a finite number of credits (got {amount})")
+    try:
+        micro = to_micro(amount)
+    except ValueError:
+        raise InvalidRequestError(f"the amount must be a finite number of credits (got {amount})") from None
     if key.unlimited:
         raise InvalidRequestError(f"key {key.name!r} is unlimited; it has no credit balance to add to")
-    if not math.isfinite(key.credits + amount):
-        raise InvalidRequestError(f"key {key.name!r} cannot hold more than {key.credits:g} + {amount:g} credits")
+    if to_micro(key.credits) + micro > MAX_MICRO:  # type: ignore[arg-type]
+        raise InvalidRequestError(
+            f"key {key.name!r} cannot hold more than {format_credits(from_micro(MAX_MICRO))} credits "
+            f"(it has {format_credits(key.credits)}; adding {amount:g} is too much)"
+        )
+    return micro
 
 
 def below_zero(key: ApiKey, balance: float, amount: float) -> InvalidRequestError:
-    return InvalidRequestError(f"key {key.name!r} has {balance:g} credits; removing {-amount:g} would leave it below 0")
+    return InvalidRequestError(
+        f"key {key.name!r} has {format_credits(balance)} credits; removing {format_credits(-amount)} would "
+        "leave it below 0"
+    )
 
 
 def key_id_of(secret: str) -> str:
@@ -118,12 +142,12 @@ class KeyStore:
         rate_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it and the secret key string (shown once, never stored)."""
-        key_id, secret, scope_tuple = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
+        key_id, secret, scope_tuple, micro = new_key(name, credits=credits, scopes=scopes, rate_limit=rate_limit)
         now = time.time()
         self.db.execute(
-            "INSERT INTO api_keys (id, name, key_hash, credits, scopes, rate_limit, created_at) "
+            "INSERT INTO api_keys (id, name, key_hash, micro_credits, scopes, rate_limit, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key_id, name.strip(), hash_key(secret), credits, ",".join(scope_tuple), rate_limit, now),
+            (key_id, name.strip(), hash_key(secret), micro, ",".join(scope_tuple), rate_limit, now),
         )
         return self.get(key_id), secret  # type: ignore[return-value]
 
@@ -165,33 +189,38 @@ class KeyStore:
 
     def add_credits(self, key_id: str, amount: float) -> ApiKey:
         key = self.get(key_id)
-        check_credit_change(key, key_id, amount)
+        micro = check_credit_change(key, key_id, amount)
         # The floor is checked in the update itself: a request may reserve credits since the check.
         cursor = self.db.execute(
-            "UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL AND credits + ? >= 0",
-            (amount, key_id, amount),
+            "UPDATE api_keys SET micro_credits = micro_credits + ? "
+            "WHERE id = ? AND micro_credits IS NOT NULL AND micro_credits + ? >= 0",
+            (micro, key_id, micro),
         )
         if cursor.rowcount != 1:
             raise below_zero(key, self.balance(key_id) or 0.0, amount)  # type: ignore[arg-type]
         return self.get(key_id)  # type: ignore[return-value]
 
     def balance(self, key_id: str) -> float | None:
-        rows = self.db.query("SELECT credits FROM api_keys WHERE id = ?", (key_id,))
-        return rows[0]["credits"] if rows else None
+        rows = self.db.query("SELECT micro_credits FROM api_keys WHERE id = ?", (key_id,))
+        return from_micro(rows[0]["micro_credits"]) if rows else None
 
     def reserve(self, key_id: str, amount: float) -> bool:
         """Take `amount` credits now (refunded if the images are not delivered); False when short."""
-        if amount <= 0:
+        micro = to_micro(amount)
+        if micro <= 0:
             return True
         with self.db.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE api_keys SET credits = credits - ? WHERE id = ? AND (credits IS NULL OR credits >= ?)",
-                (amount, key_id, amount - 1e-9),
+                "UPDATE api_keys SET micro_credits = micro_credits - ? "
+                "WHERE id = ? AND (micro_credits IS NULL OR micro_credits >= ?)",
+                (micro, key_id, micro),
             )
             return cursor.rowcount == 1
 
     def refund(self, key_id: str, amount: float) -> None:
-        if amount > 0:
+        micro = to_micro(amount)
+        if micro > 0:
             self.db.execute(
-                "UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL", (amount, key_id)
+                "UPDATE api_keys SET micro_credits = micro_credits + ? WHERE id = ? AND micro_credits IS NOT NULL",
+                (micro, key_id),
             )

@@ -59,7 +59,7 @@ def _known_or_nan(read: Callable[[], float]) -> Callable[[], float]:
 class Metrics(JobMetrics):
     """An API process: the job metrics (jobs it runs itself) plus requests and queue depth."""
 
-    def __init__(self, queue_depth: Callable[[], float]) -> None:
+    def __init__(self, queue_depth: Callable[[], float], storage_used: Callable[[], float], storage_limit: int) -> None:
         super().__init__()
         self.requests = Counter(
             "sd3pose_http_requests",
@@ -76,3 +76,15 @@ class Metrics(JobMetrics):
         )
         self.queue_depth = Gauge("sd3pose_queue_depth", "Jobs waiting for a worker.", registry=self.registry)
         self.queue_depth.set_function(_known_or_nan(queue_depth))
+        self.storage = Gauge(
+            "sd3pose_storage_bytes",
+            "Bytes the job store holds: inputs, results and job records (under --data-dir, or Redis's memory).",
+            registry=self.registry,
+        )
+        self.storage.set_function(_known_or_nan(storage_used))
+        self.storage_limit = Gauge(
+            "sd3pose_storage_limit_bytes",
+            "The --max-disk cap in bytes (0: none); new jobs get 503 above it.",
+            registry=self.registry,
+        )
+        self.storage_limit.set(storage_limit)

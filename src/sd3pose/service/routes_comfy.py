@@ -10,9 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from sd3pose.comfy_workflow import ModelFiles, comfy_workflow, pose_image_name
+from sd3pose.jobs.inputs import with_image
 from sd3pose.request import parse_request
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import read_json
+from sd3pose.service.inputs import resolve_input
 from sd3pose.service.schemas import error_responses
 
 router = APIRouter()
@@ -55,8 +57,15 @@ async def comfy_workflow_route(
     principal: Principal = Depends(require("pose", rate_limited=True)),
 ) -> ComfyWorkflowResponse:
     services = request.app.state.services
-    body = await read_json(request, max_bytes=services.settings.max_body_bytes)
-    gen_request = parse_request(body, max_samples=services.settings.max_samples).with_seed_resolved()
+    gen_request = await read_json(
+        request,
+        max_bytes=services.settings.max_body_bytes,
+        then=lambda body: parse_request(body, max_samples=services.settings.max_samples).with_seed_resolved(),
+    )
+    # Downloaded (or decoded) before the preview waits for the pose detector, as for /v1/pose.
+    image = await resolve_input(services, gen_request)
+    if image is not None:
+        gen_request = with_image(gen_request, image)
     preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request, limiter=services.preview_limiter)
     name = pose_image_name(preview.pose_png)
     files = ModelFiles(checkpoint, clip_l, clip_g, t5_file if t5 else None, controlnet)

@@ -16,8 +16,9 @@ from sd3pose.jobs.contract import JobInfo, JobStatus
 from sd3pose.request import GenerationRequest, parse_request
 from sd3pose.results import MEDIA_EXTENSIONS, GenerationResult
 from sd3pose.service.auth import Principal, require
-from sd3pose.service.body import GENERATION_BODY, read_json
+from sd3pose.service.body import GENERATION_BODY, ClientGoneError, read_json
 from sd3pose.service.errors import NotFoundError, ServiceError, ServiceTimeoutError
+from sd3pose.service.inputs import resolve_input
 from sd3pose.service.schemas import (
     AsyncSubmitted,
     ImagesResponse,
@@ -28,8 +29,6 @@ from sd3pose.service.schemas import (
 
 router = APIRouter()
 
-# Status 499 (as nginx logs it): the client went away; nobody reads this answer.
-CLIENT_CLOSED = 499
 WAIT_SLICE_S = 0.25
 # How long a cancelled sync job may take to stop (its next step) before the 504 goes out anyway.
 CANCEL_SETTLE_S = 2.0
@@ -94,7 +93,7 @@ async def _wait_sync(request: Request, job_id: str) -> JobInfo:
             reason = "the client disconnected before the image was ready"
             if finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason):
                 return finished
-            raise ServiceError("client disconnected", CLIENT_CLOSED)
+            raise ClientGoneError("the client disconnected before its image was ready")
         if remaining <= 0:
             reason = f"timed out after {timeout_s:g} s"
             if finished := await anyio.to_thread.run_sync(_cancel, services, job_id, reason):
@@ -152,13 +151,11 @@ def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: 
     response_class=Response,
     tags=["generate"],
 )
-async def generate_sync(request: Request, principal: Principal = Depends(require("generate", rate_limited=True))):
+async def generate_sync(request: Request, principal: Principal = Depends(require("generate", charged=True))):
     services = request.app.state.services
-    gen_request = parse_request(
-        await read_json(request, max_bytes=services.settings.max_body_bytes), max_samples=services.settings.max_samples
-    )
-    gen_request = gen_request.with_seed_resolved()
-    info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "sync")
+    gen_request = (await _read_generation_request(request)).with_seed_resolved()
+    image = await resolve_input(services, gen_request)
+    info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "sync", image)
     request.state.job_id = info.id
     info = await _wait_sync(request, info.id)
     if info.status is JobStatus.FAILED:
@@ -168,6 +165,15 @@ async def generate_sync(request: Request, principal: Principal = Depends(require
         raise ServiceError(f"the result of request {info.id} was lost; submit it again", 500)
     request.state.timings = {k: round(v, 4) for k, v in result.timings.items()}
     return render_sync(gen_request, result, info)
+
+
+async def _read_generation_request(request: Request) -> GenerationRequest:
+    settings = request.app.state.services.settings
+
+    def validate(body: Any) -> GenerationRequest:
+        return parse_request(body, max_samples=settings.max_samples)
+
+    return await read_json(request, max_bytes=settings.max_body_bytes, then=validate)
 
 
 # --- async (v2) ---------------------------------------------------------------------------------------
@@ -183,12 +189,11 @@ async def generate_sync(request: Request, principal: Principal = Depends(require
     responses=error_responses(400, 401, 403, 406, 429, 500),
     tags=["async"],
 )
-async def generate_async(request: Request, principal: Principal = Depends(require("async", rate_limited=True))):
+async def generate_async(request: Request, principal: Principal = Depends(require("async", charged=True))):
     services = request.app.state.services
-    gen_request = parse_request(
-        await read_json(request, max_bytes=services.settings.max_body_bytes), max_samples=services.settings.max_samples
-    )
-    info = await anyio.to_thread.run_sync(services.submit, gen_request.with_seed_resolved(), principal, "async")
+    gen_request = (await _read_generation_request(request)).with_seed_resolved()
+    image = await resolve_input(services, gen_request)
+    info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "async", image)
     request.state.job_id = info.id
     status_url = str(request.url_for("job_status", request_id=info.id))
     return AsyncSubmitted(

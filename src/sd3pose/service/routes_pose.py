@@ -8,9 +8,11 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 
 from sd3pose.errors import InvalidRequestError
-from sd3pose.request import parse_request
+from sd3pose.jobs.inputs import with_image
+from sd3pose.request import GenerationRequest, parse_request
 from sd3pose.service.auth import Principal, require
 from sd3pose.service.body import read_json
+from sd3pose.service.inputs import resolve_input
 from sd3pose.service.schemas import PoseRequest, PoseResponse, error_responses
 
 router = APIRouter()
@@ -33,12 +35,20 @@ POSE_FIELDS = tuple(PoseRequest.model_fields)
 )
 async def preview_pose(request: Request, principal: Principal = Depends(require("pose", rate_limited=True))):
     services = request.app.state.services
-    body = await read_json(request, max_bytes=services.settings.max_body_bytes)
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the request body must be a JSON object with 'image' (or 'pose_keypoints')")
-    # The same validation as a generation request; the prompt is irrelevant to the pose.
-    fields = {name: body[name] for name in POSE_FIELDS if name in body}
-    gen_request = parse_request({**fields, "prompt": "pose preview"}, max_samples=services.settings.max_samples)
+
+    def validate(body: object) -> GenerationRequest:
+        if not isinstance(body, dict):
+            raise InvalidRequestError("the request body must be a JSON object with 'image' (or 'pose_keypoints')")
+        # The same validation as a generation request; the prompt is irrelevant to the pose.
+        fields = {name: body[name] for name in POSE_FIELDS if name in body}
+        return parse_request({**fields, "prompt": "pose preview"}, max_samples=services.settings.max_samples)
+
+    gen_request = await read_json(request, max_bytes=services.settings.max_body_bytes, then=validate)
+    # Downloaded (or decoded) here, before the preview waits for the pose detector: no lock is held
+    # across a download.
+    image = await resolve_input(services, gen_request)
+    if image is not None:
+        gen_request = with_image(gen_request, image)
     preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request, limiter=services.preview_limiter)
     return PoseResponse(
         pose_image=base64.b64encode(preview.pose_png).decode("ascii"),

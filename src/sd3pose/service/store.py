@@ -1,6 +1,8 @@
-"""The SQLite database of one machine: API keys with their credits, and async jobs.
+"""The SQLite database of one machine: API keys with their credits, and jobs.
 
 One connection shared by every thread behind a lock: writes are tiny, and SQLite serialises them anyway.
+Credits are whole micro-credits (`sd3pose.service.credits`); a database written with credits as floats
+is migrated when opened. Input images live in files beside it, never in a job row.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     key_hash TEXT NOT NULL,
-    credits REAL,                -- NULL: unlimited
+    micro_credits INTEGER,       -- NULL: unlimited
     scopes TEXT NOT NULL,        -- comma-separated
     rate_limit INTEGER,          -- requests/minute; NULL: the server's default
     created_at REAL NOT NULL,
@@ -30,9 +32,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL,          -- 'sync' | 'async'
     status TEXT NOT NULL,        -- QUEUED | PROCESSING | COMPLETED | FAILED
     key_id TEXT,
-    reserved REAL NOT NULL DEFAULT 0,
+    reserved_micro INTEGER NOT NULL DEFAULT 0,
     samples INTEGER NOT NULL DEFAULT 1,
-    request_json TEXT NOT NULL,
+    request_json TEXT NOT NULL,  -- what a restart needs to run it (the image only by input_hash); '' once ended
+    input_hash TEXT,             -- SHA-256 of its input image, a file of the input store
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -42,6 +45,38 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
 """
+SCHEMA_VERSION = 2
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database of an earlier version up to SCHEMA_VERSION, in one transaction."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "credits" in _columns(conn, "api_keys"):  # floats: to whole micro-credits, rounded once here
+            conn.execute("ALTER TABLE api_keys ADD COLUMN micro_credits INTEGER")
+            conn.execute(
+                "UPDATE api_keys SET micro_credits = CAST(ROUND(credits * 1000000) AS INTEGER) "
+                "WHERE credits IS NOT NULL"
+            )
+            conn.execute("ALTER TABLE api_keys DROP COLUMN credits")
+        jobs = _columns(conn, "jobs")
+        if "reserved" in jobs:
+            conn.execute("ALTER TABLE jobs ADD COLUMN reserved_micro INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE jobs SET reserved_micro = CAST(ROUND(reserved * 1000000) AS INTEGER)")
+            conn.execute("ALTER TABLE jobs DROP COLUMN reserved")
+        if "input_hash" not in jobs:
+            conn.execute("ALTER TABLE jobs ADD COLUMN input_hash TEXT")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class Database:
@@ -58,6 +93,7 @@ class Database:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+            _migrate(self._conn)
         except (OSError, sqlite3.Error) as exc:
             raise Sd3PoseError(
                 f"cannot open the database {self.path} ({exc}); check --data-dir (a writable folder)"
