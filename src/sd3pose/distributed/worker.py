@@ -10,6 +10,7 @@ back to the queue and the worker exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 from celery.exceptions import Reject
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from sd3pose.distributed.celery_app import TASK_GENERATE, TASK_PREVIEW, make_celery, send_job
 from sd3pose.distributed.config import connect, queue_name, redis_client
@@ -118,7 +120,7 @@ class JobRunner:
                 log.info("job %s: not run here (it ended, or another worker runs it)", job_id)
                 return
             if started.redelivered:
-                log.warning("job %s: started again (the worker running it stopped)", job_id)
+                log.warning("job %s: started again (a worker that ran it before died)", job_id)
             self._run(
                 job_id,
                 request_json or self.store.request(job_id),
@@ -126,7 +128,8 @@ class JobRunner:
             )
         finally:
             self.lease.job = None
-            self.lease.release_job(self.store.redis)
+            with contextlib.suppress(RedisError, OSError):  # the lease then names an ended job: harmless
+                self.lease.release_job(self.store.redis)
 
     def _run(self, job_id: str, request_json: str | None, sink: RunSink) -> None:
         try:
