@@ -105,6 +105,36 @@ def test_a_stale_copy_is_dropped_while_its_worker_lives_and_only_the_current_run
     assert not client.exists(request_key(job.id))  # an ended job keeps no request
 
 
+def replayed(script):
+    """The script as redis-py runs it when a reply is lost (Redis restarting): it runs, then runs again."""
+
+    def twice(keys, args):
+        script(keys=keys, args=args)
+        return script(keys=keys, args=args)
+
+    return twice
+
+
+def test_a_start_whose_reply_was_lost_is_not_taken_for_a_stale_copy(client) -> None:
+    store = RedisJobStore(client)
+    job = new_job(store)
+    store._start = replayed(store._start)
+    started = store.start(job.id, "w1", instance="w1:a")
+    assert started is not None and not started.redelivered
+    assert field(client, job.id, "attempts") == "1" and field(client, job.id, "run") == started.run
+
+
+def test_a_hand_back_whose_reply_was_lost_still_sends_the_job(client) -> None:
+    store, sent = RedisJobStore(client), []
+    job = new_job(store)
+    started = store.start(job.id, "w1")
+    recovery = Recovery(store, lambda job_id, queue: sent.append(job_id))
+    recovery._hand_back = replayed(recovery._hand_back)
+    assert recovery.hand_back(job.id, started.run)
+    assert sent == [job.id] and store.get(job.id).status is JobStatus.QUEUED
+    assert field(client, job.id, "attempts") == "0"
+
+
 def test_the_reaper_sends_a_dead_workers_job_once_ahead_of_the_waiting_jobs(redis_server, client) -> None:
     wait_uptime(client, 1)
     app = make_celery(redis_server.url)

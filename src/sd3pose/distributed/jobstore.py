@@ -54,11 +54,13 @@ return 1
 # -> 'skip' (finished or unknown), 'retry' (its holder changed since it was read), 'running' (a live worker
 #    runs it: this delivery is a stale copy), 'exhausted' (started ARGV[4] times, its workers died each
 #    time), else how many times it had started before. Starting names the job in this worker's lease.
+#    A replay of the script (the client retries when a reply is lost) answers as the first run did.
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'COMPLETED' or status == 'FAILED' then return 'skip' end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if status == 'PROCESSING' then
+  if redis.call('HGET', KEYS[1], 'run') == ARGV[7] then return tostring(attempts - 1) end
   if (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[5] then return 'retry' end
   if redis.call('GET', KEYS[3]) == ARGV[3] then return 'running' end
   if attempts >= tonumber(ARGV[4]) then return 'exhausted' end

@@ -56,13 +56,16 @@ if redis.call('GET', KEYS[4]) == ARGV[1] then return 0 end
 )
 
 # KEYS: job, its queued set, running set. ARGV: job id, now, the run's token. A stop is not a failed start,
-# so the attempt does not count. -> 1 when handed back; 0 when that run is no longer the job's current one.
+# so the attempt does not count. -> 1 when handed back (also when replayed after a lost reply); 0 when that
+# run is no longer the job's current one.
 _HAND_BACK = (
     """
+if redis.call('HGET', KEYS[1], 'handed_back') == ARGV[3] then return 1 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'PROCESSING' or redis.call('HGET', KEYS[1], 'run') ~= ARGV[3] then
   return 0
 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'handed_back', ARGV[3])
 """
     + _BACK_TO_QUEUE
     + "return 1"
