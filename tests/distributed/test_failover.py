@@ -11,6 +11,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from dist_cluster import GRACE_S, LEASE_TTL_S, Cluster, balance, body, get_json, job_field, new_key, wait_status
 
 from sd3pose.distributed.celery_app import make_celery, send_job
@@ -52,25 +53,27 @@ def test_a_live_worker_holding_a_job_for_three_lease_lifetimes_runs_it_once(clus
     cluster.ensure_running()
     _, secret = new_key(cluster, credits=5)
     headers = {"x-api-key": secret}
-    job = httpx.post(
-        f"{cluster.urls['a']}/v2/sd3-med-pose", json=body(steps=100, size=512, seed=5), headers=headers
-    ).json()
-    job_id = running_job(cluster, min_step=1)
-    holder = job_field(cluster, job_id, "worker")
-    # A second copy of its message, as Redis hands out a message unacknowledged for the visibility timeout:
-    # the idle worker takes it and must drop it.
-    app = make_celery(cluster.redis.url)
-    send_job(app, job_id, queue_name(cluster.model_args[1], cluster.model_args[3], True), front=True)
-    app.close()
-    wait_for_log(cluster, other(holder), f"job {job_id}: a stale copy of its message")
+    for size in (640, 1024):  # the larger one only where the first runs too fast
+        job = httpx.post(
+            f"{cluster.urls['a']}/v2/sd3-med-pose", json=body(steps=100, size=size, seed=5), headers=headers
+        ).json()
+        job_id = running_job(cluster, min_step=1)
+        holder = job_field(cluster, job_id, "worker")
+        # A second copy of its message, as Redis hands out a message unacknowledged for the visibility
+        # timeout: the idle worker takes it and must drop it.
+        app = make_celery(cluster.redis.url)
+        send_job(app, job_id, queue_name(cluster.model_args[1], cluster.model_args[3], True), front=True)
+        app.close()
+        wait_for_log(cluster, other(holder), f"job {job_id}: a stale copy of its message")
 
-    done = wait_status(job["status_url"], headers, {"COMPLETED", "FAILED"}, logs=cluster.logs)
-    assert done["status"] == "COMPLETED", done
-    started = float(job_field(cluster, job_id, "started_at"))
-    finished = float(job_field(cluster, job_id, "finished_at"))
-    assert finished - started >= 3 * LEASE_TTL_S, "the premise: the job must outlast 3 lease lifetimes"
-    assert job_field(cluster, job_id, "attempts") == "1" and job_field(cluster, job_id, "worker") == holder
-    assert f"job {job_id}: started" not in cluster.workers[other(holder)].log_path.read_text(errors="replace")
+        done = wait_status(job["status_url"], headers, {"COMPLETED", "FAILED"}, logs=cluster.logs)
+        assert done["status"] == "COMPLETED", done
+        assert job_field(cluster, job_id, "attempts") == "1" and job_field(cluster, job_id, "worker") == holder
+        assert f"job {job_id}: started" not in cluster.workers[other(holder)].log_path.read_text(errors="replace")
+        held = float(job_field(cluster, job_id, "finished_at")) - float(job_field(cluster, job_id, "started_at"))
+        if held >= 3 * LEASE_TTL_S:
+            return
+    pytest.fail(f"the premise: no job outlasted 3 lease lifetimes ({3 * LEASE_TTL_S:g} s) on this machine")
 
 
 def test_worker_killed_mid_job_a_waiting_sync_client_gets_its_image_and_is_charged_once(cluster) -> None:
@@ -82,7 +85,7 @@ def test_worker_killed_mid_job_a_waiting_sync_client_gets_its_image_and_is_charg
         answer.append(
             httpx.post(
                 f"{cluster.urls['a']}/v1/sd3-med-pose",
-                json=body(steps=100, size=384, seed=3),
+                json=body(steps=100, size=512, seed=3),
                 headers={"x-api-key": secret},
                 timeout=120,
             )
@@ -115,7 +118,7 @@ def test_sigterm_lets_a_job_finish_within_the_grace_and_hands_a_longer_one_back(
     key_id, secret = new_key(cluster, credits=5)
     headers = {"x-api-key": secret}
     url = f"{cluster.urls['a']}/v2/sd3-med-pose"
-    long_job = httpx.post(url, json=body(steps=100, size=512, seed=9), headers=headers).json()
+    long_job = httpx.post(url, json=body(steps=100, size=640, seed=9), headers=headers).json()
     long_id = running_job(cluster)
     short_job = httpx.post(url, json=body(steps=100, size=128, seed=8), headers=headers).json()
     short_id = running_job(cluster, min_step=1, besides=long_id)
