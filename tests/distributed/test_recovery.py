@@ -13,7 +13,7 @@ from celery.exceptions import Reject
 from dist_cluster import RedisServer, require_redis
 
 from sd3pose.distributed.celery_app import make_celery, send_job
-from sd3pose.distributed.config import lease_key
+from sd3pose.distributed.config import lease_key, running_key
 from sd3pose.distributed.jobstore import SUPERSEDED, RedisJobStore, request_key
 from sd3pose.distributed.keystore import RedisKeyStore
 from sd3pose.distributed.lease import Heartbeat, WorkerLease
@@ -162,7 +162,23 @@ def test_the_reaper_sends_a_dead_workers_job_once_ahead_of_the_waiting_jobs(redi
     assert restarted is not None and field(client, job.id, "attempts") == "2"
     assert store.complete(job.id, image(), run=restarted.run)
     assert keys.balance(key.id) == 2  # charged once
+    assert recovery.sweep() == [] and client.zscore(running_key(), job.id) is None  # ended: no longer watched
     app.close()
+
+
+def test_one_process_sweeps_at_a_time(redis_server, client) -> None:
+    wait_uptime(client, 1)
+    store = RedisJobStore(client)
+    job = new_job(store)
+    store.start(job.id, "w1", lease_ttl_s=0.5)
+    client.delete(lease_key("w1"))
+    mine = Reaper(Recovery(store, lambda job_id, queue: None))
+    other = Reaper(Recovery(RedisJobStore(redis_server.client()), lambda job_id, queue: None))
+    held = redis_server.client().lock("sd3pose:reaper", timeout=10)
+    assert held.acquire(blocking=False)  # another replica is sweeping
+    assert mine.sweep_once() is None and store.get(job.id).status is JobStatus.PROCESSING
+    held.release()
+    assert mine.sweep_once() == [job.id] and other.sweep_once() == []
 
 
 def test_a_job_whose_workers_keep_dying_is_failed_and_refunded_by_the_reaper(redis_server, client) -> None:

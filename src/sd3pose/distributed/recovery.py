@@ -100,7 +100,8 @@ class Recovery:
         self._hand_back = self.redis.register_script(_HAND_BACK)
 
     def running(self) -> list[Running]:
-        """The PROCESSING jobs of the running set, with their holder's lease; the others leave the set."""
+        """The PROCESSING jobs of the running set, with their holder's lease; ended ones leave the set (for
+        good: unlike a QUEUED job, an ended one is never started again)."""
         ids = [as_text(raw) for raw in self.redis.zrange(running_key(), 0, -1)]
         if not ids:
             return []
@@ -114,8 +115,9 @@ class Recovery:
         leases = pipe.execute()
         found, ended = [], []
         for job_id, (status, holder, queue, attempts, ttl, worker), lease in zip(ids, rows, leases, strict=True):
-            if status != "PROCESSING":
+            if status in ("COMPLETED", "FAILED", ""):  # "": its record lapsed
                 ended.append(job_id)
+            if status != "PROCESSING":
                 continue
             found.append(Running(job_id, worker, holder, queue, int(attempts or 0), float(ttl or 0), as_text(lease)))
         if ended:
