@@ -117,12 +117,27 @@ class WorkerSettings(_JobStoreSettings):
 
     name: str | None = Field(None, description="Worker name in logs and Flower (default: host-device-pid).")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+    heartbeat_s: float = Field(
+        5.0,
+        ge=0.1,
+        description="Seconds between renewals of this worker's lease; a worker silent for 3 heartbeats is presumed "
+        "dead and its job runs again on another worker.",
+    )
+    grace_s: float = Field(
+        60.0,
+        ge=0.0,
+        description="On SIGTERM, seconds the running job may take to finish; then it is handed back to the queue "
+        "and the worker exits.",
+    )
     visibility_timeout_s: float = Field(
         600.0,
         gt=0.0,
-        description="Seconds after which the job of a dead worker goes to another one; keep it above the longest job.",
+        description="Last resort behind the lease: seconds after which Celery hands an unacknowledged job to "
+        "another worker (a copy whose job is running or done is dropped).",
     )
-    restore_interval_s: float = Field(10.0, gt=0.0, description="Seconds between sweeps for jobs of dead workers.")
+    restore_interval_s: float = Field(
+        10.0, gt=0.0, description="Seconds between Celery's sweeps for messages past the visibility timeout."
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve this worker's Prometheus metrics (job timings) on this port."
     )

@@ -25,12 +25,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    redis_server: RedisServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    """Two workers and two API processes on the tiny model, started once for the module."""
-    cluster = Cluster(redis_server, tiny_model_dir, tmp_path_factory.mktemp("cluster"))
+@pytest.fixture
+def client(redis_server: RedisServer):
+    """A client of the module's Redis, emptied for the test."""
+    with redis_server.client() as connection:
+        connection.flushdb()
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two workers and two API processes on the tiny model, on a Redis of their own (never emptied by a
+    test), started once for every test that needs them: starting them is the slow part."""
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("cluster-redis"))
+    server.start()
+    cluster = Cluster(server, tiny_model_dir, tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start_worker("w1")
         cluster.start_worker("w2")
@@ -40,3 +50,4 @@ def cluster(
         yield cluster
     finally:
         cluster.stop_all()
+        server.stop()

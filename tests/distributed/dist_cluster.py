@@ -19,8 +19,13 @@ from PIL import Image
 
 REDIS_SERVER = shutil.which("redis-server")
 SD3POSE = str(Path(sys.executable).parent / "sd3pose")
-# Short enough that a killed worker's job moves on within seconds, longer than any job here.
-VISIBILITY_TIMEOUT_S = 6
+# Short heartbeats: a killed worker's job moves on within seconds (its lease lives 3 heartbeats). Every
+# other worker option is the production default, the 600 s visibility timeout included: any recovery
+# within seconds is the lease's.
+HEARTBEAT_S = 0.5
+LEASE_TTL_S = 3 * HEARTBEAT_S
+# How long a SIGTERMed worker lets its job run before handing it back.
+GRACE_S = 2.0
 START_TIMEOUT_S = 180
 
 
@@ -178,10 +183,10 @@ class Cluster:
                 "1",
                 "--data-dir",
                 str(self.directory / name),
-                "--visibility-timeout",
-                str(VISIBILITY_TIMEOUT_S),
-                "--restore-interval",
-                "1",
+                "--heartbeat",
+                str(HEARTBEAT_S),
+                "--grace",
+                str(GRACE_S),
             ],
             self.directory / f"{name}.log",
             self.env,
@@ -213,17 +218,15 @@ class Cluster:
         return self.urls[name]
 
     def live_worker_names(self) -> set[str]:
-        from sd3pose.distributed.config import WORKER_STALE_S, queue_name
-        from sd3pose.distributed.queue import workers_key
+        from sd3pose.distributed.config import queue_name, workers_key
 
         queue = queue_name(self.model_args[1], self.model_args[3], True)
         with self.redis.client() as client:
-            fresh = client.zrangebyscore(workers_key(queue), time.time() - WORKER_STALE_S, "+inf")
+            fresh = client.zrangebyscore(workers_key(queue), time.time(), "+inf")
         return {name.decode() for name in fresh}
 
     def forget_worker(self, name: str) -> None:
-        from sd3pose.distributed.config import queue_name
-        from sd3pose.distributed.queue import workers_key
+        from sd3pose.distributed.config import queue_name, workers_key
 
         with self.redis.client() as client:
             client.zrem(workers_key(queue_name(self.model_args[1], self.model_args[3], True)), name)
@@ -263,3 +266,55 @@ class Cluster:
     def stop_all(self) -> None:
         for proc in [*self.apis.values(), *self.workers.values()]:
             proc.stop()
+
+
+# --- what the tests ask of a running cluster --------------------------------------------------------
+
+JOB_TIMEOUT_S = 120.0
+
+
+def new_key(cluster, credits: float, rate_limit: int | None = 10_000) -> tuple[str, str]:
+    from sd3pose.distributed.keystore import RedisKeyStore
+
+    with cluster.redis.client() as client:
+        key, secret = RedisKeyStore(client).create("client", credits=credits, rate_limit=rate_limit)
+    return key.id, secret
+
+
+def balance(cluster, key_id: str) -> float | None:
+    from sd3pose.distributed.keystore import RedisKeyStore
+
+    with cluster.redis.client() as client:
+        return RedisKeyStore(client).balance(key_id)
+
+
+def job_field(cluster, job_id: str, field: str) -> str | None:
+    from sd3pose.distributed.jobstore import job_key
+
+    with cluster.redis.client() as client:
+        value = client.hget(job_key(job_id), field)
+    return value.decode() if value is not None else None
+
+
+def get_json(url: str, headers: dict, timeout_s: float = 10.0) -> dict:
+    """GET with retries over transient failures (an API or Redis restarting)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = httpx.get(url, headers=headers, timeout=timeout_s)
+            if response.status_code < 500:
+                return response.json()
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} kept failing"
+        time.sleep(0.2)
+
+
+def wait_status(url: str, headers: dict, until: set[str], timeout_s: float = JOB_TIMEOUT_S, logs=None) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = get_json(url, headers)
+        if status.get("status") in until:
+            return status
+        assert time.monotonic() < deadline, (status, logs() if logs else "")
+        time.sleep(0.05)

@@ -8,21 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from sd3pose.distributed.config import check_broker_url, queue_name
+from sd3pose.distributed.config import check_broker_url, lease_key, queue_name
 from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
 from sd3pose.distributed.keystore import RedisKeyStore, RedisRateLimiter
+from sd3pose.distributed.lease import WorkerLease
 from sd3pose.distributed.queue import CeleryJobQueue
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.jobs.contract import JobNotRecordedError, JobStatus
 from sd3pose.request import parse_request
 from sd3pose.results import GenerationResult
-
-
-@pytest.fixture
-def client(redis_server):
-    with redis_server.client() as connection:
-        connection.flushdb()
-        yield connection
 
 
 def test_two_replicas_never_spend_the_same_credit(redis_server, client) -> None:
@@ -199,7 +193,7 @@ def test_a_worker_exports_job_timings_for_prometheus(client) -> None:
     from sd3pose.request import parse_request
 
     store = RedisJobStore(client)
-    runner = JobRunner(_OneImageGenerator(), store, "w1")
+    runner = JobRunner(_OneImageGenerator(), store, WorkerLease("w1"))
     request = parse_request({"image": "x", "prompt": "a dancer", "samples": 2})
     job = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=2, max_queue=0)
     runner.run(job.id, request.model_dump_json(by_alias=True))
@@ -263,7 +257,8 @@ def test_a_duplicate_run_never_replaces_or_revives_delivered_images(client) -> N
     store = RedisJobStore(client)
     job = store.create(queue="q", kind="sync", key_id=None, reserved=0.0, samples=1, max_queue=0)
     assert store.start(job.id, "w1") is not None
-    assert store.start(job.id, "w2").redelivered  # w1 looked dead: the job runs a second time
+    client.delete(lease_key("w1"))  # w1 looked dead (its lease lapsed) ...
+    assert store.start(job.id, "w2").redelivered  # ... so the job runs a second time
 
     def image(data: bytes) -> GenerationResult:
         return GenerationResult([data], "image/jpeg", [1], 64, 64, None, None, {})
@@ -284,6 +279,7 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_refunded_not_retried_forev
     job = store.create(queue="q", kind="async", key_id=key.id, reserved=1.0, samples=1, max_queue=0)
     for worker in ("w1", "w2", "w3"):  # each run kills its worker; the broker redelivers the job
         assert store.start(job.id, worker) is not None
+        client.delete(lease_key(worker))
     assert store.start(job.id, "w4") is None
     ended = store.get(job.id)
     assert ended.status is JobStatus.FAILED and "stopped 3 times" in ended.error
@@ -371,7 +367,7 @@ def test_a_worker_that_cannot_store_a_result_fails_the_job_instead_of_leaving_it
         raise redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
 
     store.complete = full_disk
-    JobRunner(_OneImageGenerator(), store, "w1").run(job.id, request.model_dump_json(by_alias=True))
+    JobRunner(_OneImageGenerator(), store, WorkerLease("w1")).run(job.id, request.model_dump_json(by_alias=True))
     ended = store.get(job.id)
     assert ended.status is JobStatus.FAILED and "could not store the outcome" in ended.error
     assert keys.balance(key.id) == 3  # refunded

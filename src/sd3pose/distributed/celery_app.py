@@ -9,6 +9,21 @@ from sd3pose.distributed.config import DEFAULT_RESTORE_INTERVAL_S, DEFAULT_VISIB
 TASK_GENERATE = "sd3pose.generate"
 TASK_PREVIEW = "sd3pose.preview_pose"
 
+# Kombu's Redis transport keeps one list per priority step and a worker pops from the lowest step that
+# holds a message (BRPOP over the lists in step order; within a list, first in, first out). New jobs go
+# to step 3; a job handed back (its worker died or stopped) and pose previews, which a user is watching,
+# go to step 0: ahead of every job that is waiting.
+PRIORITY_FRONT = 0
+PRIORITY_NEW = 3
+
+
+def send_job(app: Celery, job_id: str, queue: str, *, front: bool = False) -> None:
+    """Send a job's task to its model's queue (the request is in the job store); `front`: ahead of the
+    jobs waiting there."""
+    app.send_task(
+        TASK_GENERATE, args=[job_id], queue=queue, task_id=job_id, priority=PRIORITY_FRONT if front else PRIORITY_NEW
+    )
+
 
 def make_celery(
     broker_url: str,

@@ -16,9 +16,26 @@ PREFIX = "sd3pose"
 # credits settle once). The restore interval is the time between the workers' sweeps for such tasks.
 DEFAULT_VISIBILITY_TIMEOUT_S = WorkerSettings.model_fields["visibility_timeout_s"].default
 DEFAULT_RESTORE_INTERVAL_S = WorkerSettings.model_fields["restore_interval_s"].default
-# A worker that has not refreshed its heartbeat for this long no longer counts as ready.
-HEARTBEAT_S = 2.0
-WORKER_STALE_S = 10.0
+DEFAULT_HEARTBEAT_S = WorkerSettings.model_fields["heartbeat_s"].default
+# A worker's lease lives this many heartbeats: one or two lost renewals never make a live worker look dead.
+LEASE_HEARTBEATS = 3
+# How often each worker and API replica tries to sweep for jobs whose worker's lease lapsed (one sweeps at a time).
+REAP_INTERVAL_S = 1.0
+
+
+def lease_key(instance: str) -> str:
+    """A worker process's lease: its value names the job it runs ('' when idle); it expires unless renewed."""
+    return f"{PREFIX}:lease:{instance}"
+
+
+def workers_key(queue: str) -> str:
+    """The workers serving `queue`, each scored with the time its presence expires (GET /ready reads it)."""
+    return f"{PREFIX}:workers:{queue}"
+
+
+def running_key() -> str:
+    """The jobs started by a lease-holding worker and not yet seen ended: where the reaper looks."""
+    return f"{PREFIX}:running"
 
 
 def check_broker_url(url: str) -> str:

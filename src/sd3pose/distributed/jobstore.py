@@ -1,16 +1,20 @@
 """Job records, progress and results in Redis, shared by every API replica and worker.
 
 Layout (all under `sd3pose:`): `job:<id>` a hash (status, times, progress, cancel reason, result
-metadata), `job:<id>:data` a hash of result bytes (`image:<i>`, `pose`), `queued:<queue>` a sorted set
-of the jobs not yet started (the queue depth), `job:<id>:waiter` a short-lived lease that the API
-process waiting on a sync job keeps alive, `input:<sha256>` the bytes of an input image (stored once
-however many jobs use it) and `input:<sha256>:jobs` the unfinished jobs that use it: the last one to
-end deletes both.
+metadata; while it runs: its worker, that worker's lease and the run's token), `job:<id>:request` the
+request, kept until the job ends so that any worker can run it again, `job:<id>:data` a hash of result
+bytes (`image:<i>`, `pose`), `queued:<queue>` a sorted set of the jobs not yet started (the queue
+depth), `running` the jobs started by a lease-holding worker, `job:<id>:waiter` a short-lived lease
+that the API process waiting on a sync job keeps alive, `input:<sha256>` the bytes of an input image
+(stored once however many jobs use it) and `input:<sha256>:jobs` the unfinished jobs that use it: the
+last one to end deletes both.
 
 Every state change is one Lua script, so it is atomic across processes: a job leaves QUEUED/PROCESSING
 exactly once, and when it ends FAILED its reserved credits go back to its key in the same step. That
 makes retries (a redelivered task, a replayed command after a Redis reconnect) harmless: a job is
-charged once however many workers touched it.
+charged once however many workers touched it. Each start is a run with its own token; only the job's
+current run may end it, so a run whose worker was presumed dead can neither fail nor complete a job
+that another worker now runs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sd3pose.distributed.config import PREFIX
+from sd3pose.distributed.config import DEFAULT_HEARTBEAT_S, LEASE_HEARTBEATS, PREFIX, lease_key, running_key
 from sd3pose.jobs.contract import CANCELLED_CODE, JobInfo, JobStatus, result_from_meta, result_meta
 from sd3pose.results import GenerationResult
 from sd3pose.service.credits import from_micro, to_micro
@@ -47,29 +51,44 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
 
-# -> 'skip' (finished or unknown), 'exhausted' (redelivered after ARGV[4] starts: its runs keep dying),
-#    else the status it had (QUEUED, or PROCESSING when redelivered).
+# KEYS: job, queued set, the lease of the worker the job records as running it, this worker's lease, running set.
+# ARGV: now, worker name, job id, max starts, the recorded holder (as read before), this worker's lease instance,
+#       run token, lease time-to-live in ms.
+# -> 'skip' (finished or unknown), 'retry' (its holder changed since it was read), 'running' (a live worker
+#    runs it: this delivery is a stale copy), 'exhausted' (started ARGV[4] times, its workers died each
+#    time), else how many times it had started before. Starting names the job in this worker's lease.
+#    A replay of the script (the client retries when a reply is lost) answers as the first run did.
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'COMPLETED' or status == 'FAILED' then return 'skip' end
-if status == 'PROCESSING' and tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[4]) then
-  return 'exhausted'
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if status == 'PROCESSING' then
+  if redis.call('HGET', KEYS[1], 'run') == ARGV[7] then return tostring(attempts - 1) end
+  if (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[5] then return 'retry' end
+  if redis.call('GET', KEYS[3]) == ARGV[3] then return 'running' end
+  if attempts >= tonumber(ARGV[4]) then return 'exhausted' end
 end
-redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'started_at', ARGV[1], 'worker', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'PROCESSING', 'started_at', ARGV[1], 'worker', ARGV[2], 'lease', ARGV[6],
+           'run', ARGV[7], 'lease_ttl', tonumber(ARGV[8]) / 1000)
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZREM', KEYS[2], ARGV[3])
-return status
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[8])
+redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3])
+return tostring(attempts)
 """
 
 # KEYS: job, queued set, the job's API key hash, the job's done list, this attempt's staged result bytes,
 #       the job's result bytes.
-# ARGV: status, finished_at, error, error_code, result_json, ttl, job id.
-# -> 1 when this call ended the job, 0 when it had already ended, -1 when unknown, 2 when a completion
-#    met a cancel recorded first (the job ends FAILED and refunded: nobody is waiting for it).
+# ARGV: status, finished_at, error, error_code, result_json, ttl, job id, the ending run's token ('' for
+#       an ending that is not a run's: a cancel, an expiry).
+# -> 1 when this call ended the job, 0 when it had already ended (or the run is no longer the job's
+#    current one), -1 when unknown, 2 when a completion met a cancel recorded first (the job ends FAILED
+#    and refunded: nobody is waiting for it).
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'COMPLETED' or status == 'FAILED' then return 0 end
+if ARGV[8] ~= '' and (status ~= 'PROCESSING' or redis.call('HGET', KEYS[1], 'run') ~= ARGV[8]) then return 0 end
 local outcome = 1
 if ARGV[1] == 'COMPLETED' then
   local cancel = redis.call('HGET', KEYS[1], 'cancel')
@@ -125,6 +144,10 @@ def data_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:data"
 
 
+def request_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:request"
+
+
 def waiter_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:waiter"
 
@@ -166,10 +189,17 @@ def _float(value: Any) -> float | None:
     return float(text) if text not in (None, "") else None
 
 
+# A lease lives this long unless its worker says otherwise (store-level callers that hold no Heartbeat).
+DEFAULT_LEASE_TTL_S = DEFAULT_HEARTBEAT_S * LEASE_HEARTBEATS
+# Why a run stops when its job was handed to another worker.
+SUPERSEDED = "this job was handed to another worker (this one was presumed dead)"
+
+
 @dataclass
 class StartedJob:
     redelivered: bool
     kind: str
+    run: str  # this run's token: only the job's current run may end it
 
 
 class RedisJobStore:
@@ -199,9 +229,11 @@ class RedisJobStore:
         max_queue: int,
         job_id: str | None = None,
         input_digest: str | None = None,
+        request_json: str | None = None,
     ) -> JobInfo | None:
-        """Record a QUEUED job; None when `queue` already holds max_queue waiting jobs (0 = no cap).
-        `input_digest`: the stored input it uses (see hold_input), released when it ends."""
+        """Record a QUEUED job and its request (None: its task message carries it); None when `queue` already
+        holds max_queue waiting jobs (0 = no cap). `input_digest`: the stored input it uses (see hold_input),
+        released when it ends."""
         job_id = job_id or uuid.uuid4().hex
         now = time.time()
         fields = {
@@ -220,10 +252,13 @@ class RedisJobStore:
         self.expire_waiting(queue)
         if kind == "sync":
             self.touch_waiter(job_id)
+        if request_json is not None:  # before the record: a worker that finds the job finds its request
+            self.redis.set(request_key(job_id), request_json, ex=ttl)
         created = self._create(
             keys=[job_key(job_id), queued_key(queue)], args=[max_queue, ttl, repr(now), job_id, *flat]
         )
         if not created:
+            self.redis.delete(request_key(job_id))
             return None
         return JobInfo(
             id=job_id,
@@ -329,48 +364,71 @@ class RedisJobStore:
 
     # --- worker side ---------------------------------------------------------------------------------
 
-    def start(self, job_id: str, worker: str) -> StartedJob | None:
-        """Mark the job PROCESSING on `worker`; None when it already ended (a redelivered copy)."""
-        raw = self.redis.hget(job_key(job_id), "queue")
-        before = as_text(
-            self._start(
-                keys=[job_key(job_id), queued_key(as_text(raw) or "")],
-                args=[repr(time.time()), worker, job_id, MAX_STARTS],
+    def start(
+        self, job_id: str, worker: str, *, instance: str | None = None, lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    ) -> StartedJob | None:
+        """Start a run of the job on `worker`, whose lease is `lease:<instance>` (default: its name), and name
+        the job in that lease. None when this delivery must not run: the job ended, or the worker
+        running it is alive (a stale copy of its message)."""
+        instance = instance or worker
+        run = uuid.uuid4().hex
+        for _ in range(5):  # 'retry': another worker took the job between the read and the script
+            queue, holder = (as_text(v) or "" for v in self.redis.hmget(job_key(job_id), ["queue", "lease"]))
+            before = as_text(
+                self._start(
+                    keys=[job_key(job_id), queued_key(queue), lease_key(holder), lease_key(instance), running_key()],
+                    args=[repr(time.time()), worker, job_id, MAX_STARTS, holder, instance, run, int(lease_ttl_s * 1e3)],
+                )
             )
-        )
+            if before != "retry":
+                break
         if before == "exhausted":
-            log.error("job %s: started %d times and its worker died each time; failing it", job_id, MAX_STARTS)
-            self.finish(
-                job_id,
-                JobStatus.FAILED,
-                error=f"the workers running this request stopped {MAX_STARTS} "
-                "times without finishing it, so it is not retried; check the request, or tell the operator",
-                error_code=500,
-            )
+            self.fail_exhausted(job_id)
             return None
-        if before == "skip":
+        if before == "running":
+            log.info("job %s: a stale copy of its message; its worker %s is alive and runs it: dropped", job_id, holder)
+            return None
+        if before in ("skip", "retry"):
             return None
         kind = as_text(self.redis.hget(job_key(job_id), "kind")) or "async"
-        return StartedJob(redelivered=before == JobStatus.PROCESSING.value, kind=kind)
+        return StartedJob(redelivered=int(before) > 0, kind=kind, run=run)
+
+    def fail_exhausted(self, job_id: str) -> None:
+        """End a job whose workers died MAX_STARTS times running it: FAILED and refunded, not retried."""
+        log.error("job %s: started %d times and its worker died each time; failing it", job_id, MAX_STARTS)
+        self.finish(
+            job_id,
+            JobStatus.FAILED,
+            error=f"the workers running this request stopped {MAX_STARTS} "
+            "times without finishing it, so it is not retried; check the request, or tell the operator",
+            error_code=500,
+        )
+
+    def request(self, job_id: str) -> str | None:
+        """The request of a job that has not ended (None once it has, or for an unknown job)."""
+        return as_text(self.redis.get(request_key(job_id)))
 
     def report_step(self, job_id: str, step: int, total: int) -> None:
         self.redis.hset(job_key(job_id), "progress", f"{step}/{total}")
 
-    def cancel_reason(self, job_id: str) -> str | None:
-        """Why the job should stop now: cancelled by the API, or a sync job whose waiter is gone."""
+    def cancel_reason(self, job_id: str, run: str | None = None) -> str | None:
+        """Why the job should stop now: cancelled by the API, a sync job whose waiter is gone, or (given
+        `run`) that run is no longer the job's current one."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(job_key(job_id), ["cancel", "kind"])
+        pipe.hmget(job_key(job_id), ["cancel", "kind", "run"])
         pipe.exists(waiter_key(job_id))
-        (reason, kind), waiter = pipe.execute()
+        (reason, kind, current), waiter = pipe.execute()
         if reason:
             return as_text(reason)
+        if run is not None and as_text(current) != run:
+            return SUPERSEDED
         if as_text(kind) == "sync" and not waiter:
             return "the API process waiting for this request went away; submit it again"
         return None
 
-    def complete(self, job_id: str, result: GenerationResult) -> bool:
+    def complete(self, job_id: str, result: GenerationResult, run: str | None = None) -> bool:
         """Store the images, then end the job COMPLETED; False when a cancel recorded first ended it FAILED
-        instead, or it had ended already."""
+        instead, or it had ended already (or `run` is no longer the job's current run)."""
         meta = result_meta(result)
         data: dict[str, bytes] = {f"image:{i}": image for i, image in enumerate(result.images)}
         if result.pose_png is not None:
@@ -381,13 +439,14 @@ class RedisJobStore:
         pipe.expire(staged, int(self.result_ttl_s))
         pipe.execute()
         try:
-            return self.finish(job_id, JobStatus.COMPLETED, meta=meta, staged=staged)
+            return self.finish(job_id, JobStatus.COMPLETED, meta=meta, staged=staged, run=run)
         finally:
             self.redis.delete(staged)  # gone already when published; otherwise another run ended the job
 
-    def fail(self, job_id: str, error: str, error_code: int) -> bool:
-        """End the job FAILED (its credits go back in the same step); False when it had ended already."""
-        return self.finish(job_id, JobStatus.FAILED, error=error, error_code=error_code)
+    def fail(self, job_id: str, error: str, error_code: int, run: str | None = None) -> bool:
+        """End the job FAILED (its credits go back in the same step); False when it had ended already (or
+        `run` is no longer the job's current run)."""
+        return self.finish(job_id, JobStatus.FAILED, error=error, error_code=error_code, run=run)
 
     def finish(
         self,
@@ -398,10 +457,12 @@ class RedisJobStore:
         error_code: int | None = None,
         meta: dict[str, Any] | None = None,
         staged: str | None = None,
+        run: str | None = None,
     ) -> bool:
         """End the job (refunding a failed job's credits in the same atomic step); False if already ended.
 
         `staged`: a key holding a completing run's result bytes, made the job's result if this call ends it.
+        `run`: the ending run's token; the job ends only if that run is still its current one.
         """
         fields = self.redis.hmget(job_key(job_id), ["queue", "key_id", "input"])
         queue, key_id, digest = (as_text(v) or "" for v in fields)
@@ -422,9 +483,11 @@ class RedisJobStore:
                 json.dumps(meta or {}),
                 int(self.result_ttl_s),
                 job_id,
+                run or "",
             ],
         )
-        # 1: ended by this call; 2: ended by it too, FAILED because a cancel came first.
-        if digest and int(ended) in (1, 2):
-            self.release_input(digest, job_id)
+        if int(ended) != 0:  # ended by this call (or its record is gone): no run needs its inputs any more
+            self.redis.delete(request_key(job_id))
+            if digest:
+                self.release_input(digest, job_id)
         return int(ended) == 1

@@ -1,8 +1,10 @@
 """`CeleryJobQueue`: the service's `JobQueue` when API processes are stateless.
 
-`submit` records the job in Redis and sends a Celery task to the queue of the model it needs; any
-worker that loaded that model runs it and writes progress and the images back to Redis, where any API
-replica reads them. Nothing about a job lives in the API process, so a replica can die at any time.
+`submit` records the job and its request in Redis and sends a Celery task (the job id) to the queue
+of the model it needs; any worker that loaded that model runs it and writes progress and the images
+back to Redis, where any API replica reads them. Nothing about a job lives in the API process, so a
+replica can die at any time. Every replica also runs a reaper (`recovery.py`) that requeues the jobs of
+dead workers.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from sd3pose.distributed.celery_app import TASK_GENERATE, TASK_PREVIEW, make_celery
+from sd3pose.distributed.celery_app import PRIORITY_FRONT, TASK_PREVIEW, make_celery, send_job
 from sd3pose.distributed.config import (
     DEFAULT_RESTORE_INTERVAL_S,
     DEFAULT_VISIBILITY_TIMEOUT_S,
     PREFIX,
-    WORKER_STALE_S,
     redacted_url,
     redis_client,
+    workers_key,
 )
 from sd3pose.distributed.jobstore import RedisJobStore
+from sd3pose.distributed.recovery import Reaper, Recovery
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.jobs.contract import (
     JobInfo,
@@ -45,10 +48,6 @@ log = logging.getLogger(__name__)
 POLL_S = 0.02
 PREVIEW_TIMEOUT_S = 60.0
 PREVIEW_TTL_S = 120
-
-
-def workers_key(queue: str) -> str:
-    return f"{PREFIX}:workers:{queue}"
 
 
 def preview_key(preview_id: str) -> str:
@@ -77,21 +76,27 @@ class CeleryJobQueue:
         self.celery = make_celery(
             broker_url, visibility_timeout_s=visibility_timeout_s, restore_interval_s=restore_interval_s
         )
+        self.reaper = Reaper(Recovery(self.store, self._send_front))
+
+    def _send_front(self, job_id: str, queue: str) -> None:
+        send_job(self.celery, job_id, queue, front=True)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
         log.info("jobs go to Celery queue %s on %s", self.queue, redacted_url(self.broker_url))
+        self.reaper.start()
 
     def stop(self) -> None:
+        self.reaper.stop()
         self.celery.close()
         self.redis.close()
 
     def live_workers(self) -> list[str]:
-        """Workers on this queue whose heartbeat is recent."""
+        """Workers on this queue whose listing has not expired (each renews it every heartbeat)."""
         now = time.time()
-        self.redis.zremrangebyscore(workers_key(self.queue), "-inf", now - WORKER_STALE_S)
-        return [w.decode() for w in self.redis.zrangebyscore(workers_key(self.queue), now - WORKER_STALE_S, "+inf")]
+        self.redis.zremrangebyscore(workers_key(self.queue), "-inf", f"({now!r}")
+        return [w.decode() for w in self.redis.zrangebyscore(workers_key(self.queue), now, "+inf")]
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -127,6 +132,8 @@ class CeleryJobQueue:
             raise JobNotRecordedError(
                 "the job store is unreachable; retry shortly, and tell the operator if this persists"
             ) from exc
+        # The request as stored: its image named by content hash (the bytes are kept once, above).
+        recorded = with_reference(request, digest) if digest is not None else request
         try:
             info = self.store.create(
                 queue=self.queue,
@@ -137,6 +144,7 @@ class CeleryJobQueue:
                 max_queue=self.max_queue,
                 job_id=job_id,
                 input_digest=digest,
+                request_json=recorded.model_dump_json(by_alias=True),
             )
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
@@ -147,14 +155,8 @@ class CeleryJobQueue:
             raise QueueFullError(
                 f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
             )
-        recorded = with_reference(request, digest) if digest is not None else request
         try:
-            self.celery.send_task(
-                TASK_GENERATE,
-                args=[info.id, recorded.model_dump_json(by_alias=True)],
-                queue=self.queue,
-                task_id=info.id,
-            )
+            send_job(self.celery, info.id, self.queue)
         except Exception as exc:
             # Not delivered: end it (which refunds its credits) and tell the client; the detail is logged.
             log.error("could not send job %s to the broker: %s", info.id, exc)
@@ -243,6 +245,7 @@ class CeleryJobQueue:
             queue=self.queue,
             task_id=f"preview-{preview_id}",
             expires=PREVIEW_TIMEOUT_S,
+            priority=PRIORITY_FRONT,  # a user is watching: ahead of the generation jobs
         )
         deadline = time.monotonic() + PREVIEW_TIMEOUT_S
         while time.monotonic() < deadline:
