@@ -63,6 +63,17 @@ def test_dpm_adaptive_steps_follow_the_whole_batch_as_in_comfyui() -> None:
     assert not torch.allclose(batch[:1], alone, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("sampler", STOCHASTIC)
+def test_a_negative_seed_is_a_seed_like_any_other(sampler: str) -> None:
+    # Seeds below 0 (such as -1, "random" in ComfyUI's and the hosted API's convention) must not crash
+    # a sampler whose draws come from a Brownian tree, whose entropy must be non-negative.
+    x = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(0))
+    sig = get_sigmas("karras", 6)
+    a = sample(sampler, cheap_denoiser, x, sig, seed=-5)
+    assert torch.equal(a, sample(sampler, cheap_denoiser, x, sig, seed=-5))
+    assert not torch.allclose(a, sample(sampler, cheap_denoiser, x, sig, seed=5))
+
+
 def test_seed_list_must_match_the_batch() -> None:
     from sd3pose.errors import InvalidRequestError
 

@@ -113,7 +113,9 @@ class BrownianNoise:
         if seeds is None:
             seeds = [int(torch.randint(0, 2**63 - 1, ()).item()) for _ in range(like.shape[0])]
         tol = 10.0**-self.TOLERANCE_DIGITS
-        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=seed, tol=tol) for seed in seeds]
+        # A tree's entropy must be non-negative: a negative seed uses its 64-bit two's complement.
+        entropies = [seed % 2**64 if seed < 0 else seed for seed in seeds]
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=e, tol=tol) for e in entropies]
 
     def _time(self, sigma: float) -> float:
         as_float32 = float(torch.tensor(sigma, dtype=torch.float32))
