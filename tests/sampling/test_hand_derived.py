@@ -138,6 +138,16 @@ def test_dpmpp_sde_offset_start_midpoint_and_brownian_calls() -> None:
     assert [v for call in draws.calls for v in call] == pytest.approx([OFFSET, mid, OFFSET, 0.5])
 
 
+@pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_snr_samplers_start_from_sigma_of_t_1e4_below_one_of_the_models_shift(name: str) -> None:
+    denoiser, draws = Linear(), Draws()
+    x = torch.full((1, 1), X0, dtype=torch.float64)
+    sample(name, denoiser, x, [1.0, 0.5, 0.25], noise_sampler=draws, shift=1.5)
+    start = 1.5 * 0.9999 / (1 + 0.5 * 0.9999)
+    assert denoiser.sigmas[0] == pytest.approx(start, abs=1e-12)
+    assert draws.calls[0][0] == pytest.approx(start, abs=1e-12)
+
+
 def test_dpmpp_2m_sde_first_step_then_midpoint_correction() -> None:
     out, draws, _ = run("dpmpp_2m_sde", [1.0, 0.5, 0.25])
     x1 = _posterior(X0, K * X0, OFFSET, 0.5, Z[0])

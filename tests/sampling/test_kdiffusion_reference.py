@@ -105,10 +105,11 @@ def test_equals_kdiffusion_on_flow_sigmas(gaussian, name: str, scheduler: str, s
 
 
 @pytest.mark.filterwarnings("ignore:Should have")  # k-diffusion's tree: torchsde clamps a query at sigma_min
+@pytest.mark.parametrize("scheduler", ["karras", "ddim_uniform"])  # from sigma 1, and from below it
 @pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
-def test_sde_samplers_draw_from_a_brownian_tree_per_row_seeded_like_kdiffusion(name: str) -> None:
+def test_sde_samplers_draw_from_a_brownian_tree_per_row_seeded_like_kdiffusion(name: str, scheduler: str) -> None:
     problem = GaussianData(dtype=torch.float32)
-    sigmas = get_sigmas("karras", 8)
+    sigmas = get_sigmas(scheduler, 8)
     x = sigmas[0] * problem.noise(2)
     seed = 698845
     ours = sample(name, problem, x, sigmas, seed=seed)

@@ -39,9 +39,7 @@ def test_same_seed_same_result_other_seed_other_result(sampler: str) -> None:
     assert not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize(
-    "sampler", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm"]
-)
+@pytest.mark.parametrize("sampler", STOCHASTIC)
 def test_a_rows_result_does_not_depend_on_its_batch(sampler: str) -> None:
     x = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
     sig = get_sigmas("normal", 5)
