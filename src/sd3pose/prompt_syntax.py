@@ -38,11 +38,6 @@ def parse_prompt(prompt: str) -> tuple[WeightedPiece, ...]:
     return tuple(("".join(ESCAPED.get(symbol, symbol) for symbol in symbols), weight) for symbols, weight in pieces)
 
 
-def is_plain(pieces: tuple[WeightedPiece, ...]) -> bool:
-    """True when no piece carries a weight other than 1 (the prompt needs no weighting)."""
-    return all(weight == 1.0 for _, weight in pieces)
-
-
 def _symbols(text: str) -> list[str]:
     """The characters of text, with each backslash-bracket pair as one two-character symbol."""
     symbols: list[str] = []

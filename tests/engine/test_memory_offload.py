@@ -31,8 +31,9 @@ def offloaded(tiny_model_dir):
 
 
 def test_offload_chain_follows_a_request(offloaded):
-    """Each text encoder sends the previous one back; ControlNet and transformer both send back the last text
-    encoder (never each other: they alternate at every step); the VAE sends back the transformer."""
+    """Each text encoder sends the previous one back, CLIP-L the last one (T5: a negative prompt runs them
+    again); ControlNet and transformer both send back the last text encoder (never each other: they
+    alternate at every step); the VAE sends back the transformer."""
     hooks = {id(hook.model): hook for hook in offloaded.offload.hooks}
     clip_l, clip_g, t5 = offloaded.text.models
 
@@ -40,7 +41,7 @@ def test_offload_chain_follows_a_request(offloaded):
         before = hooks[id(model)].hook.prev_module_hook
         return None if before is None else before.model
 
-    assert previous(clip_l) is None
+    assert previous(clip_l) is t5
     assert previous(clip_g) is clip_l
     assert previous(t5) is clip_g
     assert previous(offloaded.controlnet) is t5
@@ -66,6 +67,61 @@ def test_every_request_ends_with_the_models_released(offloaded, monkeypatch):
     with pytest.raises(GenerationCancelledError):
         offloaded.generate(job(), cancelled=lambda: True)
     assert len(releases) == 3  # also when a request fails
+
+
+# SD3 Medium's weights in bf16, in bytes (the README's table, which the test below computes from the configs).
+SD3_MEDIUM_BYTES = {
+    "transformer": 4.17e9,
+    "controlnet": 1.19e9,
+    "vae": 0.17e9,
+    "text_encoder": 0.25e9,
+    "text_encoder_2": 1.39e9,
+    "text_encoder_3": 9.52e9,
+}
+
+
+def test_the_gpu_never_holds_more_than_the_offload_figure(offloaded, monkeypatch):
+    """Replays the order in which the offload hooks saw the models start (and the releases) by accelerate's
+    rule: a model's start sends the model before it in the chain back, a release sends every model back.
+    At SD3 Medium's sizes the GPU never holds more than `resident_bytes` says (the README's 9.7 GB), also
+    for a request with a new negative prompt and for jobs that need two model batches."""
+    parts = {
+        "text_encoder": offloaded.text.models[0],
+        "text_encoder_2": offloaded.text.models[1],
+        "text_encoder_3": offloaded.text.models[2],
+        "controlnet": offloaded.controlnet,
+        "transformer": offloaded.transformer,
+        "vae": offloaded.vae,
+    }
+    names = {id(model): name for name, model in parts.items()}
+    previous, events = {}, []
+    for user_hook in offloaded.offload.hooks:
+        hook = user_hook.hook
+        before = hook.prev_module_hook
+        previous[names[id(user_hook.model)]] = None if before is None else names[id(before.model)]
+
+        def start(module, *args, _pre_forward=hook.pre_forward, **kwargs):
+            events.append(names[id(module)])
+            return _pre_forward(module, *args, **kwargs)
+
+        monkeypatch.setattr(hook, "pre_forward", start)
+    release = offloaded.offload.release
+    monkeypatch.setattr(offloaded.offload, "release", lambda: (events.append("release"), release()))
+
+    offloaded.generate(job(prompt="a knight on a horse", negative_prompt="blurry, ugly, deformed"))
+    offloaded.generate_batch([job(prompt="a chef in a kitchen", steps=2), job(prompt="a robot in the snow", steps=3)])
+
+    on_gpu: set[str] = set()
+    peak = 0.0
+    for event in events:
+        if event == "release":
+            on_gpu.clear()
+            continue
+        on_gpu.discard(previous[event])
+        on_gpu.add(event)
+        peak = max(peak, sum(SD3_MEDIUM_BYTES[name] for name in on_gpu))
+    assert peak <= resident_bytes(SD3_MEDIUM_BYTES, use_t5=True, offload=True)
+    assert events.count("release") == 3  # after the request, between the two model batches, after the batch
 
 
 def test_offload_needs_a_cuda_gpu(tiny_model_dir):

@@ -636,7 +636,11 @@ class Engine:
                 current = []
                 open_batches.append(current)
             current.append(i)
-        for members in (m for group in batches.values() for m in group):
+        for number, members in enumerate(m for group in batches.values() for m in group):
+            if number and self.offload is not None:
+                # Each model batch starts from an empty GPU, as a request does: its text encoders must not
+                # join the ControlNet and the VAE that the previous batch left there.
+                self.offload.release()
             try:
                 latents = self.generate_batch_latents(
                     [jobs[i] for i in members],

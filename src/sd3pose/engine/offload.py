@@ -4,10 +4,12 @@ Accelerate's hooks, set as diffusers' `enable_model_cpu_offload` sets them: ever
 memory and moves to the GPU when its forward runs (the VAE's encode and decode count, through
 diffusers' own hook on them); running a model sends the one before it in the chain back to main
 memory. The chain follows a request: CLIP-L -> CLIP-G -> T5 -> (ControlNet, transformer) -> VAE.
-The ControlNet and the transformer run in turn at every step, so both send back only the last text
-encoder and stay on the GPU together until the request ends (chaining one after the other would move
-one of them twice per step); the VAE's decode then sends the transformer back. `release` returns
-every model to main memory when a request ends, so the next one starts with an empty GPU.
+The text encoders form a ring (CLIP-L sends T5 back), because they run once for the prompt and
+again for a negative prompt that is not cached. The ControlNet and the transformer run in turn at
+every step, so both send back only the last text encoder and stay on the GPU together until the
+request ends (chaining one after the other would move one of them twice per step); the VAE's decode
+then sends the transformer back. `release` returns every model to main memory when a request (or
+one model batch of a merged request list) ends, so the next one starts with an empty GPU.
 
 At worst the GPU then holds T5 and the VAE (9.7 GB in bf16), or the transformer, ControlNet and
 VAE (5.5 GB), instead of all 16.7 GB (`sd3pose.engine.memory`). The price is the transfers: about
@@ -47,6 +49,8 @@ class ModelOffload:
         for encoder in text_encoders:
             _, previous = cpu_offload_with_hook(encoder, device, prev_module_hook=previous)
             self.hooks.append(previous)
+        # The ring: without it the negative prompt's CLIP-G would join T5 on the GPU (10.9 GB in bf16).
+        self.hooks[0].hook.prev_module_hook = previous
         _, control_hook = cpu_offload_with_hook(controlnet, device, prev_module_hook=previous)
         _, transformer_hook = cpu_offload_with_hook(transformer, device, prev_module_hook=previous)
         _, vae_hook = cpu_offload_with_hook(vae, device, prev_module_hook=transformer_hook)
