@@ -232,3 +232,39 @@ def test_the_api_still_serves_while_a_large_base64_answer_is_written(tmp_path: P
     images = answer[0].json()["images"]
     assert len(images) == 4 and all(len(image) == 4 * -(-image_bytes // 3) for image in images)
     assert slowest < 0.2, slowest
+
+
+def test_an_inline_image_does_not_wait_for_image_downloads(tmp_path: Path, monkeypatch) -> None:
+    """Every download thread held by slow image hosts: a request with a base64 image is still answered
+    at once (only URLs wait for a download thread)."""
+    import anyio
+
+    from sd3pose import images
+
+    fetching, release = threading.Event(), threading.Event()
+
+    def stuck_fetch(url: str, **limits) -> None:
+        fetching.set()
+        release.wait(30)
+        raise AssertionError("released")
+
+    monkeypatch.setattr(images, "fetch_url", stuck_fetch)
+    app = make_app(tmp_path, ScriptedGenerator())
+    app.state.services.fetch_limiter = anyio.CapacityLimiter(1)  # one slot: the slow URL takes it
+    with running_server(app) as url:
+        secret = app.state.services.keys.create("busy", credits=5)[1]
+        headers = {"x-api-key": secret}
+        slow = threading.Thread(
+            target=lambda: httpx.post(
+                f"{url}/v1/pose", json={"image": "https://images.example/photo.png"}, headers=headers, timeout=60
+            )
+        )
+        slow.start()
+        assert fetching.wait(10), "the download did not start"
+        try:
+            inline = httpx.post(f"{url}/v1/sd3-med-pose", json=REQUEST, headers=headers, timeout=5)
+            previewed = httpx.post(f"{url}/v1/pose", json={"image": REQUEST["image"]}, headers=headers, timeout=5)
+        finally:
+            release.set()
+            slow.join(30)
+    assert inline.status_code == 200 and previewed.status_code == 200
