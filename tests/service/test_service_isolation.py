@@ -203,7 +203,7 @@ def test_the_api_still_serves_while_a_large_photo_is_read(tmp_path: Path) -> Non
             time.sleep(0.02)
         sender.join()
     assert answer[0].status_code == 400 and "could not be decoded" in answer[0].json()["error"]
-    assert slowest < 0.2, slowest
+    assert slowest < 0.5, slowest
 
 
 def test_the_api_still_serves_while_a_large_base64_answer_is_written(tmp_path: Path) -> None:
