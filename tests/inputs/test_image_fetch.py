@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -177,6 +178,33 @@ def test_an_unresolvable_host_name_is_reported() -> None:
 
     with pytest.raises(UpstreamError, match="could not resolve the image URL host 'nowhere.invalid'"):
         fetch_url("http://nowhere.invalid/a.png", max_bytes=2**20, resolver=resolver)
+
+
+def test_hanging_dns_lookups_hold_up_no_other_hosts_lookup() -> None:
+    """A name server that never answers holds only the requests for its own names."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sd3pose.images.net import resolve_host
+
+    release = threading.Event()
+
+    def resolver(host: str, port: int) -> list[str]:
+        if host == "hanging.example":
+            release.wait(10)
+        return ["93.184.216.34"]
+
+    try:
+        with ThreadPoolExecutor(8) as callers:
+            stuck = [
+                callers.submit(resolve_host, "hanging.example", 80, timeout=0.2, resolver=resolver) for _ in range(8)
+            ]
+            for lookup in stuck:
+                with pytest.raises(UpstreamError, match="took longer than 0.2 s"):
+                    lookup.result()
+        # Every one of those lookups still hangs; another host's is answered as usual.
+        assert [str(ip) for ip in resolve_host("fast.example", 80, timeout=1.0, resolver=resolver)] == ["93.184.216.34"]
+    finally:
+        release.set()
 
 
 def test_a_hanging_dns_lookup_is_bounded_by_the_connect_timeout() -> None:

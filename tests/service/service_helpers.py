@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -39,11 +40,13 @@ def encode(color: tuple[int, int, int], fmt: str, size: tuple[int, int] = (64, 6
 
 @dataclass
 class ScriptedGenerator:
-    """Draws one flat colour per seed; `step_s` per step, `gate` (when set) holds every run until set."""
+    """Draws one flat colour per seed; `step_s` per step, `gate` (when set) holds every run until set;
+    `image_bytes` (when set): each image is that many random bytes instead, for tests of large answers."""
 
     step_s: float = 0.0
     gate: threading.Event | None = None
     error: Exception | None = None
+    image_bytes: int | None = None
     runs: list[GenerationRequest] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
 
@@ -65,6 +68,8 @@ class ScriptedGenerator:
                 on_step(step + 1, request.num_inference_steps)
         fmt = request.output_format.value
         images = [encode((colour(seed), 0, 7), fmt) for seed in request.seeds]
+        if self.image_bytes is not None:
+            images = [os.urandom(self.image_bytes) for _ in images]
         pose = encode((0, 0, 0), "png") if request.return_pose else None
         keypoints = {"people": [], "canvas_width": 64, "canvas_height": 64} if request.return_pose else None
         return GenerationResult(

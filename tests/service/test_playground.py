@@ -186,7 +186,7 @@ def test_playground_upload_generate_and_see_the_result(page, server, photo: Path
     }""")
     page.click("#generate")
     page.wait_for_selector("#gallery figure.result img")
-    page.wait_for_function("document.querySelector('#progress-label').textContent.startsWith('Done')")
+    page.wait_for_function("() => document.querySelector('#progress-label').textContent.startsWith('Done')")
 
     images = page.query_selector_all("#gallery figure.result img")
     assert len(images) == 2
@@ -409,7 +409,7 @@ def test_playground_copy_as_comfyui_workflow(page, server, photo: Path) -> None:
     page.fill("#samples", "2")
     jobs_before = len(services.db.query("SELECT id FROM jobs"))
     page.click("#copy-comfy")
-    page.wait_for_function("document.querySelector('#comfy-status').textContent.includes('64×64')")
+    page.wait_for_function("() => document.querySelector('#comfy-status').textContent.includes('64×64')")
     workflow = json.loads(page.input_value("#comfy-text"))
     by_class = {}
     for node in workflow.values():

@@ -41,12 +41,14 @@ def _memory_kib(pid: int, field: str) -> int:
 
 
 @contextmanager
-def server_process(data_dir: Path, **settings) -> Iterator[tuple[str, int]]:
-    """The service in its own process (so its memory is its own); (base URL, pid). Always stopped."""
+def server_process(data_dir: Path, generator: dict | None = None, **settings) -> Iterator[tuple[str, int]]:
+    """The service in its own process (so its memory and its event loop are its own), its scripted
+    generator made with `generator`'s fields; (base URL, pid). Always stopped."""
     port = _free_port()
     log = (data_dir / "server.log").open("w")
+    arguments = [str(data_dir), str(port), json.dumps(settings), json.dumps(generator or {})]
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "server_process.py"), str(data_dir), str(port), json.dumps(settings)],
+        [sys.executable, str(HERE / "server_process.py"), *arguments],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -202,3 +204,67 @@ def test_the_api_still_serves_while_a_large_photo_is_read(tmp_path: Path) -> Non
         sender.join()
     assert answer[0].status_code == 400 and "could not be decoded" in answer[0].json()["error"]
     assert slowest < 0.5, slowest
+
+
+def test_the_api_still_serves_while_a_large_base64_answer_is_written(tmp_path: Path) -> None:
+    """Four large images as base64 JSON (about 84 MB, the first image twice) are encoded in a thread,
+    without a serialiser that holds the interpreter for the whole answer, and sent in pieces."""
+    secret = KeyStore(Database(tmp_path / "sd3pose.db")).create("big", credits=50)[1]
+    image_bytes = 12 * 2**20
+    with server_process(tmp_path, generator={"image_bytes": image_bytes}) as (url, _):
+        body = {**REQUEST, "samples": 4, "base64": True}
+        answer: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(f"{url}/v1/sd3-med-pose", json=body, headers={"x-api-key": secret}, timeout=120)
+            )
+        )
+        sender.start()
+        slowest = 0.0
+        with httpx.Client(timeout=10) as prober:
+            while sender.is_alive():
+                started = time.perf_counter()
+                assert prober.get(f"{url}/health").status_code == 200
+                slowest = max(slowest, time.perf_counter() - started)
+                time.sleep(0.01)
+        sender.join()
+    assert answer[0].status_code == 200, answer[0].text[:300]
+    images = answer[0].json()["images"]
+    assert len(images) == 4 and all(len(image) == 4 * -(-image_bytes // 3) for image in images)
+    assert slowest < 0.2, slowest
+
+
+def test_an_inline_image_does_not_wait_for_image_downloads(tmp_path: Path, monkeypatch) -> None:
+    """Every download thread held by slow image hosts: a request with a base64 image is still answered
+    at once (only URLs wait for a download thread)."""
+    import anyio
+
+    from sd3pose import images
+
+    fetching, release = threading.Event(), threading.Event()
+
+    def stuck_fetch(url: str, **limits) -> None:
+        fetching.set()
+        release.wait(30)
+        raise AssertionError("released")
+
+    monkeypatch.setattr(images, "fetch_url", stuck_fetch)
+    app = make_app(tmp_path, ScriptedGenerator())
+    app.state.services.fetch_limiter = anyio.CapacityLimiter(1)  # one slot: the slow URL takes it
+    with running_server(app) as url:
+        secret = app.state.services.keys.create("busy", credits=5)[1]
+        headers = {"x-api-key": secret}
+        slow = threading.Thread(
+            target=lambda: httpx.post(
+                f"{url}/v1/pose", json={"image": "https://images.example/photo.png"}, headers=headers, timeout=60
+            )
+        )
+        slow.start()
+        assert fetching.wait(10), "the download did not start"
+        try:
+            inline = httpx.post(f"{url}/v1/sd3-med-pose", json=REQUEST, headers=headers, timeout=5)
+            previewed = httpx.post(f"{url}/v1/pose", json={"image": REQUEST["image"]}, headers=headers, timeout=5)
+        finally:
+            release.set()
+            slow.join(30)
+    assert inline.status_code == 200 and previewed.status_code == 200

@@ -84,6 +84,21 @@ def test_max_disk_refuses_new_jobs_with_503_and_metrics_report_the_use(tmp_path)
         assert small.status_code == 200
 
 
+def test_an_input_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    from sd3pose.service import disk
+
+    def disk_full(source, target) -> None:
+        raise OSError(28, "No space left on device")
+
+    with local_client(make_app(tmp_path, ScriptedGenerator())) as client:
+        wait_ready(client)
+        monkeypatch.setattr(disk.os, "replace", disk_full)  # the input's file is written, not put in place
+        refused = client.post("/v2/sd3-med-pose", json={**REQUEST, "image": _image_of(300_000)})
+        assert refused.status_code == 500 and "could not record the job" in refused.json()["error"]
+        assert list((tmp_path / "inputs").iterdir()) == []
+        assert client.app.state.services.queue.storage_used() < 300_000
+
+
 LEGACY_SCHEMA = """
 CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL, credits REAL,
     scopes TEXT NOT NULL, rate_limit INTEGER, created_at REAL NOT NULL, revoked_at REAL);

@@ -160,6 +160,12 @@ def _existing_file(text: str) -> Path | None:
         return None
 
 
+def is_url(source: str | None) -> bool:
+    """True when an `image` field is an http(s) URL (its bytes must be downloaded), not inline data."""
+    match = _SCHEME.match(source.lstrip()) if source else None
+    return match is not None and match.group(1).lower() in ("http", "https")
+
+
 def read_source(source: str, limits: InputLimits = InputLimits()) -> tuple[bytes, str | None]:
     """The raw bytes an `image` field refers to, and the Content-Type a URL declared (else None)."""
     if not isinstance(source, str) or not source.strip():

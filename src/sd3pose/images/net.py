@@ -12,7 +12,6 @@ its socket shut, so a host that drips bytes holds a request no longer than the d
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import ipaddress
@@ -44,8 +43,6 @@ PRIVATE_HINT = "only public addresses are allowed (start the server with --allow
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-# getaddrinfo has no timeout of its own; lookups run here so a slow DNS server cannot hang a request.
-_RESOLVER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sd3pose-dns")
 
 
 @dataclass(frozen=True)
@@ -177,16 +174,40 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def _lookup_in_own_thread(lookup: Resolver, host: str, port: int, timeout: float) -> Sequence[str]:
+    """`lookup(host, port)`, or TimeoutError after `timeout` seconds.
+
+    getaddrinfo has no timeout of its own, so it runs in a thread that is left to finish alone when the
+    time is up; a thread of its own, because in a shared pool lookups that hang (a name server that
+    never answers) would hold up every other host's lookup queued behind them.
+    """
+    outcome: list[Sequence[str] | BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(lookup(host, port))
+        except BaseException as exc:  # handed to the caller, which decides what it means
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="sd3pose-dns", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
 def resolve_host(host: str, port: int, *, timeout: float, resolver: Resolver | None = None) -> list[IPAddress]:
     """Every address `host` resolves to, IP literals in any spelling normalised, without duplicates."""
     literal = parse_ip_literal(host)
     if literal is not None:
         return [literal]
-    lookup = resolver or _getaddrinfo
-    future = _RESOLVER_POOL.submit(lookup, host, port)
     try:
-        found = future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
+        found = _lookup_in_own_thread(resolver or _getaddrinfo, host, port, timeout)
+    except TimeoutError:
         raise UpstreamError(
             f"looking up the image URL host '{host}' took longer than {timeout:g} s; check the URL"
         ) from None

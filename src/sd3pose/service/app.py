@@ -73,10 +73,13 @@ class Services:
         if self._auth_on:
             log.info("auth on: every request needs an API key")
         else:
+            # The loopback rules (sd3pose.service.local_only); on another address a proxy answers for them.
+            limits = "JSON bodies and loopback Host names only" if self.settings.loopback_only else "--insecure-no-auth"
             log.warning(
-                "auth off: no API keys exist, so this server answers anyone who reaches %s without a key "
-                "(JSON bodies and loopback Host names only); create a key and restart to turn auth on",
+                "auth off: no API keys exist, so this server answers anyone who reaches %s without a key (%s); "
+                "the first key created (`sd3pose keys create`) turns auth on for as long as this server runs",
                 self.settings.host,
+                limits,
             )
 
     @property
@@ -89,7 +92,7 @@ class Services:
         nothing switches it off again, revoking every key included."""
         if not self._auth_on and self.keys.active_count() > 0:
             self._auth_on = True
-            log.warning("an API key was created: auth is on from now on (until a restart)")
+            log.warning("an API key was created: auth is on for as long as this server runs")
         return not self._auth_on
 
     def note_refused_without_keys(self) -> None:

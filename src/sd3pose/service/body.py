@@ -13,7 +13,6 @@ MAX_JSON_VALUES is refused unparsed.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,8 +23,6 @@ from starlette.requests import ClientDisconnect
 from sd3pose.errors import InvalidRequestError
 from sd3pose.images.net import format_size
 from sd3pose.service.errors import ServiceError
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

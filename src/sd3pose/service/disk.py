@@ -68,8 +68,13 @@ class InputStore:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = self.folder / f".{digest}.{uuid.uuid4().hex}.part"
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        try:
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except OSError:  # e.g. a full disk: what was written must not stay, uncounted, until a restart
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
         self.usage.add(len(data))
 
     def read(self, digest: str) -> bytes | None:

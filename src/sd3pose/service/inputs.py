@@ -2,8 +2,9 @@
 
 An image URL is downloaded here (the SSRF guard, the size cap and a total deadline of --fetch-timeout
 apply), in threads of its own, so a slow host holds only its own request, never a worker or the pose
-preview. Base64 and data: URIs are decoded, every image's header is checked (format, pixel count), and
-OpenPose JSON is read: a request that would fail on these fails now, with its 400, and is never stored.
+preview; inline images never wait for those threads. Base64 and data: URIs are decoded, every image's
+header is checked (format, pixel count), and OpenPose JSON is read: a request that would fail on these
+fails now, with its 400, and is never stored.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from sd3pose.images import InputLimits, check_image_bytes, read_source
+from sd3pose.images import InputLimits, check_image_bytes, is_url, read_source
 from sd3pose.pose.openpose_json import pose_from_openpose_json
 from sd3pose.request import GenerationRequest
 
@@ -30,4 +31,5 @@ def _resolve(request: GenerationRequest, limits: InputLimits) -> bytes | None:
 async def resolve_input(services: Any, request: GenerationRequest) -> bytes | None:
     """The bytes of the request's image (None when it has only keypoints), after every check that needs
     no model; ImageInputError (400) or UpstreamError (502) otherwise."""
-    return await anyio.to_thread.run_sync(_resolve, request, services.input_limits, limiter=services.fetch_limiter)
+    limiter = services.fetch_limiter if is_url(request.image) else None
+    return await anyio.to_thread.run_sync(_resolve, request, services.input_limits, limiter=limiter)

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.types import Receive, Scope, Send
 
 from sd3pose.jobs.contract import JobInfo, JobStatus
 from sd3pose.request import GenerationRequest, parse_request
@@ -117,30 +118,67 @@ def _zip(result: GenerationResult) -> bytes:
     return buffer.getvalue()
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+# Large bodies go out in pieces of this size: the server then copies and sends one piece at a time,
+# waiting for the socket between them, instead of copying the whole answer in one step of the event loop.
+BODY_PIECE = 1 << 20
+
+
+class PiecewiseResponse(Response):
+    """A Response whose body is sent in BODY_PIECE pieces (same headers, Content-Length included)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body = memoryview(self.body)
+        for start in range(0, max(len(body), 1), BODY_PIECE):
+            end = start + BODY_PIECE
+            await send({"type": "http.response.body", "body": bytes(body[start:end]), "more_body": end < len(body)})
+
+
+def _images_json(result: GenerationResult, metrics: dict[str, float]) -> bytes:
+    """The `base64=true` answer (ImagesResponse) as JSON bytes.
+
+    The base64 texts are joined in as they are: their alphabet needs no JSON escaping, and a serialiser
+    that scans megabytes of them holds the interpreter, and so every other request, for the whole answer.
+    """
+    images = [base64.b64encode(data) for data in result.images]
+    pose = b'"' + base64.b64encode(result.pose_png) + b'"' if result.pose_png is not None else b"null"
+    # The small fields through the model; image, images and pose_image take these places.
+    rest = ImagesResponse(
+        image="",
+        images=[],
+        seed=result.seeds[0],
+        seeds=result.seeds,
+        media_type=result.media_type,
+        width=result.width,
+        height=result.height,
+        keypoints=result.keypoints,
+        metrics=metrics,
+    ).model_dump_json(exclude={"image", "images", "pose_image"})
+    return b"".join(
+        [
+            b'{"image":"',
+            images[0],
+            b'","images":["',
+            b'","'.join(images),
+            b'"],"pose_image":',
+            pose,
+            b",",
+            rest[1:].encode(),
+        ]
+    )
 
 
 def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: JobInfo) -> Response:
+    """The sync answer: the image, a ZIP of several, or JSON (base64=true). Megabytes of encoding:
+    call it in a worker thread."""
     headers = {"x-seed": str(result.seeds[0]), "x-seeds": ",".join(str(s) for s in result.seeds)}
     if gen_request.base64_output:
-        body = ImagesResponse(
-            image=_b64(result.images[0]),
-            images=[_b64(i) for i in result.images],
-            seed=result.seeds[0],
-            seeds=result.seeds,
-            media_type=result.media_type,
-            width=result.width,
-            height=result.height,
-            pose_image=_b64(result.pose_png) if result.pose_png is not None else None,
-            keypoints=result.keypoints,
-            metrics=_metrics(info, result.timings),
-        )
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+        body = _images_json(result, _metrics(info, result.timings))
+        return PiecewiseResponse(body, media_type="application/json", headers=headers)
     if len(result.images) == 1 and not gen_request.return_pose:
-        return Response(result.images[0], media_type=result.media_type, headers=headers)
+        return PiecewiseResponse(result.images[0], media_type=result.media_type, headers=headers)
     headers["content-disposition"] = 'attachment; filename="images.zip"'
-    return Response(_zip(result), media_type="application/zip", headers=headers)
+    return PiecewiseResponse(_zip(result), media_type="application/zip", headers=headers)
 
 
 @router.post(
@@ -164,7 +202,7 @@ async def generate_sync(request: Request, principal: Principal = Depends(require
     if result is None:
         raise ServiceError(f"the result of request {info.id} was lost; submit it again", 500)
     request.state.timings = {k: round(v, 4) for k, v in result.timings.items()}
-    return render_sync(gen_request, result, info)
+    return await anyio.to_thread.run_sync(render_sync, gen_request, result, info)
 
 
 async def _read_generation_request(request: Request) -> GenerationRequest:
@@ -289,7 +327,9 @@ def job_image(request_id: str, index: int, request: Request, principal: Principa
             f"image index {index} does not exist; this request has {len(result.images)} image(s) "
             f"(0 to {len(result.images) - 1})"
         )
-    return Response(result.images[index], media_type=result.media_type, headers={"x-seed": str(result.seeds[index])})
+    return PiecewiseResponse(
+        result.images[index], media_type=result.media_type, headers={"x-seed": str(result.seeds[index])}
+    )
 
 
 @router.get(
