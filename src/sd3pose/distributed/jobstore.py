@@ -77,17 +77,37 @@ redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3])
 return tostring(attempts)
 """
 
+# Lua: `job` no longer needs the input whose bytes are `input` and whose unfinished jobs are `users`; the
+# last job to let go deletes both.
+_RELEASE_INPUT_FUNCTION = """
+local function release_input(input, users, job)
+  redis.call('SREM', users, job)
+  if redis.call('SCARD', users) == 0 then redis.call('DEL', input, users) end
+end
+"""
+
 # KEYS: job, queued set, the job's API key hash, the job's done list, this attempt's staged result bytes,
-#       the job's result bytes.
+#       the job's result bytes, the job's request, its input's bytes, its input's set of unfinished jobs.
 # ARGV: status, finished_at, error, error_code, result_json, ttl, job id, the ending run's token ('' for
-#       an ending that is not a run's: a cancel, an expiry).
+#       an ending that is not a run's: a cancel, an expiry), this call's one-off token.
 # -> 1 when this call ended the job, 0 when it had already ended (or the run is no longer the job's
 #    current one), -1 when unknown, 2 when a completion met a cancel recorded first (the job ends FAILED
-#    and refunded: nobody is waiting for it).
-_FINISH = """
+#    and refunded: nobody is waiting for it). The step that ends a job also deletes its request and lets
+#    go of its input, so no ending (nor a process killed right after one) leaves them behind. A replay of
+#    the script (the client retries when a reply is lost) answers as the first run did.
+_FINISH = (
+    _RELEASE_INPUT_FUNCTION
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status == 'COMPLETED' or status == 'FAILED' then return 0 end
+if not status then
+  redis.call('DEL', KEYS[7])
+  return -1
+end
+if status == 'COMPLETED' or status == 'FAILED' then
+  if redis.call('HGET', KEYS[1], 'ended_by') ~= ARGV[9] then return 0 end
+  if ARGV[1] == 'COMPLETED' and status == 'FAILED' then return 2 end
+  return 1
+end
 if ARGV[8] ~= '' and (status ~= 'PROCESSING' or redis.call('HGET', KEYS[1], 'run') ~= ARGV[8]) then return 0 end
 local outcome = 1
 if ARGV[1] == 'COMPLETED' then
@@ -97,10 +117,12 @@ if ARGV[1] == 'COMPLETED' then
   end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'error', ARGV[3], 'error_code', ARGV[4],
-           'result_json', ARGV[5])
+           'result_json', ARGV[5], 'ended_by', ARGV[9])
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('ZREM', KEYS[2], ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('DEL', KEYS[7])  -- no run needs the request or the input any more
+if redis.call('HEXISTS', KEYS[1], 'input') == 1 then release_input(KEYS[8], KEYS[9], ARGV[7]) end
 if ARGV[1] == 'COMPLETED' and redis.call('EXISTS', KEYS[5]) == 1 then
   -- Only the run that ends the job publishes its bytes: a duplicate run never replaces delivered images.
   redis.call('RENAME', KEYS[5], KEYS[6])
@@ -118,15 +140,10 @@ if ARGV[1] == 'FAILED' then
 end
 return outcome
 """
+)
 
 # KEYS: the input's bytes, the set of unfinished jobs using it. ARGV: the job that no longer needs it.
-# -> 1 when that was the last job, and the input is deleted.
-_RELEASE_INPUT = """
-redis.call('SREM', KEYS[2], ARGV[1])
-if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-return 1
-"""
+_RELEASE_INPUT = _RELEASE_INPUT_FUNCTION + "release_input(KEYS[1], KEYS[2], ARGV[1])"
 
 # Cancel: a queued job ends now (returns 'queued'); a running one gets a reason its worker reads.
 _CANCEL = """
@@ -474,6 +491,9 @@ class RedisJobStore:
                 done_key(job_id),
                 staged or f"{data_key(job_id)}:none",
                 data_key(job_id),
+                request_key(job_id),
+                input_key(digest or "-"),  # touched only when the job has an input
+                input_users_key(digest or "-"),
             ],
             args=[
                 status.value,
@@ -484,10 +504,7 @@ class RedisJobStore:
                 int(self.result_ttl_s),
                 job_id,
                 run or "",
+                uuid.uuid4().hex,
             ],
         )
-        if int(ended) != 0:  # ended by this call (or its record is gone): no run needs its inputs any more
-            self.redis.delete(request_key(job_id))
-            if digest:
-                self.release_input(digest, job_id)
         return int(ended) == 1
