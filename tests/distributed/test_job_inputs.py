@@ -184,3 +184,13 @@ def test_a_job_whose_record_and_settlement_replies_were_both_lost_is_refunded_on
     # Settled (and refunded) by the queue: the app, which refunds a JobNotRecordedError, must not again.
     assert not isinstance(refused.value, JobNotRecordedError) and "store is unreachable" in str(refused.value)
     assert keys.balance(key.id) == 3 and client.keys("sd3pose:input:*") == []
+
+
+def test_a_job_redis_never_recorded_keeps_no_input(queue, client) -> None:
+    def unreachable(**fields) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.7:6379")
+
+    queue.store.create = unreachable
+    with pytest.raises(JobNotRecordedError):
+        submit(queue)
+    assert client.keys("sd3pose:input:*") == []

@@ -148,10 +148,12 @@ class CeleryJobQueue:
             )
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
-            raise self._settle_unknown(job_id) from exc
+            error = self._settle_unknown(job_id)
+            if isinstance(error, JobNotRecordedError):
+                self._let_go(digest, job_id)
+            raise error from exc
         if info is None:
-            if digest is not None:
-                self.store.release_input(digest, job_id)
+            self._let_go(digest, job_id)
             raise QueueFullError(
                 f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
             )
@@ -168,6 +170,15 @@ class CeleryJobQueue:
                 "the operator if this persists"
             ) from exc
         return info
+
+    def _let_go(self, digest: str | None, job_id: str) -> None:
+        """The input held for a job that was never recorded is not needed (its end would have let go of it)."""
+        if digest is None:
+            return
+        try:
+            self.store.release_input(digest, job_id)
+        except (RedisError, OSError) as exc:  # Redis still down: the input's time-to-live is the safety net
+            log.warning("could not release the input of unrecorded job %s: %s", job_id, exc)
 
     def _check_storage(self, incoming: int) -> None:
         if not self.max_disk_bytes:
