@@ -243,6 +243,25 @@ def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -
     assert keys.balance(key.id) == 3 and store.result(job.id) is None
 
 
+def test_a_job_cancelled_as_a_worker_starts_it_stops_that_run(client) -> None:
+    """The cancel of a queued job and a worker's start of it can interleave: the run must not go on for a
+    job that has ended."""
+    store = RedisJobStore(client)
+    job = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=0)
+    runs = []
+    real_cancel = store._cancel
+
+    def cancel_as_a_worker_starts(keys, args):
+        answer = real_cancel(keys=keys, args=args)  # read QUEUED ...
+        runs.append(store.start(job.id, "w1"))  # ... a worker starts it ...
+        return answer  # ... and the cancel ends it
+
+    store._cancel = cancel_as_a_worker_starts
+    store.cancel(job.id, "timed out after 300 s")
+    assert store.get(job.id).status is JobStatus.FAILED
+    assert store.cancel_reason(job.id, run=runs[0].run) == "timed out after 300 s"
+
+
 def test_a_replayed_create_does_not_count_the_job_against_itself(client) -> None:
     # redis-py retries a script whose reply was lost; the first run may already have recorded the job.
     store = RedisJobStore(client)

@@ -429,14 +429,17 @@ class RedisJobStore:
         self.redis.hset(job_key(job_id), "progress", f"{step}/{total}")
 
     def cancel_reason(self, job_id: str, run: str | None = None) -> str | None:
-        """Why the job should stop now: cancelled by the API, a sync job whose waiter is gone, or (given
-        `run`) that run is no longer the job's current one."""
+        """Why the job should stop now: cancelled by the API, already ended (a cancel or an expiry of the
+        queued job that met its start), a sync job whose waiter is gone, or (given `run`) that run is no
+        longer the job's current one."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(job_key(job_id), ["cancel", "kind", "run"])
+        pipe.hmget(job_key(job_id), ["cancel", "kind", "run", "status", "error"])
         pipe.exists(waiter_key(job_id))
-        (reason, kind, current), waiter = pipe.execute()
+        (reason, kind, current, status, error), waiter = pipe.execute()
         if reason:
             return as_text(reason)
+        if as_text(status) in (JobStatus.COMPLETED.value, JobStatus.FAILED.value):
+            return as_text(error) or "this job has already ended"
         if run is not None and as_text(current) != run:
             return SUPERSEDED
         if as_text(kind) == "sync" and not waiter:
