@@ -186,6 +186,16 @@ def test_a_job_whose_record_and_settlement_replies_were_both_lost_is_refunded_on
     assert keys.balance(key.id) == 3 and client.keys("sd3pose:input:*") == []
 
 
+def test_a_job_refused_by_a_full_queue_keeps_nothing(redis_server, client) -> None:
+    queue = CeleryJobQueue(redis_server.url, "q", client=client, max_queue=1)
+    queue.celery.send_task = lambda *args, **kwargs: None
+    first = submit(queue)
+    with pytest.raises(JobNotRecordedError, match="queue is full"):
+        submit(queue)
+    assert users(client) == {first.id} and client.keys("sd3pose:job:*:request") == [request_key(first.id).encode()]
+    queue.stop()
+
+
 def test_a_job_redis_never_recorded_keeps_no_input(queue, client) -> None:
     def unreachable(**fields) -> None:
         raise redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.7:6379")

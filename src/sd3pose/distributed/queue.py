@@ -122,18 +122,16 @@ class CeleryJobQueue:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
-        digest = content_hash(image) if image is not None else None
         try:
             self._check_storage(len(image or b""))
-            if digest is not None:
-                self.store.hold_input(digest, image, job_id)  # type: ignore[arg-type]
         except (RedisError, OSError) as exc:  # nothing of the job exists yet
-            log.error("could not store the input of job %s in Redis: %s", job_id, exc)
+            log.error("could not read Redis's memory use for job %s: %s", job_id, exc)
             raise JobNotRecordedError(
                 "the job store is unreachable; retry shortly, and tell the operator if this persists"
             ) from exc
-        # The request as stored: its image named by content hash (the bytes are kept once, above).
-        recorded = with_reference(request, digest) if digest is not None else request
+        # The request as stored: its image named by content hash (the bytes are kept once, beside it).
+        stored = (content_hash(image), image) if image is not None else None
+        recorded = with_reference(request, stored[0]) if stored is not None else request
         try:
             info = self.store.create(
                 queue=self.queue,
@@ -143,17 +141,13 @@ class CeleryJobQueue:
                 samples=request.samples,
                 max_queue=self.max_queue,
                 job_id=job_id,
-                input_digest=digest,
                 request_json=recorded.model_dump_json(by_alias=True),
+                input_image=stored,
             )
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
-            error = self._settle_unknown(job_id)
-            if isinstance(error, JobNotRecordedError):
-                self._let_go(digest, job_id)
-            raise error from exc
+            raise self._settle_unknown(job_id) from exc
         if info is None:
-            self._let_go(digest, job_id)
             raise QueueFullError(
                 f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
             )
@@ -170,15 +164,6 @@ class CeleryJobQueue:
                 "the operator if this persists"
             ) from exc
         return info
-
-    def _let_go(self, digest: str | None, job_id: str) -> None:
-        """The input held for a job that was never recorded is not needed (its end would have let go of it)."""
-        if digest is None:
-            return
-        try:
-            self.store.release_input(digest, job_id)
-        except (RedisError, OSError) as exc:  # Redis still down: the input's time-to-live is the safety net
-            log.warning("could not release the input of unrecorded job %s: %s", job_id, exc)
 
     def _check_storage(self, incoming: int) -> None:
         if not self.max_disk_bytes:
