@@ -97,6 +97,34 @@ def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_serv
     queue.stop()
 
 
+def test_a_job_neither_sent_nor_settled_gets_a_clear_answer_and_is_refunded_when_its_wait_ends(
+    redis_server, client
+) -> None:
+    """The broker refuses the task and Redis stays down while the queue tries to settle the job."""
+    from sd3pose.jobs.contract import StoreUnavailableError
+
+    keys = RedisKeyStore(client)
+    key, _ = keys.create("payer", credits=3)
+    queue = CeleryJobQueue(redis_server.url, "q", client=client)
+
+    def unreachable(*args, **kwargs) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.7:6379")
+
+    queue.celery.send_task = unreachable
+    real_finish, queue.store.finish = queue.store.finish, unreachable
+    assert keys.reserve(key.id, 1.0)
+    with pytest.raises(StoreUnavailableError, match="broker is unreachable") as refused:
+        queue.submit(
+            parse_request({"image": "x", "prompt": "a dancer", "seed": 5}), kind="async", key_id=key.id, reserved=1.0
+        )
+    assert "10.0.0.7" not in refused.value.message
+    queue.store.finish = real_finish
+    (waiting,) = client.zrange("sd3pose:queued:q", 0, -1)
+    client.zadd("sd3pose:queued:q", {waiting: time.time() - QUEUED_GRACE_S - 1})
+    assert queue.depth() == 0 and keys.balance(key.id) == 3  # its wait ended: FAILED and refunded
+    queue.stop()
+
+
 def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("capped", credits=5)

@@ -26,7 +26,7 @@ from sd3pose.distributed.config import (
     redis_client,
     workers_key,
 )
-from sd3pose.distributed.jobstore import RedisJobStore
+from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
 from sd3pose.distributed.recovery import Reaper, Recovery
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.jobs.contract import (
@@ -156,9 +156,18 @@ class CeleryJobQueue:
         except Exception as exc:
             # Not delivered: end it (which refunds its credits) and tell the client; the detail is logged.
             log.error("could not send job %s to the broker: %s", info.id, exc)
-            self.store.finish(
-                info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly", error_code=500
-            )
+            try:
+                self.store.finish(
+                    info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly", error_code=500
+                )
+            except (RedisError, OSError) as settling:
+                log.error(
+                    "could not end job %s either (%s): it stays queued, unsent, until its wait of %g h runs out, "
+                    "then ends FAILED and refunded",
+                    info.id,
+                    settling,
+                    QUEUED_GRACE_S / 3600,
+                )
             raise StoreUnavailableError(
                 "the job broker is unreachable, so the job was not queued; retry shortly, and tell "
                 "the operator if this persists"
