@@ -466,5 +466,20 @@ def test_a_job_store_over_the_storage_cap_refuses_new_jobs_with_503(redis_server
     queue.stop()
 
 
+def test_the_storage_cap_counts_the_stored_request_too(redis_server, client) -> None:
+    """A request of OpenPose keypoints has no image, but it is stored whole until its job ends."""
+    from sd3pose.jobs.contract import StorageFullError
+
+    queue = CeleryJobQueue(redis_server.url, "q", client=client, max_disk_bytes=queue_used(client) + 200_000)
+    queue.celery.send_task = lambda *args, **kwargs: None
+    crowd = {"people": [{"pose_keypoints_2d": [123.456789] * 54} for _ in range(800)], "canvas_width": 512}
+    request = parse_request({"pose_keypoints": crowd, "prompt": "a crowd", "seed": 5})
+    assert len(request.model_dump_json()) > 400_000
+    with pytest.raises(StorageFullError, match="storage is full"):
+        queue.submit(request, kind="async", key_id=None, reserved=0.0)
+    assert client.keys("sd3pose:job:*") == []
+    queue.stop()
+
+
 def queue_used(client) -> int:
     return int(client.info("memory")["used_memory"])

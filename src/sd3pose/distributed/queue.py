@@ -122,16 +122,18 @@ class CeleryJobQueue:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
+        # The request as stored: its image named by content hash (the bytes are kept once, beside it).
+        stored = (content_hash(image), image) if image is not None else None
+        recorded = (with_reference(request, stored[0]) if stored is not None else request).model_dump_json(
+            by_alias=True
+        )
         try:
-            self._check_storage(len(image or b""))
+            self._check_storage(len(image or b"") + len(recorded))
         except (RedisError, OSError) as exc:  # nothing of the job exists yet
             log.error("could not read Redis's memory use for job %s: %s", job_id, exc)
             raise JobNotRecordedError(
                 "the job store is unreachable; retry shortly, and tell the operator if this persists"
             ) from exc
-        # The request as stored: its image named by content hash (the bytes are kept once, beside it).
-        stored = (content_hash(image), image) if image is not None else None
-        recorded = with_reference(request, stored[0]) if stored is not None else request
         try:
             info = self.store.create(
                 queue=self.queue,
@@ -141,7 +143,7 @@ class CeleryJobQueue:
                 samples=request.samples,
                 max_queue=self.max_queue,
                 job_id=job_id,
-                request_json=recorded.model_dump_json(by_alias=True),
+                request_json=recorded,
                 input_image=stored,
             )
         except (RedisError, OSError) as exc:  # the detail goes to the log
