@@ -1,4 +1,5 @@
-"""Process helpers for the scale-out tests: redis-server, `sd3pose worker` and `sd3pose serve --broker`."""
+"""Helpers for the scale-out tests: redis-server, `sd3pose worker` and `sd3pose serve --broker` processes, and
+a lost Redis reply."""
 
 from __future__ import annotations
 
@@ -266,6 +267,16 @@ class Cluster:
     def stop_all(self) -> None:
         for proc in [*self.apis.values(), *self.workers.values()]:
             proc.stop()
+
+
+def replayed(script):
+    """A Lua script as redis-py runs it when a reply is lost (Redis restarting): it runs, then runs again."""
+
+    def twice(keys, args):
+        script(keys=keys, args=args)
+        return script(keys=keys, args=args)
+
+    return twice
 
 
 # --- what the tests ask of a running cluster --------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from celery.exceptions import Reject
-from dist_cluster import RedisServer, require_redis
+from dist_cluster import RedisServer, replayed, require_redis
 
 from sd3pose.distributed.celery_app import make_celery, send_job
 from sd3pose.distributed.config import lease_key, running_key
@@ -103,16 +103,6 @@ def test_a_stale_copy_is_dropped_while_its_worker_lives_and_only_the_current_run
     assert store.complete(job.id, image(b"second"), run=second.run)
     assert store.result(job.id).images == [b"second"]
     assert not client.exists(request_key(job.id))  # an ended job keeps no request
-
-
-def replayed(script):
-    """The script as redis-py runs it when a reply is lost (Redis restarting): it runs, then runs again."""
-
-    def twice(keys, args):
-        script(keys=keys, args=args)
-        return script(keys=keys, args=args)
-
-    return twice
 
 
 def test_a_start_whose_reply_was_lost_is_not_taken_for_a_stale_copy(client) -> None:

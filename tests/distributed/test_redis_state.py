@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from dist_cluster import replayed
 
 from sd3pose.distributed.config import check_broker_url, lease_key, queue_name
 from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
@@ -96,6 +97,34 @@ def test_a_job_redis_or_the_broker_refuses_costs_nothing_and_says_why(redis_serv
     queue.stop()
 
 
+def test_a_job_neither_sent_nor_settled_gets_a_clear_answer_and_is_refunded_when_its_wait_ends(
+    redis_server, client
+) -> None:
+    """The broker refuses the task and Redis stays down while the queue tries to settle the job."""
+    from sd3pose.jobs.contract import StoreUnavailableError
+
+    keys = RedisKeyStore(client)
+    key, _ = keys.create("payer", credits=3)
+    queue = CeleryJobQueue(redis_server.url, "q", client=client)
+
+    def unreachable(*args, **kwargs) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 10.0.0.7:6379")
+
+    queue.celery.send_task = unreachable
+    real_finish, queue.store.finish = queue.store.finish, unreachable
+    assert keys.reserve(key.id, 1.0)
+    with pytest.raises(StoreUnavailableError, match="broker is unreachable") as refused:
+        queue.submit(
+            parse_request({"image": "x", "prompt": "a dancer", "seed": 5}), kind="async", key_id=key.id, reserved=1.0
+        )
+    assert "10.0.0.7" not in refused.value.message
+    queue.store.finish = real_finish
+    (waiting,) = client.zrange("sd3pose:queued:q", 0, -1)
+    client.zadd("sd3pose:queued:q", {waiting: time.time() - QUEUED_GRACE_S - 1})
+    assert queue.depth() == 0 and keys.balance(key.id) == 3  # its wait ended: FAILED and refunded
+    queue.stop()
+
+
 def test_queue_cap_and_cancel_of_a_queued_job(client) -> None:
     keys, store = RedisKeyStore(client), RedisJobStore(client)
     key, _ = keys.create("capped", credits=5)
@@ -146,7 +175,8 @@ def test_keys_behave_like_the_sqlite_store(client) -> None:
     keys = RedisKeyStore(client)
     key, secret = keys.create("alice", credits=None, scopes=["generate"])
     assert keys.verify(secret) == key and key.unlimited and key.scopes == ("generate",)
-    assert keys.verify(secret[:-1] + "x") is None and keys.verify("nonsense") is None
+    other_last = "y" if secret.endswith("x") else "x"  # a secret one character off (1 in 64 end in x)
+    assert keys.verify(secret[:-1] + other_last) is None and keys.verify("nonsense") is None
     assert keys.find("alice") == key and keys.active_count() == 1
     keys.revoke(key.id)
     assert keys.verify(secret) is None and keys.active_count() == 0
@@ -243,13 +273,31 @@ def test_a_job_cancelled_before_it_completes_is_refunded_not_completed(client) -
     assert keys.balance(key.id) == 3 and store.result(job.id) is None
 
 
+def test_a_job_cancelled_as_a_worker_starts_it_stops_that_run(client) -> None:
+    """The cancel of a queued job and a worker's start of it can interleave: the run must not go on for a
+    job that has ended."""
+    store = RedisJobStore(client)
+    job = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=0)
+    runs = []
+    real_cancel = store._cancel
+
+    def cancel_as_a_worker_starts(keys, args):
+        answer = real_cancel(keys=keys, args=args)  # read QUEUED ...
+        runs.append(store.start(job.id, "w1"))  # ... a worker starts it ...
+        return answer  # ... and the cancel ends it
+
+    store._cancel = cancel_as_a_worker_starts
+    store.cancel(job.id, "timed out after 300 s")
+    assert store.get(job.id).status is JobStatus.FAILED
+    assert store.cancel_reason(job.id, run=runs[0].run) == "timed out after 300 s"
+
+
 def test_a_replayed_create_does_not_count_the_job_against_itself(client) -> None:
     # redis-py retries a script whose reply was lost; the first run may already have recorded the job.
     store = RedisJobStore(client)
-    args = [1, 3600, repr(time.time()), "replayed", "status", "QUEUED", "kind", "async", "queue", "q"]
-    keys = ["sd3pose:job:replayed", "sd3pose:queued:q"]
-    assert store._create(keys=keys, args=args) == 1
-    assert store._create(keys=keys, args=args) == 1  # not "queue full" (max_queue 1, the job itself)
+    store._create = replayed(store._create)
+    job = store.create(queue="q", kind="async", key_id=None, reserved=0.0, samples=1, max_queue=1)
+    assert job is not None  # not "queue full" (max_queue 1, the job itself)
     assert store.depth("q") == 1
 
 
@@ -416,6 +464,21 @@ def test_a_job_store_over_the_storage_cap_refuses_new_jobs_with_503(redis_server
     assert refused.value.status_code == 503 and client.keys("sd3pose:job:*") == []
     assert queue.submit(request, kind="async", key_id=None, reserved=0.0, image=b"p" * 1000) is not None
     assert queue.storage_used() > 0
+    queue.stop()
+
+
+def test_the_storage_cap_counts_the_stored_request_too(redis_server, client) -> None:
+    """A request of OpenPose keypoints has no image, but it is stored whole until its job ends."""
+    from sd3pose.jobs.contract import StorageFullError
+
+    queue = CeleryJobQueue(redis_server.url, "q", client=client, max_disk_bytes=queue_used(client) + 200_000)
+    queue.celery.send_task = lambda *args, **kwargs: None
+    crowd = {"people": [{"pose_keypoints_2d": [123.456789] * 54} for _ in range(800)], "canvas_width": 512}
+    request = parse_request({"pose_keypoints": crowd, "prompt": "a crowd", "seed": 5})
+    assert len(request.model_dump_json()) > 400_000
+    with pytest.raises(StorageFullError, match="storage is full"):
+        queue.submit(request, kind="async", key_id=None, reserved=0.0)
+    assert client.keys("sd3pose:job:*") == []
     queue.stop()
 
 

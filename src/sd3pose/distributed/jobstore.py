@@ -41,13 +41,26 @@ WAITER_LEASE_S = 15.0
 # A job whose worker dies this many times (crash, OOM kill) is not handed to yet another worker.
 MAX_STARTS = 3
 
+# KEYS: job, queued set, the job's request, and with an input: its bytes, its set of unfinished jobs.
+# ARGV: max queue (0: no cap), record time-to-live, now, job id, request ('' for none), input bytes, then the
+#       job's fields (name, value, ...).
+# -> 1 when the job, its request and its hold on the input exist; 0 (nothing written) when the queue is full.
 _CREATE = """
 -- A replay of this script (the client retries when a reply is lost) must not count the job against itself.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
+if #KEYS == 5 then
+  -- The bytes are stored once whoever else uses them; the end of the last job using them deletes them (the
+  -- time-to-live is a safety net).
+  redis.call('SET', KEYS[4], ARGV[6], 'NX')
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+  redis.call('SADD', KEYS[5], ARGV[4])
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+end
 return 1
 """
 
@@ -78,16 +91,25 @@ return tostring(attempts)
 """
 
 # KEYS: job, queued set, the job's API key hash, the job's done list, this attempt's staged result bytes,
-#       the job's result bytes.
+#       the job's result bytes, the job's request, its input's bytes, its input's set of unfinished jobs.
 # ARGV: status, finished_at, error, error_code, result_json, ttl, job id, the ending run's token ('' for
-#       an ending that is not a run's: a cancel, an expiry).
+#       an ending that is not a run's: a cancel, an expiry), this call's one-off token.
 # -> 1 when this call ended the job, 0 when it had already ended (or the run is no longer the job's
 #    current one), -1 when unknown, 2 when a completion met a cancel recorded first (the job ends FAILED
-#    and refunded: nobody is waiting for it).
+#    and refunded: nobody is waiting for it). The step that ends a job also deletes its request and lets
+#    go of its input, so no ending (nor a process killed right after one) leaves them behind. A replay of
+#    the script (the client retries when a reply is lost) answers as the first run did.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status == 'COMPLETED' or status == 'FAILED' then return 0 end
+if not status then
+  redis.call('DEL', KEYS[7])
+  return -1
+end
+if status == 'COMPLETED' or status == 'FAILED' then
+  if redis.call('HGET', KEYS[1], 'ended_by') ~= ARGV[9] then return 0 end
+  if ARGV[1] == 'COMPLETED' and status == 'FAILED' then return 2 end
+  return 1
+end
 if ARGV[8] ~= '' and (status ~= 'PROCESSING' or redis.call('HGET', KEYS[1], 'run') ~= ARGV[8]) then return 0 end
 local outcome = 1
 if ARGV[1] == 'COMPLETED' then
@@ -97,10 +119,15 @@ if ARGV[1] == 'COMPLETED' then
   end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'error', ARGV[3], 'error_code', ARGV[4],
-           'result_json', ARGV[5])
+           'result_json', ARGV[5], 'ended_by', ARGV[9])
 redis.call('HDEL', KEYS[1], 'progress')
 redis.call('ZREM', KEYS[2], ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('DEL', KEYS[7])  -- no run needs the request or the input any more; the last job using it deletes it
+if redis.call('HEXISTS', KEYS[1], 'input') == 1 then
+  redis.call('SREM', KEYS[9], ARGV[7])
+  if redis.call('SCARD', KEYS[9]) == 0 then redis.call('DEL', KEYS[8], KEYS[9]) end
+end
 if ARGV[1] == 'COMPLETED' and redis.call('EXISTS', KEYS[5]) == 1 then
   -- Only the run that ends the job publishes its bytes: a duplicate run never replaces delivered images.
   redis.call('RENAME', KEYS[5], KEYS[6])
@@ -117,15 +144,6 @@ if ARGV[1] == 'FAILED' then
   end
 end
 return outcome
-"""
-
-# KEYS: the input's bytes, the set of unfinished jobs using it. ARGV: the job that no longer needs it.
-# -> 1 when that was the last job, and the input is deleted.
-_RELEASE_INPUT = """
-redis.call('SREM', KEYS[2], ARGV[1])
-if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-return 1
 """
 
 # Cancel: a queued job ends now (returns 'queued'); a running one gets a reason its worker reads.
@@ -210,7 +228,6 @@ class RedisJobStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
-        self._release_input = client.register_script(_RELEASE_INPUT)
 
     @property
     def _record_ttl_s(self) -> int:
@@ -228,12 +245,12 @@ class RedisJobStore:
         samples: int,
         max_queue: int,
         job_id: str | None = None,
-        input_digest: str | None = None,
         request_json: str | None = None,
+        input_image: tuple[str, bytes] | None = None,
     ) -> JobInfo | None:
-        """Record a QUEUED job and its request (None: its task message carries it); None when `queue` already
-        holds max_queue waiting jobs (0 = no cap). `input_digest`: the stored input it uses (see hold_input),
-        released when it ends."""
+        """Record a QUEUED job, its request (None: its task message carries it) and its hold on `input_image`
+        (its content hash and bytes, kept once for every job using them until the last one ends), all in one
+        step; None, with nothing recorded, when `queue` already holds max_queue waiting jobs (0 = no cap)."""
         job_id = job_id or uuid.uuid4().hex
         now = time.time()
         fields = {
@@ -245,20 +262,18 @@ class RedisJobStore:
             "created_at": repr(now),
             "queue": queue,
         }
-        if input_digest is not None:
-            fields["input"] = input_digest
+        keys = [job_key(job_id), queued_key(queue), request_key(job_id)]
+        data = b""
+        if input_image is not None:
+            digest, data = input_image
+            fields["input"] = digest
+            keys += [input_key(digest), input_users_key(digest)]
         flat = [item for pair in fields.items() for item in pair]
-        ttl = self._record_ttl_s
         self.expire_waiting(queue)
         if kind == "sync":
             self.touch_waiter(job_id)
-        if request_json is not None:  # before the record: a worker that finds the job finds its request
-            self.redis.set(request_key(job_id), request_json, ex=ttl)
-        created = self._create(
-            keys=[job_key(job_id), queued_key(queue)], args=[max_queue, ttl, repr(now), job_id, *flat]
-        )
-        if not created:
-            self.redis.delete(request_key(job_id))
+        args = [max_queue, self._record_ttl_s, repr(now), job_id, request_json or "", data, *flat]
+        if not self._create(keys=keys, args=args):
             return None
         return JobInfo(
             id=job_id,
@@ -270,22 +285,8 @@ class RedisJobStore:
             samples=samples,
         )
 
-    def hold_input(self, digest: str, data: bytes, job_id: str) -> None:
-        """Keep an input image for `job_id` (its bytes once, whoever else uses them), until release_input."""
-        ttl = self._record_ttl_s  # a safety net: the end of the last job using it deletes it
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(input_key(digest), data, nx=True, ex=ttl)
-        pipe.expire(input_key(digest), ttl)
-        pipe.sadd(input_users_key(digest), job_id)
-        pipe.expire(input_users_key(digest), ttl)
-        pipe.execute()
-
     def input_data(self, digest: str) -> bytes | None:
         return self.redis.get(input_key(digest))
-
-    def release_input(self, digest: str, job_id: str) -> None:
-        """`job_id` no longer needs the input; the last job to let go deletes it."""
-        self._release_input(keys=[input_key(digest), input_users_key(digest)], args=[job_id])
 
     def used_bytes(self) -> int:
         """Memory Redis uses now (inputs, results and records all live there)."""
@@ -412,14 +413,17 @@ class RedisJobStore:
         self.redis.hset(job_key(job_id), "progress", f"{step}/{total}")
 
     def cancel_reason(self, job_id: str, run: str | None = None) -> str | None:
-        """Why the job should stop now: cancelled by the API, a sync job whose waiter is gone, or (given
-        `run`) that run is no longer the job's current one."""
+        """Why the job should stop now: cancelled by the API, already ended (a cancel or an expiry of the
+        queued job that met its start), a sync job whose waiter is gone, or (given `run`) that run is no
+        longer the job's current one."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(job_key(job_id), ["cancel", "kind", "run"])
+        pipe.hmget(job_key(job_id), ["cancel", "kind", "run", "status", "error"])
         pipe.exists(waiter_key(job_id))
-        (reason, kind, current), waiter = pipe.execute()
+        (reason, kind, current, status, error), waiter = pipe.execute()
         if reason:
             return as_text(reason)
+        if as_text(status) in (JobStatus.COMPLETED.value, JobStatus.FAILED.value):
+            return as_text(error) or "this job has already ended"
         if run is not None and as_text(current) != run:
             return SUPERSEDED
         if as_text(kind) == "sync" and not waiter:
@@ -474,6 +478,9 @@ class RedisJobStore:
                 done_key(job_id),
                 staged or f"{data_key(job_id)}:none",
                 data_key(job_id),
+                request_key(job_id),
+                input_key(digest or "-"),  # touched only when the job has an input
+                input_users_key(digest or "-"),
             ],
             args=[
                 status.value,
@@ -484,10 +491,7 @@ class RedisJobStore:
                 int(self.result_ttl_s),
                 job_id,
                 run or "",
+                uuid.uuid4().hex,
             ],
         )
-        if int(ended) != 0:  # ended by this call (or its record is gone): no run needs its inputs any more
-            self.redis.delete(request_key(job_id))
-            if digest:
-                self.release_input(digest, job_id)
         return int(ended) == 1

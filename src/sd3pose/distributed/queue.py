@@ -26,7 +26,7 @@ from sd3pose.distributed.config import (
     redis_client,
     workers_key,
 )
-from sd3pose.distributed.jobstore import RedisJobStore
+from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
 from sd3pose.distributed.recovery import Reaper, Recovery
 from sd3pose.errors import InvalidRequestError, Sd3PoseError
 from sd3pose.jobs.contract import (
@@ -122,18 +122,18 @@ class CeleryJobQueue:
         if request.seed < 0:
             raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
-        digest = content_hash(image) if image is not None else None
+        # The request as stored: its image named by content hash (the bytes are kept once, beside it).
+        stored = (content_hash(image), image) if image is not None else None
+        recorded = (with_reference(request, stored[0]) if stored is not None else request).model_dump_json(
+            by_alias=True
+        )
         try:
-            self._check_storage(len(image or b""))
-            if digest is not None:
-                self.store.hold_input(digest, image, job_id)  # type: ignore[arg-type]
+            self._check_storage(len(image or b"") + len(recorded))
         except (RedisError, OSError) as exc:  # nothing of the job exists yet
-            log.error("could not store the input of job %s in Redis: %s", job_id, exc)
+            log.error("could not read Redis's memory use for job %s: %s", job_id, exc)
             raise JobNotRecordedError(
                 "the job store is unreachable; retry shortly, and tell the operator if this persists"
             ) from exc
-        # The request as stored: its image named by content hash (the bytes are kept once, above).
-        recorded = with_reference(request, digest) if digest is not None else request
         try:
             info = self.store.create(
                 queue=self.queue,
@@ -143,15 +143,13 @@ class CeleryJobQueue:
                 samples=request.samples,
                 max_queue=self.max_queue,
                 job_id=job_id,
-                input_digest=digest,
-                request_json=recorded.model_dump_json(by_alias=True),
+                request_json=recorded,
+                input_image=stored,
             )
         except (RedisError, OSError) as exc:  # the detail goes to the log
             log.error("could not record job %s in Redis: %s", job_id, exc)
             raise self._settle_unknown(job_id) from exc
         if info is None:
-            if digest is not None:
-                self.store.release_input(digest, job_id)
             raise QueueFullError(
                 f"the queue is full ({self.max_queue} jobs waiting); retry after the Retry-After delay"
             )
@@ -160,9 +158,18 @@ class CeleryJobQueue:
         except Exception as exc:
             # Not delivered: end it (which refunds its credits) and tell the client; the detail is logged.
             log.error("could not send job %s to the broker: %s", info.id, exc)
-            self.store.finish(
-                info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly", error_code=500
-            )
+            try:
+                self.store.finish(
+                    info.id, JobStatus.FAILED, error="the job broker is unreachable; retry shortly", error_code=500
+                )
+            except (RedisError, OSError) as settling:
+                log.error(
+                    "could not end job %s either (%s): it stays queued, unsent, until its wait of %g h runs out, "
+                    "then ends FAILED and refunded",
+                    info.id,
+                    settling,
+                    QUEUED_GRACE_S / 3600,
+                )
             raise StoreUnavailableError(
                 "the job broker is unreachable, so the job was not queued; retry shortly, and tell "
                 "the operator if this persists"
