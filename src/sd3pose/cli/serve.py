@@ -10,7 +10,7 @@ import typer
 
 from sd3pose.cli.options import settings_options
 from sd3pose.errors import Sd3PoseError
-from sd3pose.settings import MAX_RATE_LIMIT, EngineSettings, ServiceSettings
+from sd3pose.settings import ENV_PREFIX, MAX_RATE_LIMIT, EngineSettings, ServiceSettings
 
 if TYPE_CHECKING:
     from sd3pose.service.keys import KeyStore
@@ -144,7 +144,13 @@ def check_bind_safety(settings: ServiceSettings, active_keys: int) -> None:
 def serve_command(
     service: ServiceSettings,
     engine: EngineSettings,
-    device: list[str] = typer.Option(None, "--device", help="Device per worker: cuda:0 --device cuda:1 ..."),
+    device: list[str] = typer.Option(
+        None,
+        "--device",
+        envvar=ENV_PREFIX + "DEVICE",
+        help="One in-process worker per device, each with its own copy of the models: --device cuda:0 "
+        "--device cuda:1 (in the variable: separated by spaces). Default: one, on the best available.",
+    ),
 ) -> None:
     """Run the HTTP API (and the web playground at /)."""
     service = service.model_copy(update={"devices": list(device) if device else [None]})
