@@ -37,7 +37,8 @@ def layer_of(module: str) -> int:
         (len(prefix), index)
         for index, prefixes in enumerate(LAYERS)
         for prefix in prefixes
-        if module == prefix or module.startswith(prefix + ".")
+        # The package itself is one module of the base layer, not a prefix of every module.
+        if module == prefix or (prefix != "sd3pose" and module.startswith(prefix + "."))
     ]
     assert matches, f"{module} is in no layer: add it to LAYERS"
     return max(matches)[1]
@@ -51,21 +52,32 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports_of(module: str) -> list[tuple[str, list[str], int]]:
-    """(imported sd3pose module, names taken from it, line) for every import in `module`."""
+def imports_in(source: str, module: str, is_package: bool = False) -> list[tuple[str, list[str], int]]:
+    """(imported sd3pose module, names taken from it, line) for every import in `source`, the text of
+    `module`; relative imports are resolved against it."""
     found = []
-    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [(alias.name, [], node.lineno) for alias in node.names if alias.name.startswith("sd3pose")]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sd3pose"):
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from ..pkg import x` in sd3pose.a.b means sd3pose.pkg
+                anchor = module.split(".")[: len(module.split(".")) + is_package - node.level]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("sd3pose"):
+                continue
             names = [alias.name for alias in node.names]
             # `from sd3pose.pkg import submodule` depends on the submodule itself.
-            submodules = [f"{node.module}.{name}" for name in names if f"{node.module}.{name}" in MODULES]
-            if submodules:
-                found += [(sub, [], node.lineno) for sub in submodules]
-            else:
-                found.append((node.module, names, node.lineno))
+            submodules = [name for name in names if f"{base}.{name}" in MODULES]
+            found += [(f"{base}.{name}", [], node.lineno) for name in submodules]
+            if len(submodules) < len(names):
+                found.append((base, [name for name in names if name not in submodules], node.lineno))
     return found
+
+
+def imports_of(module: str) -> list[tuple[str, list[str], int]]:
+    path = MODULES[module]
+    return imports_in(path.read_text(), module, is_package=path.name == "__init__.py")
 
 
 def test_every_import_points_down_or_sideways() -> None:
@@ -122,3 +134,22 @@ def test_no_import_cycles() -> None:
 )
 def test_the_layer_rule_itself(module: str, target: str, ok: bool) -> None:
     assert (layer_of(target) <= layer_of(module)) is ok
+
+
+def test_a_module_outside_every_layer_is_named() -> None:
+    with pytest.raises(AssertionError, match="sd3pose.newroom is in no layer"):
+        layer_of("sd3pose.newroom")
+
+
+def test_relative_and_mixed_imports_count() -> None:
+    source = "from ..service import app\nfrom . import loading\nfrom sd3pose.jobs import contract, _hidden\n"
+    assert [target for target, _, _ in imports_in(source, "sd3pose.engine.engine")] == [
+        "sd3pose.service.app",
+        "sd3pose.engine.loading",
+        "sd3pose.jobs.contract",
+        "sd3pose.jobs",
+    ]
+    assert imports_in(source, "sd3pose.engine.engine")[3][1] == ["_hidden"]
+    assert (
+        imports_in("from .engine import Engine\n", "sd3pose.engine", is_package=True)[0][0] == "sd3pose.engine.engine"
+    )

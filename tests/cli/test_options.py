@@ -68,3 +68,15 @@ def test_a_new_settings_field_becomes_an_option_of_the_commands_that_share_it() 
 def test_a_value_out_of_range_is_one_clear_line() -> None:
     result = runner.invoke(app, ["worker", "--broker", "redis://127.0.0.1:1/0", "--visibility-timeout", "0"])
     assert result.exit_code == 2 and "--visibility-timeout" in result.output and "Traceback" not in result.output
+
+
+def test_serve_reads_its_devices_from_the_environment_too(monkeypatch) -> None:
+    import sd3pose.cli.serve as serve
+
+    served = []
+    monkeypatch.setattr(serve, "run_server", lambda service, engine: served.append(service.devices))
+    assert runner.invoke(app, ["serve"], env={"SD3POSE_DEVICE": "cuda:0 cuda:1"}).exit_code == 0
+    assert runner.invoke(app, ["serve", "--device", "cpu"], env={"SD3POSE_DEVICE": "cuda:0"}).exit_code == 0
+    assert runner.invoke(app, ["serve"], env={"SD3POSE_DEVICE": ""}).exit_code == 0
+    assert served == [["cuda:0", "cuda:1"], ["cpu"], [None]]
+    assert "SD3POSE_DEVICE" in _help("serve")

@@ -3,6 +3,7 @@ tests) use. Each command imports what it needs when it runs, so `sd3pose --help`
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -23,9 +24,11 @@ class Program(typer.Typer):
 
     Tearing down an interpreter that has imported torch, diffusers and transformers takes about a
     second (freeing their module graphs) and does nothing a finished command needs: what it wrote is
-    closed by then, and the logs and standard streams are flushed here. Exit handlers do not run, so
-    tools that report from them (cProfile's -o) see nothing; tests call the commands in-process, where
-    this path is not taken.
+    closed by then, and the logs and standard streams are flushed here. The exit handlers that
+    libraries registered do run, since some do real work: Celery's restart of a worker on SIGHUP is
+    one. Threads still running are not waited for, and a profiler that writes its report after the
+    program returns (cProfile's -o) sees nothing; tests call the commands in-process, where this
+    path is not taken.
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
@@ -39,6 +42,7 @@ class Program(typer.Typer):
             sys.stderr.write(code + "\n")
         sys.stdout.flush()
         sys.stderr.flush()
+        atexit._run_exitfuncs()  # the stdlib's own exit path, without the teardown after it
         os._exit(code if isinstance(code, int) else int(code is not None))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from sd3pose.cli.options import settings_options
+from sd3pose.cli.options import fail, settings_options
 from sd3pose.errors import Sd3PoseError
 from sd3pose.request import GenerationRequest, OutputFormat, parse_request
 from sd3pose.settings import EngineSettings
@@ -16,12 +16,6 @@ from sd3pose.settings import EngineSettings
 log = logging.getLogger("sd3pose.cli")
 
 _FORMATS = {".jpg": OutputFormat.jpeg, ".jpeg": OutputFormat.jpeg, ".png": OutputFormat.png, ".webp": OutputFormat.webp}
-
-
-def fail(message: str) -> None:
-    """Print one clear sentence and exit, never a traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def output_paths(output: Path, count: int) -> list[Path]:

@@ -7,13 +7,8 @@ from pathlib import Path
 
 import typer
 
+from sd3pose.cli.options import fail
 from sd3pose.errors import Sd3PoseError
-
-
-def _fail(message: str) -> None:
-    # One clear sentence on stderr, no traceback.
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def make_tiny_model_command(
@@ -30,9 +25,9 @@ def make_tiny_model_command(
     from sd3pose.cli.tiny_model import is_complete, write_tiny_model
 
     if is_complete(directory) and not force:
-        _fail(f"{str(directory)!r} already holds a model; pass --force to replace it")
+        fail(f"{str(directory)!r} already holds a model; pass --force to replace it")
     if from_configs is not None and not from_configs.is_dir():
-        _fail(f"--from-configs {str(from_configs)!r} is not a folder; give the folder holding base/ and controlnet/")
+        fail(f"--from-configs {str(from_configs)!r} is not a folder; give the folder holding base/ and controlnet/")
     try:
         for name in ("base", "controlnet"):
             if force and (directory / name).exists():
@@ -44,7 +39,7 @@ def make_tiny_model_command(
 
             base, controlnet = write_real_shaped_model(directory, from_configs)
     except (Sd3PoseError, OSError) as exc:
-        _fail(getattr(exc, "message", None) or f"could not write {str(directory)!r} ({exc})")
+        fail(getattr(exc, "message", None) or f"could not write {str(directory)!r} ({exc})")
     kind = "tiny model" if from_configs is None else f"real-shaped model (configs from {from_configs})"
     typer.echo(f"{kind} written: {base} and {controlnet} (random weights: images are noise)")
 
@@ -65,5 +60,5 @@ def download_command(
     try:
         base, controlnet = download_models(directory, token=token, with_t5=not no_t5, announce=typer.echo)
     except Sd3PoseError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     typer.echo(f"weights ready: --model {base} --controlnet {controlnet}")

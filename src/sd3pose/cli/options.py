@@ -3,7 +3,8 @@
 `settings_options(EngineSettings, into="engine")` gives a command one option per field of
 `EngineSettings` (its flag, default, range, help and `SD3POSE_*` variable come from the field) and
 calls it with `engine=EngineSettings(...)` built from them. So `generate`, `serve` and `worker` take
-the same model options, and a new field (a new model option) reaches all of them at once.
+the same model options, and a new field (a new model option) reaches all of them at once. `fail` is
+how every command stops on a bad option or input: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, NoReturn, TypeVar, get_type_hints
 
 import annotated_types
 import typer
@@ -72,14 +73,19 @@ def _option(name: str, field: FieldInfo, annotation: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation | None)
 
 
+def fail(message: str) -> NoReturn:
+    """End the command with one clear sentence on stderr (exit code 2), never a traceback."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
 def build(settings_class: type[S], **given: Any) -> S:
     """The settings from the options a user gave (None: not given); a bad combination exits with one line."""
     try:
         return settings_class(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{flag(str(e['loc'][0]), None)}: {e['msg']}" for e in exc.errors() if e["loc"])
-        typer.secho(f"error: {problems or exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+        fail(problems or str(exc))
 
 
 def settings_options(

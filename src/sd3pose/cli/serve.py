@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sd3pose.cli.options import settings_options
+from sd3pose.cli.options import fail, settings_options
 from sd3pose.errors import Sd3PoseError
-from sd3pose.settings import MAX_RATE_LIMIT, EngineSettings, ServiceSettings
+from sd3pose.settings import ENV_PREFIX, MAX_RATE_LIMIT, EngineSettings, ServiceSettings
 
 if TYPE_CHECKING:
     from sd3pose.service.keys import KeyStore
@@ -24,11 +24,6 @@ key_store_options = settings_options(ServiceSettings, into="where", only=("data_
 service_options = settings_options(
     ServiceSettings, into="service", exclude=("devices", "max_body_bytes", "cleanup_interval_s", "broker_queue")
 )
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _key_store(where: ServiceSettings) -> KeyStore:
@@ -62,13 +57,13 @@ def keys_create(
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
     if (credits is None) == (not unlimited):
-        _fail("give exactly one of --credits C or --unlimited")
+        fail("give exactly one of --credits C or --unlimited")
     try:
         key, secret = _key_store(where).create(
             name, credits=None if unlimited else credits, scopes=scope, rate_limit=rate_limit
         )
     except Sd3PoseError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     typer.echo(secret)
     typer.secho(
         f"created key {key.id} ({key.name}, credits {_credits_text(key.credits)}, scopes "
@@ -84,7 +79,7 @@ def keys_list(where: ServiceSettings) -> None:
     try:
         keys = _key_store(where).list()
     except Sd3PoseError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     if not keys:
         typer.echo("no keys; create one with `sd3pose keys create --name NAME --credits 100`")
         return
@@ -108,7 +103,7 @@ def keys_revoke(where: ServiceSettings, key: str = typer.Argument(..., help="Key
         found = store.find(key)
         store.revoke(found.id)
     except Sd3PoseError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     typer.echo(f"revoked key {found.id} ({found.name})")
 
 
@@ -125,7 +120,7 @@ def keys_add_credits(
         store = _key_store(where)
         updated = store.add_credits(store.find(key).id, amount)
     except Sd3PoseError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     typer.echo(f"key {updated.id} ({updated.name}) now has {_credits_text(updated.credits)} credits")
 
 
@@ -144,7 +139,13 @@ def check_bind_safety(settings: ServiceSettings, active_keys: int) -> None:
 def serve_command(
     service: ServiceSettings,
     engine: EngineSettings,
-    device: list[str] = typer.Option(None, "--device", help="Device per worker: cuda:0 --device cuda:1 ..."),
+    device: list[str] = typer.Option(
+        None,
+        "--device",
+        envvar=ENV_PREFIX + "DEVICE",
+        help="One in-process worker per device, each with its own copy of the models: --device cuda:0 "
+        "--device cuda:1 (in the variable: separated by spaces). Default: one, on the best available.",
+    ),
 ) -> None:
     """Run the HTTP API (and the web playground at /)."""
     service = service.model_copy(update={"devices": list(device) if device else [None]})
@@ -186,7 +187,7 @@ def run_server(service: ServiceSettings, engine: EngineSettings) -> None:
 
             app = create_app(service, generator_factory=factory)
     except Sd3PoseError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     log.info("serving on http://%s:%d (docs at /docs)", service.host, service.port)
     uvicorn.run(app, host=service.host, port=service.port, access_log=False, log_config=None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sd3pose.cli.options import settings_options
+from sd3pose.cli.options import fail, settings_options
 from sd3pose.errors import Sd3PoseError
 from sd3pose.settings import EngineSettings, WorkerSettings
 
@@ -24,6 +24,5 @@ def worker_command(worker: WorkerSettings, engine: EngineSettings) -> None:
             raise Sd3PoseError("--model needs --controlnet too (a ControlNet folder or hub id)")
         code = run_worker(worker, engine, load=lambda: load_generator(engine, warm_up=True))
     except Sd3PoseError as exc:
-        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+        fail(exc.message)
     raise typer.Exit(code=code)
