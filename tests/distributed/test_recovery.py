@@ -4,6 +4,7 @@ job's message, hand-back on stop. (test_failover.py does the same with real work
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -169,6 +170,35 @@ def test_one_process_sweeps_at_a_time(redis_server, client) -> None:
     assert mine.sweep_once() is None and store.get(job.id).status is JobStatus.PROCESSING
     held.release()
     assert mine.sweep_once() == [job.id] and other.sweep_once() == []
+
+
+def test_a_process_stuck_mid_sweep_delays_the_others_by_two_intervals_at_most(redis_server, client) -> None:
+    # A process killed (or frozen) mid-sweep never releases the sweep lock: the lock's own lifetime must
+    # bound how long the other processes wait to requeue a dead worker's job.
+    wait_uptime(client, 1)
+    store = RedisJobStore(client)
+    job = new_job(store)
+    store.start(job.id, "w1", lease_ttl_s=0.5)
+    client.delete(lease_key("w1"))
+    interval_s, frozen, swept = 0.2, threading.Event(), threading.Event()
+
+    class FrozenRecovery(Recovery):
+        def sweep(self) -> list[str]:
+            swept.set()
+            frozen.wait(30)
+            return []
+
+    stuck = Reaper(FrozenRecovery(RedisJobStore(redis_server.client()), lambda job_id, queue: None), interval_s)
+    threading.Thread(target=stuck.sweep_once, daemon=True).start()
+    assert swept.wait(5)
+    mine = Reaper(Recovery(store, lambda job_id, queue: None), interval_s=interval_s)
+    assert mine.sweep_once() is None  # the stuck process holds the lock
+    started = time.monotonic()
+    while (requeued := mine.sweep_once()) is None:
+        assert time.monotonic() - started < 2 * interval_s + 1.0, "the stuck sweep's lock outlived two intervals"
+        time.sleep(0.02)
+    frozen.set()
+    assert requeued == [job.id] and store.get(job.id).status is JobStatus.QUEUED
 
 
 def test_a_job_whose_workers_keep_dying_is_failed_and_refunded_by_the_reaper(redis_server, client) -> None:

@@ -31,9 +31,11 @@ from sd3pose.distributed.jobstore import MAX_STARTS, RedisJobStore, as_text, job
 
 log = logging.getLogger(__name__)
 
-# A sweep that takes longer than this (Redis very slow) lets another process sweep too: harmless, as each
-# requeue is one atomic script that acts only while the job is still with its dead worker.
-LOCK_TTL_S = 30.0
+# The sweep lock lives this many sweep intervals. A process killed mid-sweep holds it that long, so it must
+# be short next to a lease lifetime (a 30 s lock once delayed a failover by 30 s). A sweep that outlives it
+# (Redis very slow) lets another process sweep too: harmless, as each requeue is one atomic script that acts
+# only while the job is still with its dead worker.
+LOCK_INTERVALS = 2
 
 # KEYS: job, its queued set, running set. ARGV: job id, now. Puts a job that lost its run back in its queue.
 _BACK_TO_QUEUE = """
@@ -189,7 +191,7 @@ class Reaper:
 
     def sweep_once(self) -> list[str] | None:
         """One sweep under the lock; None when another process holds it."""
-        lock = self.recovery.redis.lock(f"{PREFIX}:reaper", timeout=LOCK_TTL_S, blocking=False)
+        lock = self.recovery.redis.lock(f"{PREFIX}:reaper", timeout=LOCK_INTERVALS * self.interval_s, blocking=False)
         if not lock.acquire():
             return None
         try:
