@@ -12,7 +12,7 @@ import redis
 from dist_cluster import replayed
 
 from sd3pose.distributed.config import lease_key
-from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore, input_key, input_users_key, request_key
+from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore, input_key, job_key
 from sd3pose.distributed.keystore import RedisKeyStore
 from sd3pose.distributed.lease import WorkerLease
 from sd3pose.distributed.queue import CeleryJobQueue
@@ -45,7 +45,7 @@ def submit(queue: CeleryJobQueue, key_id: str | None = None) -> JobInfo:
 
 
 def users(client) -> set[str]:
-    return {raw.decode() for raw in client.smembers(input_users_key(DIGEST))}
+    return {raw.decode() for raw in client.smembers(input_key(DIGEST, "jobs"))}
 
 
 def wait_uptime(client, seconds: float) -> None:
@@ -114,11 +114,11 @@ ENDINGS: dict[str, Callable[[RedisJobStore, str], None]] = {
 @pytest.mark.parametrize("end", ENDINGS.values(), ids=ENDINGS.keys())
 def test_every_way_a_job_ends_lets_go_of_its_request_and_input_once(queue, client, end) -> None:
     job, other = submit(queue), submit(queue)  # two jobs on the same photo: its bytes are kept once
-    assert client.exists(request_key(job.id)) and users(client) == {job.id, other.id}
+    assert client.exists(job_key(job.id, "request")) and users(client) == {job.id, other.id}
 
     end(queue.store, job.id)
     assert queue.get(job.id).done
-    assert not client.exists(request_key(job.id))
+    assert not client.exists(job_key(job.id, "request"))
     assert users(client) == {other.id} and client.get(input_key(DIGEST)) == PHOTO  # the other still needs it
 
     queue.store.cancel(other.id, "timed out")
@@ -146,12 +146,12 @@ def test_a_job_requeued_by_the_reaper_or_handed_back_finds_its_request_and_input
     assert recovery.sweep() == [job.id]
     started = store.start(job.id, "w2")
     assert recovery.hand_back(job.id, started.run)  # w2 is stopping
-    assert client.exists(request_key(job.id)) and users(client) == {job.id}
+    assert client.exists(job_key(job.id, "request")) and users(client) == {job.id}
 
     generator = Recorder()
     JobRunner(generator, store, WorkerLease("w3")).run(job.id)
     assert generator.images == [PHOTO] and queue.get(job.id).status is JobStatus.COMPLETED
-    assert client.keys("sd3pose:input:*") == [] and not client.exists(request_key(job.id))
+    assert client.keys("sd3pose:input:*") == [] and not client.exists(job_key(job.id, "request"))
 
 
 def test_a_failing_finish_whose_reply_was_lost_is_answered_as_the_first_and_refunds_once(queue, client) -> None:
@@ -192,7 +192,8 @@ def test_a_job_refused_by_a_full_queue_keeps_nothing(redis_server, client) -> No
     first = submit(queue)
     with pytest.raises(JobNotRecordedError, match="queue is full"):
         submit(queue)
-    assert users(client) == {first.id} and client.keys("sd3pose:job:*:request") == [request_key(first.id).encode()]
+    assert users(client) == {first.id}
+    assert client.keys("sd3pose:job:*:request") == [job_key(first.id, "request").encode()]
     queue.stop()
 
 

@@ -15,7 +15,7 @@ from dist_cluster import RedisServer, replayed, require_redis
 
 from sd3pose.distributed.celery_app import make_celery, send_job
 from sd3pose.distributed.config import lease_key, running_key
-from sd3pose.distributed.jobstore import SUPERSEDED, RedisJobStore, request_key
+from sd3pose.distributed.jobstore import SUPERSEDED, RedisJobStore, job_key
 from sd3pose.distributed.keystore import RedisKeyStore
 from sd3pose.distributed.lease import Heartbeat, WorkerLease
 from sd3pose.distributed.queue import CeleryJobQueue
@@ -103,7 +103,7 @@ def test_a_stale_copy_is_dropped_while_its_worker_lives_and_only_the_current_run
     assert store.get(job.id).status is JobStatus.PROCESSING
     assert store.complete(job.id, image(b"second"), run=second.run)
     assert store.result(job.id).images == [b"second"]
-    assert not client.exists(request_key(job.id))  # an ended job keeps no request
+    assert not client.exists(job_key(job.id, "request"))  # an ended job keeps no request
 
 
 def test_a_start_whose_reply_was_lost_is_not_taken_for_a_stale_copy(client) -> None:

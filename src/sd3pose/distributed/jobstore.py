@@ -154,32 +154,14 @@ return status or ''
 """
 
 
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
+def job_key(job_id: str, part: str = "") -> str:
+    """A job's hash, or one of its parts: "data" (its images), "request", "waiter", "done"."""
+    return f"{PREFIX}:job:{job_id}:{part}" if part else f"{PREFIX}:job:{job_id}"
 
 
-def data_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:data"
-
-
-def request_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:request"
-
-
-def waiter_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:waiter"
-
-
-def done_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:done"
-
-
-def input_key(digest: str) -> str:
-    return f"{PREFIX}:input:{digest}"
-
-
-def input_users_key(digest: str) -> str:
-    return f"{PREFIX}:input:{digest}:jobs"
+def input_key(digest: str, part: str = "") -> str:
+    """A stored input's bytes, or with part "jobs" the set of jobs that still need them."""
+    return f"{PREFIX}:input:{digest}:{part}" if part else f"{PREFIX}:input:{digest}"
 
 
 def queued_key(queue: str) -> str:
@@ -262,12 +244,12 @@ class RedisJobStore:
             "created_at": repr(now),
             "queue": queue,
         }
-        keys = [job_key(job_id), queued_key(queue), request_key(job_id)]
+        keys = [job_key(job_id), queued_key(queue), job_key(job_id, "request")]
         data = b""
         if input_image is not None:
             digest, data = input_image
             fields["input"] = digest
-            keys += [input_key(digest), input_users_key(digest)]
+            keys += [input_key(digest), input_key(digest, "jobs")]
         flat = [item for pair in fields.items() for item in pair]
         self.expire_waiting(queue)
         if kind == "sync":
@@ -294,7 +276,7 @@ class RedisJobStore:
 
     def touch_waiter(self, job_id: str) -> None:
         """The API process waiting on a sync job is alive (a worker drops sync jobs nobody waits for)."""
-        self.redis.set(waiter_key(job_id), b"1", px=int(WAITER_LEASE_S * 1000))
+        self.redis.set(job_key(job_id, "waiter"), b"1", px=int(WAITER_LEASE_S * 1000))
 
     def get(self, job_id: str) -> JobInfo | None:
         raw = self.redis.hgetall(job_key(job_id))
@@ -324,14 +306,14 @@ class RedisJobStore:
     def wait_done(self, job_id: str, timeout_s: float) -> None:
         """Block until a sync job ends or timeout_s passes (no polling: the finish script wakes us)."""
         if timeout_s > 0:
-            self.redis.blpop([done_key(job_id)], timeout=timeout_s)
+            self.redis.blpop([job_key(job_id, "done")], timeout=timeout_s)
 
     def result(self, job_id: str) -> GenerationResult | None:
         info = self.get(job_id)
         if info is None or info.status is not JobStatus.COMPLETED:
             return None
         meta = info.result_meta
-        data = self.redis.hgetall(data_key(job_id))
+        data = self.redis.hgetall(job_key(job_id, "data"))
         try:
             images = [data[f"image:{i}".encode()] for i in range(meta["count"])]
         except KeyError:
@@ -361,7 +343,7 @@ class RedisJobStore:
 
     def forget(self, job_id: str) -> None:
         """Drop a delivered sync result's bytes (its client has them)."""
-        self.redis.delete(data_key(job_id))
+        self.redis.delete(job_key(job_id, "data"))
 
     # --- worker side ---------------------------------------------------------------------------------
 
@@ -407,7 +389,7 @@ class RedisJobStore:
 
     def request(self, job_id: str) -> str | None:
         """The request of a job that has not ended (None once it has, or for an unknown job)."""
-        return as_text(self.redis.get(request_key(job_id)))
+        return as_text(self.redis.get(job_key(job_id, "request")))
 
     def report_step(self, job_id: str, step: int, total: int) -> None:
         self.redis.hset(job_key(job_id), "progress", f"{step}/{total}")
@@ -418,7 +400,7 @@ class RedisJobStore:
         longer the job's current one."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(job_key(job_id), ["cancel", "kind", "run", "status", "error"])
-        pipe.exists(waiter_key(job_id))
+        pipe.exists(job_key(job_id, "waiter"))
         (reason, kind, current, status, error), waiter = pipe.execute()
         if reason:
             return as_text(reason)
@@ -437,7 +419,7 @@ class RedisJobStore:
         data: dict[str, bytes] = {f"image:{i}": image for i, image in enumerate(result.images)}
         if result.pose_png is not None:
             data["pose"] = result.pose_png
-        staged = f"{data_key(job_id)}:{uuid.uuid4().hex}"  # this run's bytes, published by _FINISH if it wins
+        staged = f"{job_key(job_id, 'data')}:{uuid.uuid4().hex}"  # this run's bytes, published by _FINISH if it wins
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(staged, mapping=data)
         pipe.expire(staged, int(self.result_ttl_s))
@@ -475,12 +457,12 @@ class RedisJobStore:
                 job_key(job_id),
                 queued_key(queue),
                 credits_key(key_id),
-                done_key(job_id),
-                staged or f"{data_key(job_id)}:none",
-                data_key(job_id),
-                request_key(job_id),
+                job_key(job_id, "done"),
+                staged or f"{job_key(job_id, 'data')}:none",
+                job_key(job_id, "data"),
+                job_key(job_id, "request"),
                 input_key(digest or "-"),  # touched only when the job has an input
-                input_users_key(digest or "-"),
+                input_key(digest or "-", "jobs"),
             ],
             args=[
                 status.value,

@@ -28,7 +28,7 @@ from sd3pose.distributed.config import (
 )
 from sd3pose.distributed.jobstore import QUEUED_GRACE_S, RedisJobStore
 from sd3pose.distributed.recovery import Reaper, Recovery
-from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.errors import Sd3PoseError
 from sd3pose.jobs.contract import (
     JobInfo,
     JobNotRecordedError,
@@ -38,7 +38,7 @@ from sd3pose.jobs.contract import (
     StorageFullError,
     StoreUnavailableError,
 )
-from sd3pose.jobs.inputs import content_hash, with_reference
+from sd3pose.jobs.inputs import to_record
 from sd3pose.request import GenerationRequest
 from sd3pose.results import GenerationResult, PosePreview
 from sd3pose.service.errors import ServiceError
@@ -119,14 +119,11 @@ class CeleryJobQueue:
         reserved: float,
         image: bytes | None = None,
     ) -> JobInfo:
-        if request.seed < 0:
-            raise InvalidRequestError("internal: resolve the seed before submitting")
         job_id = uuid.uuid4().hex
+        recorded_request, digest = to_record(request, image)
         # The request as stored: its image named by content hash (the bytes are kept once, beside it).
-        stored = (content_hash(image), image) if image is not None else None
-        recorded = (with_reference(request, stored[0]) if stored is not None else request).model_dump_json(
-            by_alias=True
-        )
+        stored = (digest, image) if digest is not None and image is not None else None
+        recorded = recorded_request.model_dump_json(by_alias=True)
         try:
             self._check_storage(len(image or b"") + len(recorded))
         except (RedisError, OSError) as exc:  # nothing of the job exists yet

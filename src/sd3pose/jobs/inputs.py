@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from sd3pose.errors import InvalidRequestError
 from sd3pose.request import GenerationRequest
 
 REFERENCE_PREFIX = "sha256:"
@@ -24,6 +25,17 @@ def content_hash(data: bytes) -> str:
 def with_reference(request: GenerationRequest, digest: str) -> GenerationRequest:
     """The request as a job records it: its image named by the stored bytes' hash."""
     return request.model_copy(update={"image": REFERENCE_PREFIX + digest})
+
+
+def to_record(request: GenerationRequest, image: bytes | None) -> tuple[GenerationRequest, str | None]:
+    """What a queue records for a new job: the request with its image named by hash, and that hash
+    (None without an input image). The seed must be resolved already: a rerun must draw the same noise."""
+    if request.seed < 0:
+        raise InvalidRequestError("internal: resolve the seed before submitting")
+    if image is None:
+        return request, None
+    digest = content_hash(image)
+    return with_reference(request, digest), digest
 
 
 def referenced_input(request: GenerationRequest) -> str | None:

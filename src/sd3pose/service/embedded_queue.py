@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sd3pose.errors import InvalidRequestError, Sd3PoseError
+from sd3pose.errors import Sd3PoseError
 from sd3pose.jobs.contract import (
     CANCELLED_CODE,
     GeneratorLike,
@@ -36,7 +36,7 @@ from sd3pose.jobs.contract import (
     result_from_meta,
     result_meta,
 )
-from sd3pose.jobs.inputs import content_hash, referenced_input, with_image, with_reference
+from sd3pose.jobs.inputs import referenced_input, to_record, with_image
 from sd3pose.request import GenerationRequest
 from sd3pose.results import MEDIA_EXTENSIONS, GenerationResult, PosePreview
 from sd3pose.service.credits import from_micro, to_micro
@@ -206,12 +206,9 @@ class EmbeddedJobQueue:
         reserved: float,
         image: bytes | None = None,
     ) -> JobInfo:
-        if request.seed < 0:
-            raise InvalidRequestError("internal: resolve the seed before submitting")
+        recorded, digest = to_record(request, image)
         job_id = uuid.uuid4().hex
         now = time.time()
-        digest = content_hash(image) if image is not None else None
-        recorded = with_reference(request, digest) if digest is not None else request
         with self._cond, self._inputs_lock:
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(
