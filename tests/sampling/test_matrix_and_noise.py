@@ -79,22 +79,18 @@ def test_seed_list_must_match_the_batch() -> None:
         sample("euler_ancestral", cheap_denoiser, torch.zeros(2, 3), get_sigmas("normal", 3), seed=[1])
 
 
-def test_sampler_noise_is_not_the_initial_latent_noise() -> None:
-    # The engine draws the initial latent of row i from Generator().manual_seed(seed + i); the
-    # sampler's stream for that row must be a different one.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampler_noise_is_comfyuis_default_noise(dtype: torch.dtype) -> None:
+    # ComfyUI's default noise sampler on the CPU: a generator seeded with seed + 1 (the initial latent drew
+    # from seed itself), randn in x's dtype. Row i of a batch draws as a one-image request with seed + i.
     seed = 5
-    eps = torch.randn((1, 64), generator=torch.Generator().manual_seed(seed))
+    eps = torch.randn((2, 64), generator=torch.Generator().manual_seed(0), dtype=dtype)
     seen = []
-    sample(
-        "lcm",
-        lambda x, s: torch.zeros_like(x),
-        eps,
-        [1.0, 0.5, 0.0],
-        seed=seed,
-        callback=lambda info: seen.append(info["x"]),
-    )
-    renoised = seen[0] / 0.5  # x' = 0.5 * z with D = 0
-    assert torch.corrcoef(torch.stack([renoised[0], eps[0]]))[0, 1].abs() < 0.5
+    sample("lcm", lambda x, s: torch.zeros_like(x), eps, [1.0, 0.5, 0.0], seed=seed, callback=seen.append)
+    renoised = seen[0]["x"] / 0.5  # x' = 0.5 * z with D = 0
+    for row in range(2):
+        expected = torch.randn(64, generator=torch.Generator().manual_seed(seed + row + 1), dtype=dtype)
+        torch.testing.assert_close(renoised[row], expected, rtol=0, atol=1e-6)
 
 
 def test_gpu_variants_run_the_same_maths() -> None:

@@ -60,30 +60,31 @@ def row_seeds(seed: Seed, batch: int) -> list[int] | None:
     return seeds
 
 
-def _stream_seed(seed: int) -> int:
-    # The initial latent of a row is randn(generator seeded with `seed`); the sampler's own noise
-    # must be a *different* stream, or the first ancestral noise would equal the initial noise.
-    state = np.random.SeedSequence([seed % 2**64, 0x5D3]).generate_state(2, np.uint32)
-    return int(state[0]) << 32 | int(state[1])
-
-
 class GaussianNoise:
-    """Per-row seeded standard-normal draws on the CPU (the same numbers on every device).
+    """Per-row seeded standard-normal draws, as ComfyUI's default noise sampler makes them.
 
-    A row's draws depend only on its own seed, so its result never depends on the rest of its batch.
+    ComfyUI seeds a generator on x's device with the request's seed, plus 1 on the CPU (where the
+    initial latent already drew from the seed itself), and draws in x's dtype; so do we, per row with
+    the row's seed: a row's draws never depend on the rest of its batch, and a one-image request gets
+    ComfyUI's very numbers on the same device (a CUDA generator's differ from the CPU's, as in ComfyUI).
     """
 
     def __init__(self, seeds: list[int] | None, like: torch.Tensor) -> None:
         self.shape = tuple(like.shape)
         self.device, self.dtype = like.device, like.dtype
-        self.generators = None if seeds is None else [torch.Generator().manual_seed(_stream_seed(s)) for s in seeds]
+        offset = 1 if like.device.type == "cpu" else 0
+        self.generators = (
+            None
+            if seeds is None
+            else [torch.Generator(device=like.device).manual_seed((s + offset) % 2**64) for s in seeds]
+        )
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         if self.generators is None:
-            z = torch.randn(self.shape, dtype=torch.float32)
-        else:
-            z = torch.stack([torch.randn(self.shape[1:], generator=g, dtype=torch.float32) for g in self.generators])
-        return z.to(self.device, self.dtype)
+            return torch.randn(self.shape, dtype=self.dtype, device=self.device)
+        return torch.stack(
+            [torch.randn(self.shape[1:], generator=g, dtype=self.dtype, device=self.device) for g in self.generators]
+        )
 
 
 class BrownianNoise:
