@@ -270,3 +270,76 @@ def test_a_slow_image_host_holds_only_its_own_request(tiny_engine, tmp_path, dri
         assert response.status_code == 400, response.text
         assert "'127.0.0.1' took longer than 4 s" in response.json()["error"]
         assert 3.5 < seconds < 7, seconds
+
+
+@pytest.fixture
+def image_host() -> Iterator[str]:
+    """A loopback image host that answers at once with a blank 64x64 PNG; its URL."""
+    png = base64.b64decode(POSE_MAP)
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    host.daemon_threads = True
+    thread = threading.Thread(target=host.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{host.server_address[1]}/pose.png"
+    finally:
+        host.shutdown()
+        host.server_close()
+        thread.join(10)
+
+
+def test_one_keys_slow_image_hosts_take_only_its_share_of_the_download_threads(
+    tiny_engine, tmp_path, dripping_host, image_host
+) -> None:
+    """A key sending more slow URLs than it has download slots: its extra requests wait for its own
+    slots, and another key's URL is downloaded at once (it had waited for the slow host's deadline)."""
+    import time
+
+    from sd3pose.pipeline import Generator
+    from sd3pose.service.inputs import FETCHES_PER_KEY
+
+    slow_url, answering = dripping_host
+    generator = Generator(tiny_engine)
+    settings = ServiceSettings(data_dir=tmp_path, allow_private_urls=True, fetch_timeout_s=4)
+    app = create_app(settings, generator_factory=lambda device: generator)
+    services = app.state.services
+    services.fetch_limiter.total_tokens = FETCHES_PER_KEY + 2  # the slow key alone could fill every thread
+    with running_server(app) as url:
+        assert httpx.get(f"{url}/ready", timeout=60).status_code == 200
+        slow_key, other_key = (services.keys.create(name, credits=5)[1] for name in ("slow", "other"))
+
+        def preview(image: str, key: str) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            body = {"image": image, "pose_mode": "none"}
+            response = httpx.post(f"{url}/v1/pose", json=body, headers={"x-api-key": key}, timeout=120)
+            return response, time.monotonic() - started
+
+        preview(image_host, other_key)  # warm
+        _, alone = preview(image_host, other_key)
+        with ThreadPoolExecutor(FETCHES_PER_KEY + 2) as pool:
+            slow = [pool.submit(preview, slow_url, slow_key) for _ in range(FETCHES_PER_KEY + 2)]
+            for _ in range(FETCHES_PER_KEY):
+                assert answering.acquire(timeout=30), "the slow host was not reached"
+            time.sleep(0.3)  # the slow key's other requests reach their wait
+            answered, during = preview(image_host, other_key)
+            slow_answers = [future.result() for future in slow]
+        assert services.key_fetch_slots.in_use() == 0
+
+    assert answered.status_code == 200, answered.text
+    assert during - alone < 1.0, f"delayed by {during - alone:.2f} s ({alone:.2f} s alone)"
+    for response, _ in slow_answers:
+        assert response.status_code == 400 and "took longer than 4 s" in response.json()["error"], response.text
+    # The slow key's last two waited for its own slots: one deadline, then their own.
+    assert sorted(seconds for _, seconds in slow_answers)[-1] > 7.0

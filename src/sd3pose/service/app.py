@@ -23,6 +23,7 @@ from sd3pose.service.docs import install_docs
 from sd3pose.service.embedded_queue import EmbeddedJobQueue
 from sd3pose.service.errors import InsufficientCreditsError, install_error_handlers
 from sd3pose.service.headers import SecurityHeadersMiddleware
+from sd3pose.service.inputs import KeyFetchSlots
 from sd3pose.service.keys import KeyStore
 from sd3pose.service.local_only import LocalOnlyMiddleware
 from sd3pose.service.metrics import Metrics
@@ -56,6 +57,7 @@ class Services:
         # them must not take the shared thread pool that sync waits, auth and job lookups need.
         self.preview_limiter = anyio.CapacityLimiter(PREVIEW_THREADS)
         self.fetch_limiter = anyio.CapacityLimiter(FETCH_THREADS)
+        self.key_fetch_slots = KeyFetchSlots()
         self.input_limits = InputLimits(
             allow_private_urls=settings.allow_private_urls, total_timeout=settings.fetch_timeout_s
         )

@@ -24,6 +24,10 @@ class Principal:
     def name(self) -> str:
         return self.key.name if self.key else "anonymous"
 
+    @property
+    def key_id(self) -> str | None:
+        return self.key.id if self.key else None
+
 
 def require(scope: str, *, rate_limited: bool = False, charged: bool = False):
     """A dependency that authenticates the caller, checks `scope` and (optionally) the rate limit.

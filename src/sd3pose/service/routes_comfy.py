@@ -63,7 +63,7 @@ async def comfy_workflow_route(
         then=lambda body: parse_request(body, max_samples=services.settings.max_samples).with_seed_resolved(),
     )
     # Downloaded (or decoded) before the preview waits for the pose detector, as for /v1/pose.
-    image = await resolve_input(services, gen_request)
+    image = await resolve_input(services, gen_request, principal.key_id)
     if image is not None:
         gen_request = with_image(gen_request, image)
     preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request, limiter=services.preview_limiter)

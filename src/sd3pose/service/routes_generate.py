@@ -192,7 +192,7 @@ def render_sync(gen_request: GenerationRequest, result: GenerationResult, info: 
 async def generate_sync(request: Request, principal: Principal = Depends(require("generate", charged=True))):
     services = request.app.state.services
     gen_request = (await _read_generation_request(request)).with_seed_resolved()
-    image = await resolve_input(services, gen_request)
+    image = await resolve_input(services, gen_request, principal.key_id)
     info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "sync", image)
     request.state.job_id = info.id
     info = await _wait_sync(request, info.id)
@@ -230,7 +230,7 @@ async def _read_generation_request(request: Request) -> GenerationRequest:
 async def generate_async(request: Request, principal: Principal = Depends(require("async", charged=True))):
     services = request.app.state.services
     gen_request = (await _read_generation_request(request)).with_seed_resolved()
-    image = await resolve_input(services, gen_request)
+    image = await resolve_input(services, gen_request, principal.key_id)
     info = await anyio.to_thread.run_sync(services.submit, gen_request, principal, "async", image)
     request.state.job_id = info.id
     status_url = str(request.url_for("job_status", request_id=info.id))

@@ -46,7 +46,7 @@ async def preview_pose(request: Request, principal: Principal = Depends(require(
     gen_request = await read_json(request, max_bytes=services.settings.max_body_bytes, then=validate)
     # Downloaded (or decoded) here, before the preview waits for the pose detector: no lock is held
     # across a download.
-    image = await resolve_input(services, gen_request)
+    image = await resolve_input(services, gen_request, principal.key_id)
     if image is not None:
         gen_request = with_image(gen_request, image)
     preview = await anyio.to_thread.run_sync(services.queue.preview_pose, gen_request, limiter=services.preview_limiter)
