@@ -55,6 +55,12 @@ def cases(corpus: list[str]) -> list[dict]:
             control=(0.2, 0.6),
         ),
         dict(name="200-token prompt, heun", prompt=long_prompt, sampler="heun", scheduler="normal", control=(0.1, 0.7)),
+        dict(
+            name="embedding: dropped",
+            prompt="a dancer embedding:easynegative, (in red:1.2)",
+            sampler="euler",
+            scheduler="normal",
+        ),
         dict(name="guidance 1", prompt="a (dancer:1.2)", sampler="euler", scheduler="simple", guidance=1.0),
         dict(name="uni_pc/karras", prompt="a dancer", sampler="uni_pc", scheduler="karras"),
         dict(name="dpmpp_2m_sde/karras", prompt="a dancer", sampler="dpmpp_2m_sde", scheduler="karras"),
@@ -167,10 +173,13 @@ class ComfyText:
 
         self.joint_width = joint_width
         tok = sd3_clip.SD3Tokenizer.__new__(sd3_clip.SD3Tokenizer)
-        tok.clip_l = sd1_clip.SDTokenizer(tokenizer_path=str(base / "tokenizer"))
-        tok.clip_g = sdxl_clip.SDXLClipGTokenizer(tokenizer_path=str(base / "tokenizer_2"))
+        # An embeddings folder, empty, as a ComfyUI install without textual inversions has.
+        embeddings = tempfile.mkdtemp()
+        tok.clip_l = sd1_clip.SDTokenizer(str(base / "tokenizer"), embedding_directory=embeddings)
+        tok.clip_g = sdxl_clip.SDXLClipGTokenizer(str(base / "tokenizer_2"), embedding_directory=embeddings)
         tok.t5xxl = sd1_clip.SDTokenizer(
             str(base / "tokenizer_3"),
+            embedding_directory=embeddings,
             pad_with_end=False,
             embedding_size=64,
             embedding_key="t5xxl",

@@ -13,11 +13,16 @@ A prompt is split into pieces of text, each with a weight:
 The text of each piece keeps its spaces and punctuation; the tokenizers read each piece on its own.
 No piece is empty. This is only the parsing: how the weights act on the embeddings is
 `sd3pose.engine.text`'s job.
+
+``embedding:name`` asks ComfyUI for a textual-inversion embedding from its embeddings folder. This
+server has none, so `tokenizer_words` does what ComfyUI does with a name it cannot find: the name
+is dropped (and reported), and the text after it is read on, as a word of its own.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 from sd3pose.errors import InvalidRequestError
 
@@ -25,6 +30,10 @@ GROUP_FACTOR = 1.1  # the weight factor of a bare (text) group
 ESCAPED = {"\\(": "(", "\\)": ")"}  # an escaped bracket is one symbol, never a group's edge
 
 WeightedPiece = tuple[str, float]
+
+EMBEDDING_PREFIX = "embedding:"
+# ComfyUI cuts a piece into words where an embedding starts after a space or a line break.
+_EMBEDDING_START = re.compile(f"[ \n]{EMBEDDING_PREFIX}")
 
 
 def parse_prompt(prompt: str) -> tuple[WeightedPiece, ...]:
@@ -36,6 +45,37 @@ def parse_prompt(prompt: str) -> tuple[WeightedPiece, ...]:
     pieces: list[tuple[list[str], float]] = []
     _collect(_symbols(prompt), 1.0, pieces)
     return tuple(("".join(ESCAPED.get(symbol, symbol) for symbol in symbols), weight) for symbols, weight in pieces)
+
+
+def tokenizer_words(pieces: tuple[WeightedPiece, ...]) -> tuple[tuple[WeightedPiece, ...], tuple[str, ...]]:
+    """The words the tokenizers read, each with its piece's weight, and the embedding names dropped.
+
+    A piece is one word unless ``embedding:`` starts after a space or line break inside it: it is cut
+    there. A word that starts with ``embedding:`` loses the name (the first run of non-spaces after
+    the prefix); what follows the name, its runs of spaces made single, is read on as the word. A
+    name with commas at its ends keeps them in that text, as ComfyUI's fallback lookup does.
+    """
+    words: list[WeightedPiece] = []
+    dropped: list[str] = []
+    for text, weight in pieces:
+        first, *rest = _EMBEDDING_START.split(text)
+        for word in [first] + [EMBEDDING_PREFIX + part for part in rest]:
+            if word.startswith(EMBEDDING_PREFIX):
+                name, word = _split_embedding(word[len(EMBEDDING_PREFIX) :].strip("\n"))
+                dropped.append(name)
+            if word:
+                words.append((word, weight))
+    return tuple(words), tuple(dropped)
+
+
+def _split_embedding(text: str) -> tuple[str, str]:
+    """(the embedding's name, the text read after it) for the text after ``embedding:``."""
+    name, *after = text.split() or [""]  # a bare "embedding:" names nothing (ComfyUI fails on it)
+    leftover = " ".join(after)
+    stripped = name.strip(",")
+    if len(stripped) < len(name):  # ComfyUI keeps what its comma-stripped retry cut off
+        leftover = f"{name[len(stripped) :]} {leftover}"
+    return name, leftover
 
 
 def _symbols(text: str) -> list[str]:

@@ -74,7 +74,8 @@ class GenerationRequest(BaseModel):
         min_length=1,
         max_length=10_000,
         description="What to draw. Read whole (CLIP in 77-token windows, T5 unabridged). Emphasis as in "
-        "ComfyUI: (words) weighs 1.1x, (words:1.3) sets the weight 1.3, groups nest, \\( and \\) are literal brackets.",
+        "ComfyUI: (words) weighs 1.1x, (words:1.3) sets the weight 1.3, groups nest, \\( and \\) are literal brackets. "
+        "embedding:name is dropped, as ComfyUI drops an embedding it does not have (this server has none).",
     )
     negative_prompt: str = Field(
         DEFAULT_NEGATIVE_PROMPT, max_length=10_000, description="What to avoid (same syntax as the prompt)."

@@ -15,7 +15,7 @@ from tiny_jobs import job, relative_difference
 
 from sd3pose.cli.tiny_model import _CORPUS
 from sd3pose.errors import InvalidRequestError
-from sd3pose.prompt_syntax import parse_prompt
+from sd3pose.prompt_syntax import parse_prompt, tokenizer_words
 from sd3pose.request import parse_request
 
 ATOL = 1e-5
@@ -197,6 +197,33 @@ def test_escaped_brackets_are_read_as_the_literal_brackets(tiny_engine):
     assert torch.allclose(embeds.tokens[0, :77, :CLIP_DIM], clip_states(text.clip_l.model, [ids])[0], atol=ATOL)
     # ...and not as a weighted group.
     assert not torch.allclose(embeds.tokens, text.encode("(red)").tokens, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "prompt, words, dropped",
+    [
+        # Cut where "embedding:" follows a space or line break; the name goes, the rest is its own word.
+        ("a photo of embedding:foo in the park", [("a photo of", 1.0), ("in the park", 1.0)], ["foo"]),
+        ("a\nembedding:foo  bar   baz", [("a", 1.0), ("bar baz", 1.0)], ["foo"]),  # spaces made single
+        ("(embedding:bar:1.2), red", [(", red", 1.0)], ["bar"]),  # a weighted piece that is only a name
+        ("x embedding:foo,", [("x", 1.0), (", ", 1.0)], ["foo,"]),  # end commas stay, as ComfyUI's retry
+        ("embedding:", [], [""]),  # a bare prefix names nothing (ComfyUI raises IndexError on it)
+        ("myembedding:foo", [("myembedding:foo", 1.0)], []),  # not at a word's start: plain text
+    ],
+)
+def test_an_embedding_name_is_dropped_as_comfyui_drops_one_it_cannot_find(prompt, words, dropped):
+    assert tokenizer_words(parse_prompt(prompt)) == (tuple(words), tuple(dropped))
+
+
+def test_a_prompt_with_an_embedding_is_encoded_as_the_prompt_without_it_and_the_log_says_so(tiny_engine, caplog):
+    text = tiny_engine.text
+    with caplog.at_level(logging.WARNING, logger="sd3pose.engine.text"):
+        embeds = text.encode("a dancer embedding:easynegative")
+    plain = text.encode("a dancer")
+    assert torch.equal(embeds.tokens, plain.tokens) and torch.equal(embeds.pooled, plain.pooled)
+    assert any("embedding:easynegative ignored" in r.getMessage() for r in caplog.records), caplog.text
+    # The text after the name is read on as a word of its own: it changes the conditioning.
+    assert not torch.equal(text.encode("a dancer embedding:easynegative in red").tokens, plain.tokens)
 
 
 def test_the_pooled_vector_is_clip_l_unprojected_and_clip_g_projected_at_the_first_end_token(tiny_engine):

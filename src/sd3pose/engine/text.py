@@ -23,7 +23,7 @@ import torch
 
 from sd3pose.cache import LruCache
 from sd3pose.engine.token_windows import WindowLayout, token_windows
-from sd3pose.prompt_syntax import WeightedPiece, parse_prompt
+from sd3pose.prompt_syntax import WeightedPiece, parse_prompt, tokenizer_words
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,13 @@ class PromptEncoder:
         negative prompt is encoded once. The returned tensors are shared with the cache: read them,
         never modify them in place.
         """
-        pieces = parse_prompt(prompt)
+        pieces, dropped = tokenizer_words(parse_prompt(prompt))
+        if dropped:
+            logger.warning(
+                "prompt: embedding:%s ignored: this server has no textual-inversion embeddings "
+                "(ComfyUI also drops an embedding it cannot find); the rest of the prompt is read",
+                ", embedding:".join(dropped),
+            )
         return self.cache.get_or_compute((pieces, self.encoder_set), lambda: self._encode(pieces))
 
     @torch.inference_mode()
