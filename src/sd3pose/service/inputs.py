@@ -51,7 +51,9 @@ class KeyFetchSlots:
         if key_id is None:  # auth off: one caller, bounded by the shared threads alone
             yield
             return
-        limiter, users = self._slots.setdefault(key_id, (anyio.CapacityLimiter(self.per_key), [0]))
+        if key_id not in self._slots:
+            self._slots[key_id] = (anyio.CapacityLimiter(self.per_key), [0])
+        limiter, users = self._slots[key_id]
         users[0] += 1
         try:
             async with limiter:
