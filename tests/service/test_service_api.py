@@ -140,6 +140,15 @@ def test_400_names_the_field_and_accepted_values(client: TestClient) -> None:
     assert too_many.status_code == 400 and "samples" in too_many.json()["error"]
 
 
+def test_400_for_a_number_too_long_to_read_says_what_is_wrong(client: TestClient) -> None:
+    body = json.dumps(REQUEST)[:-1] + ', "seed": ' + "9" * 5000 + "}"
+    response = client.post("/v1/sd3-med-pose", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "5,000 digits" in error and "4294967295" in error
+    assert "sys." not in error and "not valid JSON" not in error  # it is valid JSON; the fix is the client's
+
+
 def test_400_from_the_worker_reaches_the_client(client: TestClient, generator: ScriptedGenerator) -> None:
     from sd3pose.errors import NoPersonFoundError
 
