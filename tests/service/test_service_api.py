@@ -397,6 +397,16 @@ def test_openapi_documents_the_real_contract(client: TestClient) -> None:
     assert refs <= set(schema["components"]["schemas"])  # every $ref resolves
 
 
+def test_openapi_lists_the_url_and_storage_errors_of_both_submit_routes(client: TestClient) -> None:
+    # Both routes fetch an image URL before queueing (502 when its host fails) and record the job
+    # (503 when --max-disk is reached); a generated client must know both codes.
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in ("/v1/sd3-med-pose", "/v2/sd3-med-pose"):
+        responses = paths[route]["post"]["responses"]
+        assert {"502", "503"} <= set(responses), route
+        assert "storage" in responses["503"]["description"]
+
+
 def test_access_log_names_the_key_never_the_secret(client: TestClient, caplog) -> None:
     key = new_key(client, name="mobile-app")
     with caplog.at_level(logging.INFO, logger="sd3pose.access"):

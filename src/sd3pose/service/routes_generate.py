@@ -48,7 +48,7 @@ SYNC_RESPONSES = {
             "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}},
         },
     },
-    **error_responses(400, 401, 403, 406, 429, 500, 502, 504),
+    **error_responses(400, 401, 403, 406, 429, 500, 502, 503, 504),
 }
 
 
@@ -224,7 +224,7 @@ async def _read_generation_request(request: Request) -> GenerationRequest:
     summary="Queue a generation (async)",
     openapi_extra=GENERATION_BODY,
     response_model=AsyncSubmitted,
-    responses=error_responses(400, 401, 403, 406, 429, 500),
+    responses=error_responses(400, 401, 403, 406, 429, 500, 502, 503),
     tags=["async"],
 )
 async def generate_async(request: Request, principal: Principal = Depends(require("async", charged=True))):
