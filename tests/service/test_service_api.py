@@ -102,6 +102,39 @@ def test_async_flow_completes_and_serves_images(client: TestClient, generator: S
     assert client.get(body["response_url"], headers={"x-api-key": other}).status_code == 404
 
 
+def test_async_requests_can_be_cancelled_queued_or_running_and_cost_nothing(
+    client: TestClient, generator: ScriptedGenerator
+) -> None:
+    generator.gate = threading.Event()
+    key = new_key(client, credits=10)
+    headers = {"x-api-key": key}
+    running = client.post("/v2/sd3-med-pose", json={**REQUEST, "samples": 2}, headers=headers).json()
+    assert generator.started.wait(10)
+    queued = client.post("/v2/sd3-med-pose", json=REQUEST, headers=headers).json()
+    assert client.get(queued["status_url"], headers=headers).json()["status"] == "QUEUED"
+
+    # Another key's request looks unknown, and stays queued.
+    other = new_key(client, name="bob")
+    cancel_url = f"/v2/requests/{queued['request_id']}/cancel"
+    assert client.post(cancel_url, headers={"x-api-key": other}).status_code == 404
+
+    cancelled = client.post(cancel_url, headers=headers)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "FAILED"
+    assert "cancelled" in cancelled.json()["error"]
+    assert cancelled.headers["x-remaining-credits"] == "8"  # refunded; the running one still holds 2
+
+    stopping = client.post(f"/v2/requests/{running['request_id']}/cancel", headers=headers)
+    assert stopping.status_code == 202 and stopping.json()["status"] in ("PROCESSING", "FAILED")
+    ended = poll(client, running["status_url"], headers, {"COMPLETED", "FAILED"})
+    assert ended["status"] == "FAILED" and "cancelled" in ended["error"]
+    result = client.get(running["response_url"], headers=headers)
+    assert result.status_code == 504 and result.headers["x-remaining-credits"] == "10"
+    assert len(generator.runs) == 1  # the queued one never ran
+
+    again = client.post(cancel_url, headers=headers)
+    assert again.status_code == 400 and "already ended (FAILED)" in again.json()["error"]
+
+
 def test_async_results_expire(tmp_path, generator: ScriptedGenerator) -> None:
     with local_client(make_app(tmp_path, generator, result_ttl_s=0.5)) as client:
         body = client.post("/v2/sd3-med-pose", json=REQUEST).json()
