@@ -102,6 +102,39 @@ def test_async_flow_completes_and_serves_images(client: TestClient, generator: S
     assert client.get(body["response_url"], headers={"x-api-key": other}).status_code == 404
 
 
+def test_async_requests_can_be_cancelled_queued_or_running_and_cost_nothing(
+    client: TestClient, generator: ScriptedGenerator
+) -> None:
+    generator.gate = threading.Event()
+    key = new_key(client, credits=10)
+    headers = {"x-api-key": key}
+    running = client.post("/v2/sd3-med-pose", json={**REQUEST, "samples": 2}, headers=headers).json()
+    assert generator.started.wait(10)
+    queued = client.post("/v2/sd3-med-pose", json=REQUEST, headers=headers).json()
+    assert client.get(queued["status_url"], headers=headers).json()["status"] == "QUEUED"
+
+    # Another key's request looks unknown, and stays queued.
+    other = new_key(client, name="bob")
+    cancel_url = f"/v2/requests/{queued['request_id']}/cancel"
+    assert client.post(cancel_url, headers={"x-api-key": other}).status_code == 404
+
+    cancelled = client.post(cancel_url, headers=headers)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "FAILED"
+    assert "cancelled" in cancelled.json()["error"]
+    assert cancelled.headers["x-remaining-credits"] == "8"  # refunded; the running one still holds 2
+
+    stopping = client.post(f"/v2/requests/{running['request_id']}/cancel", headers=headers)
+    assert stopping.status_code == 202 and stopping.json()["status"] in ("PROCESSING", "FAILED")
+    ended = poll(client, running["status_url"], headers, {"COMPLETED", "FAILED"})
+    assert ended["status"] == "FAILED" and "cancelled" in ended["error"]
+    result = client.get(running["response_url"], headers=headers)
+    assert result.status_code == 504 and result.headers["x-remaining-credits"] == "10"
+    assert len(generator.runs) == 1  # the queued one never ran
+
+    again = client.post(cancel_url, headers=headers)
+    assert again.status_code == 400 and "already ended (FAILED)" in again.json()["error"]
+
+
 def test_async_results_expire(tmp_path, generator: ScriptedGenerator) -> None:
     with local_client(make_app(tmp_path, generator, result_ttl_s=0.5)) as client:
         body = client.post("/v2/sd3-med-pose", json=REQUEST).json()
@@ -138,6 +171,15 @@ def test_400_names_the_field_and_accepted_values(client: TestClient) -> None:
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
     too_many = client.post("/v2/sd3-med-pose", json={**REQUEST, "samples": 5})
     assert too_many.status_code == 400 and "samples" in too_many.json()["error"]
+
+
+def test_400_for_a_number_too_long_to_read_says_what_is_wrong(client: TestClient) -> None:
+    body = json.dumps(REQUEST)[:-1] + ', "seed": ' + "9" * 5000 + "}"
+    response = client.post("/v1/sd3-med-pose", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "5,000 digits" in error and "4294967295" in error
+    assert "sys." not in error and "not valid JSON" not in error  # it is valid JSON; the fix is the client's
 
 
 def test_400_from_the_worker_reaches_the_client(client: TestClient, generator: ScriptedGenerator) -> None:
@@ -386,6 +428,16 @@ def test_openapi_documents_the_real_contract(client: TestClient) -> None:
     assert "422" not in json.dumps(schema["paths"])
     refs = {part.split('"')[0] for part in json.dumps(schema).split("#/components/schemas/")[1:]}
     assert refs <= set(schema["components"]["schemas"])  # every $ref resolves
+
+
+def test_openapi_lists_the_url_and_storage_errors_of_both_submit_routes(client: TestClient) -> None:
+    # Both routes fetch an image URL before queueing (502 when its host fails) and record the job
+    # (503 when --max-disk is reached); a generated client must know both codes.
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in ("/v1/sd3-med-pose", "/v2/sd3-med-pose"):
+        responses = paths[route]["post"]["responses"]
+        assert {"502", "503"} <= set(responses), route
+        assert "storage" in responses["503"]["description"]
 
 
 def test_access_log_names_the_key_never_the_secret(client: TestClient, caplog) -> None:

@@ -13,6 +13,7 @@ MAX_JSON_VALUES is refused unparsed.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from sd3pose.errors import InvalidRequestError
 from sd3pose.images.net import format_size
+from sd3pose.request import MAX_SEED
 from sd3pose.service.errors import ServiceError
 
 T = TypeVar("T")
@@ -88,11 +90,23 @@ def parse_json(raw: bytes | bytearray) -> Any:
             "one base64 string and pose_keypoints as OpenPose's flat lists"
         )
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_int=_bounded_int)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON ({exc}); send a JSON object") from None
     except RecursionError:  # json gives up on very deep nesting with RecursionError, not ValueError
         raise InvalidRequestError("the request body is nested too deeply; send a flat JSON object") from None
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer, refused with a plain message when it is longer than Python converts (4,300 digits):
+    json.loads would otherwise fail with advice meant for the server's own code."""
+    digits = len(text.lstrip("-"))
+    if digits > sys.get_int_max_str_digits() > 0:
+        raise InvalidRequestError(
+            f"the request body has a whole number of {digits:,} digits; no field takes a number that long "
+            f"(seed, the largest, is at most {MAX_SEED}): send the field's value in its documented range"
+        )
+    return int(text)
 
 
 def _identity(value: Any) -> Any:

@@ -13,6 +13,7 @@ import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.types import Receive, Scope, Send
 
+from sd3pose.errors import InvalidRequestError
 from sd3pose.jobs.contract import JobInfo, JobStatus
 from sd3pose.request import GenerationRequest, parse_request
 from sd3pose.results import MEDIA_EXTENSIONS, GenerationResult
@@ -48,7 +49,7 @@ SYNC_RESPONSES = {
             "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}},
         },
     },
-    **error_responses(400, 401, 403, 406, 429, 500, 502, 504),
+    **error_responses(400, 401, 403, 406, 429, 500, 502, 503, 504),
 }
 
 
@@ -224,7 +225,7 @@ async def _read_generation_request(request: Request) -> GenerationRequest:
     summary="Queue a generation (async)",
     openapi_extra=GENERATION_BODY,
     response_model=AsyncSubmitted,
-    responses=error_responses(400, 401, 403, 406, 429, 500),
+    responses=error_responses(400, 401, 403, 406, 429, 500, 502, 503),
     tags=["async"],
 )
 async def generate_async(request: Request, principal: Principal = Depends(require("async", charged=True))):
@@ -260,11 +261,38 @@ def _own_job(request: Request, principal: Principal, request_id: str) -> JobInfo
     tags=["async"],
 )
 def job_status(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
-    info = _own_job(request, principal, request_id)
+    return _status_response(_own_job(request, principal, request_id))
+
+
+def _status_response(info: JobInfo) -> JobStatusResponse:
     progress = {"step": info.progress[0], "total": info.progress[1]} if info.progress else None
     return JobStatusResponse(
         request_id=info.id, status=info.status.value, metrics=_metrics(info), progress=progress, error=info.error
     )
+
+
+@router.post(
+    "/v2/requests/{request_id}/cancel",
+    name="job_cancel",
+    summary="Cancel a queued or running request",
+    description="A queued request ends FAILED at once; a running one stops at its next step. Either way "
+    "nothing is charged and its result (`response_url`) answers 504. The answer is the request's status.",
+    response_model=JobStatusResponse,
+    response_model_exclude_none=True,
+    status_code=202,
+    responses=error_responses(400, 401, 403, 404),
+    tags=["async"],
+)
+def job_cancel(request_id: str, request: Request, principal: Principal = Depends(require("async"))):
+    queue = request.app.state.services.queue
+    info = _own_job(request, principal, request_id)
+    if info.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        raise InvalidRequestError(
+            f"request {request_id!r} has already ended ({info.status.value}); only a QUEUED or PROCESSING "
+            "request can be cancelled"
+        )
+    queue.cancel(info.id, "the request was cancelled by its client; submit it again for images")
+    return _status_response(queue.get(info.id) or info)
 
 
 @router.get(

@@ -98,6 +98,7 @@ ERROR_CODES: dict[int, str] = {
     429: "Rate limited or queue full; see Retry-After.",
     500: "Internal error (the server logged the details).",
     502: "The host of an input image URL failed.",
+    503: "The server's storage is full (serve --max-disk); nothing was charged, retry later.",
     504: "Timed out.",
 }
 
