@@ -84,6 +84,10 @@ def cases(corpus: list[str]) -> list[dict]:
 COMFY_NAMES = {"euler_pp": "euler_cfg_pp", "euler_ancestral_pp": "euler_ancestral_cfg_pp"}
 
 
+# The published SD3 Medium configs (tests/fixtures): the VAE is built from its real config.
+REAL_VAE_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sd3-medium-configs" / "base" / "vae"
+
+
 def build_model(root: Path) -> None:
     """The tiny model with 64-wide heads and the real SD3 VAE layout (ComfyUI's loaders assume both)."""
     from diffusers import AutoencoderKL
@@ -92,21 +96,7 @@ def build_model(root: Path) -> None:
 
     write_tiny_model(root, layers=2, heads=2, head_dim=64, controlnet_layers=1)
     torch.manual_seed(7)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=128,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(REAL_VAE_CONFIG))
     vae.save_pretrained(root / "base" / "vae", safe_serialization=True)
 
 
